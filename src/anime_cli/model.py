@@ -1,0 +1,115 @@
+"""The AnimeGANv2 generator, in plain PyTorch.
+
+Module names follow the widely used PyTorch port of AnimeGANv2 so that its
+state dicts (face_paint_512_v2.pt, paprika.pt, celeba_distill.pt and our
+animeganv2_hayao.pt) load key for key:
+
+    block_a  3 -> 64, full and half resolution (7x7 conv, a stride-2 conv)
+    block_b  64 -> 128, down to quarter resolution
+    block_c  128 -> 256 -> 128 at quarter resolution (four inverted residuals)
+    block_d  128, half resolution (after the first bilinear x2)
+    block_e  128 -> 32, full resolution (after the second bilinear x2)
+    out_layer  1x1 conv to RGB and tanh
+
+Every convolution is preceded by reflection padding and followed by
+GroupNorm(1, C) (a layer norm over C, H, W with a per-channel affine) and
+LeakyReLU(0.2), except the last. Input and output are RGB in [-1, 1], NCHW.
+"""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class ConvNormLReLU(nn.Sequential):
+    """pad -> conv -> GroupNorm(1) -> LeakyReLU. Indices 1 and 2 are the port's keys."""
+
+    def __init__(self, in_ch, out_ch, kernel_size=3, stride=1, padding=1, groups=1, bias=False):
+        super().__init__(
+            nn.ReflectionPad2d(padding),
+            nn.Conv2d(in_ch, out_ch, kernel_size, stride=stride, groups=groups, bias=bias),
+            nn.GroupNorm(1, out_ch),
+            nn.LeakyReLU(0.2, inplace=True),
+        )
+
+
+def down(in_ch, out_ch):
+    # TensorFlow's "SAME" padding for a stride-2 3x3 conv on an even size pads
+    # only right and bottom; (left, right, top, bottom) = (0, 1, 0, 1).
+    return ConvNormLReLU(in_ch, out_ch, stride=2, padding=(0, 1, 0, 1))
+
+
+class InvertedResBlock(nn.Module):
+    """MobileNetV2 block: 1x1 expand, 3x3 depthwise, 1x1 project, residual when shapes match."""
+
+    def __init__(self, in_ch, out_ch, expansion=2):
+        super().__init__()
+        hidden = in_ch * expansion
+        self.residual = in_ch == out_ch
+        self.layers = nn.Sequential(
+            ConvNormLReLU(in_ch, hidden, kernel_size=1, padding=0),
+            ConvNormLReLU(hidden, hidden, groups=hidden, bias=True),
+            nn.Conv2d(hidden, out_ch, 1, bias=False),
+            nn.GroupNorm(1, out_ch),
+        )
+
+    def forward(self, x):
+        out = self.layers(x)
+        return x + out if self.residual else out
+
+
+class Generator(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.block_a = nn.Sequential(
+            ConvNormLReLU(3, 32, kernel_size=7, padding=3),
+            down(32, 64),
+            ConvNormLReLU(64, 64),
+        )
+        self.block_b = nn.Sequential(
+            down(64, 128),
+            ConvNormLReLU(128, 128),
+        )
+        self.block_c = nn.Sequential(
+            ConvNormLReLU(128, 128),
+            InvertedResBlock(128, 256),
+            InvertedResBlock(256, 256),
+            InvertedResBlock(256, 256),
+            InvertedResBlock(256, 256),
+            ConvNormLReLU(256, 128),
+        )
+        self.block_d = nn.Sequential(
+            ConvNormLReLU(128, 128),
+            ConvNormLReLU(128, 128),
+        )
+        self.block_e = nn.Sequential(
+            ConvNormLReLU(128, 64),
+            ConvNormLReLU(64, 64),
+            ConvNormLReLU(64, 32, kernel_size=7, padding=3),
+        )
+        self.out_layer = nn.Sequential(
+            nn.Conv2d(32, 3, 1, bias=False),
+            nn.Tanh(),
+        )
+
+    def forward(self, x):
+        """x: (N, 3, H, W) in [-1, 1]. H and W should be multiples of 4 so that
+        each bilinear x2 lands exactly on the size of the layer it mirrors."""
+        full = x.shape[-2:]
+        x = self.block_a(x)
+        half = x.shape[-2:]
+        x = self.block_b(x)
+        x = self.block_c(x)
+        x = F.interpolate(x, size=half, mode="bilinear", align_corners=False)
+        x = self.block_d(x)
+        x = F.interpolate(x, size=full, mode="bilinear", align_corners=False)
+        x = self.block_e(x)
+        return self.out_layer(x)
+
+
+def load_generator(state_dict) -> Generator:
+    """A Generator in eval mode with `state_dict` loaded strictly (every key, every shape)."""
+    g = Generator()
+    g.load_state_dict(state_dict, strict=True)
+    g.eval().requires_grad_(False)
+    return g
