@@ -1,0 +1,41 @@
+# make demo   venv + install + weights + convert ../shared/photos into out/
+# make test   same set-up, then the whole test suite
+# make bench  speed and memory figures (not a test)
+SHARED  ?= ../shared
+WEIGHTS ?= $(SHARED)/weights
+PHOTOS  ?= $(SHARED)/photos
+VENV    := .venv
+PY      := $(VENV)/bin/python
+PIP     := $(PY) -m pip
+# The CPU build of torch: a plain `torch` requirement pulls a multi-GB CUDA build.
+# Where pip has no local CPU wheel, TORCH_INDEX=--index-url=https://download.pytorch.org/whl/cpu
+TORCH   ?= torch==2.13.0
+TORCH_INDEX ?=
+
+.PHONY: demo test test-fast bench weights install clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --disable-pip-version-check $(TORCH_INDEX) "$(TORCH)"
+	$(PIP) install -q --disable-pip-version-check -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+weights: install
+	$(PY) -m anime_cli.weights $(WEIGHTS) weights
+
+demo: weights
+	$(VENV)/bin/anime-cli convert $(PHOTOS) -o out --overwrite --log-file out/run.jsonl
+
+test: weights
+	$(PY) -m pytest -q
+
+test-fast: weights
+	$(PY) -m pytest -q -m "not slow"
+
+bench: weights
+	$(PY) bench/bench.py
+
+clean:
+	rm -rf $(VENV) out anime-out .pytest_cache
