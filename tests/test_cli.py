@@ -1,0 +1,199 @@
+"""Options, exit codes, the output tree, skip/overwrite, stdin/stdout."""
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import invoke, make_photo, read_log, run_cli
+
+FAST = ("--no-face-enhance",)
+
+
+def test_default_output_folder_is_anime_out(tmp_path):
+    make_photo(tmp_path / "photo.jpg", quality=90)
+    code, _, err = run_cli("convert", "photo.jpg", *FAST, cwd=tmp_path)
+    assert code == 0, err
+    with Image.open(tmp_path / "anime-out" / "photo.jpg") as im:
+        assert im.format == "JPEG" and im.size == (96, 64)
+
+
+def test_recursive_walk_mirrors_the_tree(tmp_path):
+    src = tmp_path / "Pictures"
+    make_photo(src / "a.png")
+    make_photo(src / "trip" / "b.jpg")
+    make_photo(src / "trip" / "day 2" / "c.webp", fmt="WEBP")
+    code, _, err = invoke("convert", src, "-r", "-o", tmp_path / "out", *FAST)
+    assert code == 0, err
+    got = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*") if p.is_file())
+    assert got == ["a.png", "trip/b.jpg", "trip/day 2/c.webp"]
+
+
+def test_without_recursive_sub_folders_are_left_alone(tmp_path):
+    make_photo(tmp_path / "in" / "a.png")
+    make_photo(tmp_path / "in" / "sub" / "b.png")
+    code, _, err = invoke("convert", tmp_path / "in", "-o", tmp_path / "out", *FAST)
+    assert code == 0, err
+    assert [p.name for p in (tmp_path / "out").rglob("*.png")] == ["a.png"]
+
+
+def test_existing_output_is_skipped_then_overwritten_on_request(tmp_path):
+    src = make_photo(tmp_path / "p.png")
+    log = tmp_path / "log.jsonl"
+    assert invoke("convert", src, "-o", tmp_path / "out", *FAST)[0] == 0
+    first = (tmp_path / "out" / "p.png").stat().st_mtime_ns
+    code, _, err = invoke("convert", src, "-o", tmp_path / "out", "--log-file", log, *FAST)
+    assert code == 0
+    assert read_log(log)[-1]["status"] == "skipped" and read_log(log)[-1]["reason"] == "exists"
+    assert (tmp_path / "out" / "p.png").stat().st_mtime_ns == first
+    code, _, err = invoke("convert", src, "-o", tmp_path / "out", "--log-file", log, "--overwrite", *FAST)
+    assert code == 0 and read_log(log)[-1]["status"] == "ok"
+    assert (tmp_path / "out" / "p.png").stat().st_mtime_ns != first
+
+
+@pytest.mark.parametrize("max_side,expected", [("64", (64, 43)), ("0", (300, 200)), ("1280", (300, 200))])
+def test_max_side(tmp_path, max_side, expected):
+    src = make_photo(tmp_path / "p.png", size=(300, 200))
+    code, _, err = invoke("convert", src, "-o", tmp_path / "out", "--max-side", max_side, *FAST)
+    assert code == 0, err
+    with Image.open(tmp_path / "out" / "p.png") as im:
+        assert im.size == expected
+
+
+@pytest.mark.parametrize("fmt,pil,suffix", [("png", "PNG", ".png"), ("jpg", "JPEG", ".jpg"), ("webp", "WEBP", ".webp")])
+def test_format_option(tmp_path, fmt, pil, suffix):
+    src = make_photo(tmp_path / "p.bmp", fmt="BMP")
+    code, _, err = invoke("convert", src, "-o", tmp_path / "out", "--format", fmt, *FAST)
+    assert code == 0, err
+    with Image.open(tmp_path / "out" / f"p{suffix}") as im:
+        assert im.format == pil
+
+
+def test_auto_format_keeps_the_input_format_and_suffix(tmp_path):
+    src = make_photo(tmp_path / "p.JPEG", fmt="JPEG")
+    make_photo(tmp_path / "q.tif", fmt="TIFF")
+    code, _, err = invoke("convert", src, tmp_path / "q.tif", "-o", tmp_path / "out", *FAST)
+    assert code == 0, err
+    assert Image.open(tmp_path / "out" / "p.JPEG").format == "JPEG"
+    assert Image.open(tmp_path / "out" / "q.tif").format == "TIFF"
+
+
+def test_quality_changes_the_jpeg(tmp_path):
+    src = make_photo(tmp_path / "p.jpg", size=(200, 150))
+    invoke("convert", src, "-o", tmp_path / "q30", "--quality", "30", *FAST)
+    invoke("convert", src, "-o", tmp_path / "q95", *FAST)
+    assert (tmp_path / "q30" / "p.jpg").stat().st_size < (tmp_path / "q95" / "p.jpg").stat().st_size
+
+
+def test_stdin_to_stdout(tmp_path):
+    data = make_photo(tmp_path / "p.png").read_bytes()
+    code, out, err = run_cli("convert", "-", "-o", "-", *FAST, input=data)
+    assert code == 0, err
+    with Image.open(__import__("io").BytesIO(out)) as im:
+        assert im.format == "PNG" and im.size == (96, 64)
+
+
+def test_stdout_needs_exactly_one_input(tmp_path):
+    make_photo(tmp_path / "a.png")
+    make_photo(tmp_path / "b.png")
+    code, _, err = invoke("convert", tmp_path, "-o", "-", *FAST)
+    assert code == 2 and "one picture" in err
+
+
+def test_missing_input_is_a_usage_error(tmp_path):
+    code, out, err = run_cli("convert", tmp_path / "nope.jpg", "-o", tmp_path / "out")
+    assert code == 2
+    assert err.strip() == f"anime-cli: {tmp_path / 'nope.jpg'}: no such file or folder"
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_option_is_a_usage_error(tmp_path):
+    code, _, err = run_cli("convert", tmp_path, "--max-side", "-5")
+    assert code == 2 and "Traceback" not in err
+    code, _, err = run_cli("convert", tmp_path, "--format", "gif")
+    assert code == 2 and "--format" in err
+    code, _, err = run_cli("convert", tmp_path, "--memory-limit", "lots")
+    assert code == 2 and "lots" in err
+
+
+def test_unusable_output_folder_is_a_usage_error(tmp_path):
+    src = make_photo(tmp_path / "p.png")
+    (tmp_path / "file").write_text("not a folder")
+    code, _, err = run_cli("convert", src, "-o", tmp_path / "file" / "out")
+    assert code == 2 and "cannot create output folder" in err and "Traceback" not in err
+
+
+def test_one_bad_file_fails_the_batch_but_not_the_others(tmp_path):
+    make_photo(tmp_path / "in" / "good.png")
+    (tmp_path / "in" / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg at all")
+    code, _, err = run_cli("convert", tmp_path / "in", "-o", tmp_path / "out", *FAST)
+    assert code == 1
+    assert (tmp_path / "out" / "good.png").is_file()
+    assert not (tmp_path / "out" / "bad.jpg").exists()
+    assert "bad.jpg" in err and "Traceback" not in err
+    assert "1 ok, 0 skipped, 1 failed" in err
+
+
+def test_failed_write_leaves_no_partial_file(tmp_path):
+    src = make_photo(tmp_path / "p.png")
+    (tmp_path / "out" / "p.png").mkdir(parents=True)  # the output name is taken by a folder
+    code, _, err = invoke("convert", src, "-o", tmp_path / "out", "--overwrite", *FAST)
+    assert code == 1 and "cannot write" in err
+    assert os.listdir(tmp_path / "out") == ["p.png"]  # no temporary file left beside it
+    assert (tmp_path / "out" / "p.png").is_dir()
+
+
+def test_output_never_overwrites_an_input(tmp_path):
+    src = make_photo(tmp_path / "p.png")
+    before = src.read_bytes()
+    code, _, err = invoke("convert", src, "-o", tmp_path, "--overwrite", *FAST)
+    assert code == 1 and "would overwrite an input" in err
+    assert src.read_bytes() == before
+
+
+def test_quiet_prints_nothing_on_success(tmp_path):
+    src = make_photo(tmp_path / "p.png")
+    code, out, err = run_cli("convert", src, "-o", tmp_path / "out", "--quiet", *FAST)
+    assert code == 0 and err == "" and out == b""
+
+
+def test_no_progress_bar_when_stderr_is_not_a_terminal(tmp_path):
+    src = make_photo(tmp_path / "p.png")
+    code, _, err = run_cli("convert", src, "-o", tmp_path / "out", *FAST)
+    assert code == 0
+    lines = err.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("ok") and lines[1].startswith("done: 1 ok")
+    assert "\x1b[" not in err  # no terminal control codes
+
+
+def test_styles_lists_weights_with_checksum_and_licence():
+    code, out, _ = invoke("styles")
+    assert code == 0
+    line = next(line for line in out.splitlines() if line.startswith("hayao"))
+    assert " ok " in line and "non-commercial" in line
+
+
+def test_unknown_style_is_a_usage_error(tmp_path):
+    src = make_photo(tmp_path / "p.png")
+    code, _, err = invoke("convert", src, "-o", tmp_path / "out", "--style", "nope")
+    assert code == 2 and "unknown style 'nope'" in err
+
+
+def test_missing_weights_say_how_to_install(tmp_path, monkeypatch):
+    from anime_cli import weights
+
+    monkeypatch.setattr(weights, "search_dirs", lambda: [tmp_path / "nowhere"])
+    src = make_photo(tmp_path / "p.png")
+    code, _, err = invoke("convert", src, "-o", tmp_path / "out")
+    assert code == 2
+    assert "not installed" in err and "install-weights" in err
+
+
+def test_help_shows_every_option_with_examples():
+    code, out, _ = invoke("convert", "--help")
+    assert code == 0
+    for opt in ("--output", "--recursive", "--max-side", "--format", "--quality", "--overwrite",
+                "--no-face-enhance", "--style", "--weights", "--log-file", "--quiet", "--max-file-size",
+                "--max-pixels", "--memory-limit", "--threads", "anime-cli convert photo.jpg"):
+        assert opt in out, opt
