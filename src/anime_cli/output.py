@@ -25,6 +25,8 @@ WRITABLE = {"JPEG": (".jpg", False), "PNG": (".png", True), "WEBP": (".webp", Tr
             "BMP": (".bmp", False), "TIFF": (".tif", True)}
 CHOICES = {"auto": None, "png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 _temp_files: set[str] = set()
 _temp_lock = threading.Lock()
 
@@ -68,26 +70,45 @@ def save_kwargs(fmt: str, quality: int) -> dict:
     return {}
 
 
-def write_atomic(im: Image.Image, dest: Path, fmt: str, quality: int, overwrite: bool) -> None:
-    """Encode `im` into `dest` atomically. Raises OutputError (disk full: `.fatal`)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+def write_atomic(im: Image.Image, dest: Path, fmt: str, quality: int, overwrite: bool,
+                 abort: threading.Event | None = None) -> None:
+    """Encode `im` into `dest` atomically. Raises OutputError (disk full: `.fatal`).
+
+    `abort`: set by the batch when it stops early; a write that sees it set, before
+    it starts or before its rename, leaves nothing behind. A fatal error sets it,
+    so that a neighbour already queued behind this write does not slip through."""
+    if abort is not None and abort.is_set():
+        raise OutputError(f"{dest}: not written (the batch was stopped)")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    except OSError as e:
+        raise _os_error(dest, e, abort) from None
     with _temp_lock:
         _temp_files.add(tmp)
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_UMASK)  # mkstemp's 0600 would stick to the output
             im.save(f, format=fmt, **save_kwargs(fmt, quality))
             f.flush()
             os.fsync(f.fileno())
         if not overwrite and dest.exists():
             raise OutputError(f"{dest}: exists (appeared during the run); not overwritten")
+        if abort is not None and abort.is_set():
+            raise OutputError(f"{dest}: not written (the batch was stopped)")
         os.replace(tmp, dest)
     except OSError as e:
-        err = OutputError(f"{dest}: cannot write ({os.strerror(e.errno) if e.errno else e})")
-        err.fatal = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
-        raise err from None
+        raise _os_error(dest, e, abort) from None
     finally:
         _discard_temp(tmp)
+
+
+def _os_error(dest: Path, e: OSError, abort: threading.Event | None) -> OutputError:
+    err = OutputError(f"{dest}: cannot write ({os.strerror(e.errno) if e.errno else e})")
+    err.fatal = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+    if err.fatal and abort is not None:
+        abort.set()
+    return err
 
 
 def write_stdout(im: Image.Image, fmt: str, quality: int) -> None:
@@ -128,6 +149,12 @@ def check_output_dir(out: Path) -> None:
         os.unlink(probe)
     except OSError as e:
         raise OutputError(f"{out}: output folder is not writable ({e.strerror or e})") from None
+
+
+def real_path(p: Path) -> Path:
+    """The canonical path of `p`, never raising: Path.resolve() raises
+    RuntimeError on a symlink loop (a link to itself), os.path.realpath does not."""
+    return Path(os.path.realpath(p))
 
 
 def same_file(a: Path, b: Path) -> bool:

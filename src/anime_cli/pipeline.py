@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import sys
+import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from . import output, probe
-from .decode import Decoded, FileSource, decode
+from .decode import Decoded, FileSource, decode, target_size
 from .discover import STDIN, Job
 from .errors import AnimeCliError, InputError, OutputError, UnsupportedFormat
 from .telemetry import PeakTracker, Record, rss_bytes
@@ -31,6 +32,7 @@ DEFAULT_MEMORY_LIMIT = 1024**3
 # What a file needs beyond the stylizer, besides its own pixels: encoder buffers, the
 # prefetched neighbour, Python's own churn.
 _RESERVE = 96 * 1024**2
+_BIG_DECODE = 64 * 1024**2
 
 
 @dataclass
@@ -67,12 +69,18 @@ class Converter:
         self.detector = detector
         self.peaks = PeakTracker()
         self._claimed: dict[Path, str] = {}  # output path -> the input that took it
+        # Set while the network is idle. A big neighbour waits for it before decoding,
+        # so its pixels never add to the network's own peak.
+        self._network_idle = threading.Event()
+        self._network_idle.set()
         self._inputs: set[Path] = set()
+        # Set when the batch stops early (disk full, Ctrl-C): no output may appear after it.
+        self._halt = threading.Event()
 
     # -- the batch ---------------------------------------------------------
     def run(self, jobs: Iterable[Job], stdin: bytes | None = None) -> Iterator[Record]:
         jobs = list(jobs)
-        self._inputs = {j.path.resolve() for j in jobs if j.path is not None}
+        self._inputs = {output.real_path(j.path) for j in jobs if j.path is not None}
         self._stdin = stdin
         if not self.options.pipelined:
             for job in jobs:
@@ -85,7 +93,11 @@ class Converter:
                 for i in range(len(jobs)):
                     loaded = ahead.result()
                     ahead = loader.submit(self._load, jobs[i + 1]) if i + 1 < len(jobs) else None
-                    image = self._stylize(loaded)
+                    self._network_idle.clear()
+                    try:
+                        image = self._stylize(loaded)
+                    finally:
+                        self._network_idle.set()
                     writing.append((loaded, saver.submit(self._write, loaded, image)))
                     del image
                     while writing and (writing[0][1].done() or len(writing) > 1):
@@ -93,6 +105,7 @@ class Converter:
                 while writing:
                     yield self._collect(*writing.popleft())
             except BaseException:
+                self._halt.set()
                 if ahead is not None:
                     ahead.cancel()
                 for loaded, fut in writing:
@@ -129,6 +142,8 @@ class Converter:
                         rec.status, rec.reason = "skipped", "exists"
                         rec.output = None
                         return loaded
+                if self._decode_bytes(pr) > _BIG_DECODE:
+                    self._network_idle.wait()
                 with rec.stage("decode"):
                     loaded.decoded = decode(im, pr, self.options.max_side, job.input)
             rec.decode_size = list(loaded.decoded.decode_size)
@@ -185,7 +200,8 @@ class Converter:
                 output.write_stdout(im, loaded.fmt, self.options.quality)
                 rec.output = STDIN
             else:
-                output.write_atomic(im, loaded.dest, loaded.fmt, self.options.quality, self.options.overwrite)
+                output.write_atomic(im, loaded.dest, loaded.fmt, self.options.quality, self.options.overwrite,
+                                    abort=self._halt)
                 rec.output = str(loaded.dest)
         rec.status = "ok"
         rec.output_size = [image.shape[1], image.shape[0]]
@@ -243,7 +259,7 @@ class Converter:
             candidates = ([f"{stem}_{src_ext}{suffix}"] if src_ext and f".{src_ext}" != suffix.lower() else [])
             candidates += [f"{stem}_{n}{suffix}" for n in range(2, 10_000)]
             dest = next(dest.with_name(c) for c in candidates if dest.with_name(c) not in self._claimed)
-        if dest.resolve() in self._inputs or (job.path is not None and output.same_file(dest, job.path)):
+        if output.real_path(dest) in self._inputs or (job.path is not None and output.same_file(dest, job.path)):
             raise OutputError(f"{job.input}: output {dest} would overwrite an input file; choose another -o")
         self._claimed[dest] = job.input
         return dest
@@ -252,6 +268,15 @@ class Converter:
         if not self.options.memory_limit:
             return None
         return max(0, self.options.memory_limit - rss_bytes() - _RESERVE)
+
+    def _decode_bytes(self, pr: probe.Probe) -> int:
+        """What decoding `pr` may hold at once: the decoded picture (JPEG: DCT-scaled
+        to at most twice the target) and its converted copy, 4 bytes a pixel each."""
+        w, h = pr.size
+        if pr.format == "JPEG":
+            tw, th = target_size(pr.size, self.options.max_side)
+            w, h = min(w, 2 * tw), min(h, 2 * th)
+        return 8 * w * h
 
     def _face_decode_pixels(self) -> int:
         budget = self._budget()
