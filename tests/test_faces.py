@@ -1,0 +1,293 @@
+"""Face detection (MTCNN) and face enhancement, with the real weights and photos.
+
+The slow parts (loading the nets, two generator runs) happen once per module;
+the mechanics of enhance_faces are checked with a stub stylizer and detector.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFilter
+
+from anime_cli import weights
+from anime_cli.faces import (
+    DEFAULT_MIN_FACE,
+    ArraySource,
+    Face,
+    FaceDetector,
+    crop_box,
+    enhance_faces,
+    feather_mask,
+    match_tone,
+)
+from anime_cli.mtcnn import ONet, PNet, RNet
+
+PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "photos"
+
+# The astronaut's face, measured by eye on the photo: cheek to cheek, hairline to chin.
+ASTRONAUT_FACE = (180, 72, 268, 180)
+
+
+def photo(name: str) -> np.ndarray:
+    return np.asarray(Image.open(PHOTOS / name).convert("RGB"))
+
+
+def iou(a, b) -> float:
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+@pytest.fixture(scope="module")
+def detector():
+    return FaceDetector.load()
+
+
+@pytest.fixture(scope="module")
+def stylizer():
+    from anime_cli.stylize import Stylizer
+
+    return Stylizer.from_style("hayao")
+
+
+# -----------------------------------------------------------------------------
+# the three networks against a by-hand computation of the README's layer list
+
+
+def reference_pnet(sd, x):
+    x = F.max_pool2d(F.prelu(F.conv2d(x, sd["conv1.weight"], sd["conv1.bias"]), sd["prelu1.weight"]), 2, 2, ceil_mode=True)
+    x = F.prelu(F.conv2d(x, sd["conv2.weight"], sd["conv2.bias"]), sd["prelu2.weight"])
+    x = F.prelu(F.conv2d(x, sd["conv3.weight"], sd["conv3.bias"]), sd["prelu3.weight"])
+    prob = F.softmax(F.conv2d(x, sd["conv4_1.weight"], sd["conv4_1.bias"]), dim=1)[:, 1]
+    return prob, F.conv2d(x, sd["conv4_2.weight"], sd["conv4_2.bias"])
+
+
+def reference_rnet(sd, x):
+    x = F.max_pool2d(F.prelu(F.conv2d(x, sd["conv1.weight"], sd["conv1.bias"]), sd["prelu1.weight"]), 3, 2, ceil_mode=True)
+    x = F.max_pool2d(F.prelu(F.conv2d(x, sd["conv2.weight"], sd["conv2.bias"]), sd["prelu2.weight"]), 3, 2, ceil_mode=True)
+    x = F.prelu(F.conv2d(x, sd["conv3.weight"], sd["conv3.bias"]), sd["prelu3.weight"])
+    x = x.permute(0, 3, 2, 1).reshape(x.shape[0], -1)
+    assert x.shape[1] == 576
+    x = F.prelu(F.linear(x, sd["dense4.weight"], sd["dense4.bias"]), sd["prelu4.weight"])
+    prob = F.softmax(F.linear(x, sd["dense5_1.weight"], sd["dense5_1.bias"]), dim=1)[:, 1]
+    return prob, F.linear(x, sd["dense5_2.weight"], sd["dense5_2.bias"])
+
+
+def reference_onet(sd, x):
+    x = F.max_pool2d(F.prelu(F.conv2d(x, sd["conv1.weight"], sd["conv1.bias"]), sd["prelu1.weight"]), 3, 2, ceil_mode=True)
+    x = F.max_pool2d(F.prelu(F.conv2d(x, sd["conv2.weight"], sd["conv2.bias"]), sd["prelu2.weight"]), 3, 2, ceil_mode=True)
+    x = F.max_pool2d(F.prelu(F.conv2d(x, sd["conv3.weight"], sd["conv3.bias"]), sd["prelu3.weight"]), 2, 2, ceil_mode=True)
+    x = F.prelu(F.conv2d(x, sd["conv4.weight"], sd["conv4.bias"]), sd["prelu4.weight"])
+    x = x.permute(0, 3, 2, 1).reshape(x.shape[0], -1)
+    assert x.shape[1] == 1152
+    x = F.prelu(F.linear(x, sd["dense5.weight"], sd["dense5.bias"]), sd["prelu5.weight"])
+    prob = F.softmax(F.linear(x, sd["dense6_1.weight"], sd["dense6_1.bias"]), dim=1)[:, 1]
+    return prob, F.linear(x, sd["dense6_2.weight"], sd["dense6_2.bias"]), F.linear(x, sd["dense6_3.weight"], sd["dense6_3.bias"])
+
+
+@pytest.mark.parametrize(
+    "net, name, reference, shape",
+    [
+        (PNet, "mtcnn-pnet", reference_pnet, (2, 3, 31, 37)),  # odd sizes exercise ceil_mode pooling
+        (RNet, "mtcnn-rnet", reference_rnet, (5, 3, 24, 24)),
+        (ONet, "mtcnn-onet", reference_onet, (5, 3, 48, 48)),
+    ],
+)
+def test_network_matches_reference_computation(net, name, reference, shape):
+    sd = weights.load(name)  # sha256-checked, weights_only
+    model = net()
+    assert set(model.state_dict()) == set(sd)
+    model.load_state_dict(sd, strict=True)
+    model.eval()
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got, want = model(x), reference(sd, x)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+
+
+# -----------------------------------------------------------------------------
+# detection on the sample photos
+
+
+def test_astronaut_has_one_face(detector):
+    faces = detector.detect(photo("astronaut.png"))
+    assert len(faces) == 1
+    face = faces[0]
+    assert iou(face.box, ASTRONAUT_FACE) >= 0.5
+    assert face.score > 0.9
+    x0, y0, x1, y1 = face.box
+    assert face.landmarks.shape == (5, 2)
+    assert np.all((face.landmarks[:, 0] > x0) & (face.landmarks[:, 0] < x1))
+    assert np.all((face.landmarks[:, 1] > y0) & (face.landmarks[:, 1] < y1))
+    left_eye, right_eye, nose, mouth_left, mouth_right = face.landmarks
+    assert left_eye[0] < nose[0] < right_eye[0]
+    assert max(left_eye[1], right_eye[1]) < nose[1] < min(mouth_left[1], mouth_right[1])
+
+
+@pytest.mark.parametrize("name", ["coffee.png", "chelsea.png", "rocket.jpg"])
+def test_no_face_in_photos_without_people(detector, name):
+    assert detector.detect(photo(name)) == []
+
+
+def paste_head(background: Image.Image, face_px: int, at: tuple[int, int]) -> tuple[float, float, float, float]:
+    """Paste the astronaut's head, scaled so her face is face_px wide, with a soft
+    oval edge; returns where her face (ASTRONAUT_FACE) lands."""
+    cut = (130, 10, 320, 230)
+    s = face_px / (ASTRONAUT_FACE[2] - ASTRONAUT_FACE[0])
+    head = Image.fromarray(photo("astronaut.png")).crop(cut)
+    head = head.resize((round(head.width * s), round(head.height * s)), Image.Resampling.LANCZOS)
+    mask = Image.new("L", head.size, 0)
+    ImageDraw.Draw(mask).ellipse((0, 0, head.width - 1, head.height - 1), fill=255)
+    background.paste(head, at, mask.filter(ImageFilter.GaussianBlur(head.width / 20)))
+    fx0, fy0, fx1, fy1 = ASTRONAUT_FACE
+    return (at[0] + (fx0 - cut[0]) * s, at[1] + (fy0 - cut[1]) * s, at[0] + (fx1 - cut[0]) * s, at[1] + (fy1 - cut[1]) * s)
+
+
+@pytest.fixture(scope="module")
+def two_faces():
+    """The coffee photo, blurred, with the astronaut's head pasted twice at two scales."""
+    bg = Image.fromarray(photo("coffee.png")).filter(ImageFilter.GaussianBlur(3))
+    where = [paste_head(bg, 40, (60, 60)), paste_head(bg, 70, (330, 170))]
+    return np.asarray(bg), where
+
+
+def test_two_pasted_faces_give_two_detections(detector, two_faces):
+    image, where = two_faces
+    faces = detector.detect(image)
+    assert len(faces) == 2
+    for expected in where:
+        assert max(iou(f.box, expected) for f in faces) >= 0.5
+
+
+# -----------------------------------------------------------------------------
+# enhancement mechanics, with stubs (no generator runs)
+
+
+class NegativeStylizer:
+    """Stands in for Stylizer: inverts the picture, records the sizes it was given."""
+
+    def __init__(self):
+        self.sizes = []
+
+    def stylize(self, rgb):
+        self.sizes.append(rgb.shape)
+        return 255 - rgb
+
+
+class FixedDetector:
+    def __init__(self, *faces):
+        self.faces = list(faces)
+
+    def detect(self, rgb, min_face=20):
+        return self.faces  # like MTCNN, min_face is only where the search starts
+
+
+def face_at(x0, y0, x1, y1):
+    return Face((x0, y0, x1, y1), 0.99, np.zeros((5, 2)))
+
+
+def outside_crops(shape, faces):
+    keep = np.ones(shape[:2], bool)
+    for f in faces:
+        l, t, r, b = crop_box(f)
+        keep[max(t, 0) : max(b, 0), max(l, 0) : max(r, 0)] = False
+    return keep
+
+
+def test_enhance_pastes_only_inside_the_crops():
+    rng = np.random.default_rng(1)
+    working = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    stylized = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    faces = [face_at(100, 100, 140, 140), face_at(-10, 250, 30, 290), face_at(380, -5, 420, 35)]  # two past the edges
+    before = stylized.copy()
+    stylizer = NegativeStylizer()
+    out, n = enhance_faces(stylizer, working, stylized, FixedDetector(*faces), face_size=128, min_face=30)
+    assert np.array_equal(stylized, before)  # works on a copy
+    assert n == 3
+    assert stylizer.sizes == [(128, 128, 3)] * 3
+    assert out.shape == stylized.shape and out.dtype == np.uint8
+    far = outside_crops(working.shape, faces)
+    assert np.array_equal(out[far], stylized[far])
+    assert not np.array_equal(out[110:130, 110:130], stylized[110:130, 110:130])
+
+
+def test_enhance_skips_small_and_oversized_faces():
+    working = np.full((600, 600, 3), 128, np.uint8)
+    stylized = np.full((600, 600, 3), 90, np.uint8)
+    faces = FixedDetector(face_at(10, 10, 30, 30), face_at(200, 200, 500, 500))
+    out, n = enhance_faces(NegativeStylizer(), working, stylized, faces, min_face=24, face_size=512)
+    assert n == 0 and np.array_equal(out, stylized)
+
+
+def test_enhance_takes_pixels_from_the_source():
+    class Recorder:
+        def __init__(self):
+            self.calls = []
+
+        def region(self, box, size):
+            self.calls.append((box, size))
+            return np.zeros((size, size, 3), np.uint8)
+
+    source = Recorder()
+    face = face_at(50, 60, 90, 100)
+    working = np.full((200, 200, 3), 200, np.uint8)
+    enhance_faces(NegativeStylizer(), working, working.copy(), FixedDetector(face), source, face_size=96, min_face=30)
+    assert source.calls == [(crop_box(face), 96)]
+
+
+def test_array_source_resamples_and_mirrors_past_the_edges():
+    a = np.random.default_rng(2).integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    src = ArraySource(a)
+    assert np.array_equal(src.region((10, 5, 42, 37), 32), a[5:37, 10:42])  # same size: a plain crop
+    assert np.array_equal(src.region((-20, -20, 44, 44), 64), np.pad(a, ((20, 0), (20, 0), (0, 0)), mode="reflect")[:64, :64])
+    small = src.region((-100.5, 3.25, 150.5, 47.0), 17)
+    assert small.shape == (17, 17, 3) and small.dtype == np.uint8
+
+
+def test_feather_mask_is_zero_at_the_crop_edge_and_one_in_the_middle():
+    m = feather_mask(101)
+    assert m[50, 50] == 1.0
+    assert np.all(m[0] == 0) and np.all(m[-1] == 0) and np.all(m[:, 0] == 0) and np.all(m[:, -1] == 0)
+    assert m.min() >= 0 and m.max() <= 1
+
+
+def test_match_tone_matches_weighted_mean_and_std():
+    rng = np.random.default_rng(3)
+    render = rng.integers(100, 256, (40, 40, 3)).astype(np.uint8)
+    target = rng.integers(0, 120, (40, 40, 3)).astype(np.uint8)
+    w = feather_mask(40)
+    out = match_tone(render, target, w)
+    wt = w[..., None] / w.sum()
+    x, y = out, target.astype(np.float32)
+    mx, my = (x * wt).sum((0, 1)), (y * wt).sum((0, 1))
+    np.testing.assert_allclose(mx, my, atol=1e-2)
+    np.testing.assert_allclose(np.sqrt(((x - mx) ** 2 * wt).sum((0, 1))), np.sqrt(((y - my) ** 2 * wt).sum((0, 1))), rtol=1e-3)
+
+
+# -----------------------------------------------------------------------------
+# enhancement with the real generator (two runs: the plain picture, one face)
+
+
+def test_enhance_changes_the_face_and_nothing_far_from_it(detector, stylizer):
+    # the astronaut at half size: her face is ~43 px, where the plain rendering smudges it
+    working = np.asarray(Image.fromarray(photo("astronaut.png")).resize((256, 256), Image.Resampling.LANCZOS))
+    stylized = stylizer.stylize(working)
+    out, n = enhance_faces(stylizer, working, stylized, detector)
+    assert n == 1
+    [face] = detector.detect(working, min_face=DEFAULT_MIN_FACE)
+    x0, y0, x1, y1 = (round(v) for v in face.box)
+    changed = np.abs(out[y0:y1, x0:x1].astype(int) - stylized[y0:y1, x0:x1]).mean()
+    assert changed > 5
+    far = outside_crops(working.shape, [face])
+    assert far.sum() > 0.5 * far.size
+    assert np.array_equal(out[far], stylized[far])
+    # tone matching: the pasted crop keeps the brightness of the picture around it
+    l, t, r, b = crop_box(face)
+    region = (slice(max(t, 0), b), slice(max(l, 0), r))
+    assert np.abs(out[region].mean((0, 1)) - stylized[region].mean((0, 1))).max() < 6
