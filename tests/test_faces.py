@@ -58,35 +58,51 @@ def stylizer():
 # the three networks against a by-hand computation of the README's layer list
 
 
+def conv(sd, name, x):
+    return F.conv2d(x, sd[f"{name}.weight"], sd[f"{name}.bias"])
+
+
+def dense(sd, name, x):
+    return F.linear(x, sd[f"{name}.weight"], sd[f"{name}.bias"])
+
+
+def prelu(sd, name, x):
+    return F.prelu(x, sd[f"{name}.weight"])
+
+
+def pool(x, k, s):
+    return F.max_pool2d(x, k, s, ceil_mode=True)
+
+
+def caffe_order(x):
+    return x.permute(0, 3, 2, 1).reshape(x.shape[0], -1)
+
+
 def reference_pnet(sd, x):
-    x = F.max_pool2d(F.prelu(F.conv2d(x, sd["conv1.weight"], sd["conv1.bias"]), sd["prelu1.weight"]), 2, 2, ceil_mode=True)
-    x = F.prelu(F.conv2d(x, sd["conv2.weight"], sd["conv2.bias"]), sd["prelu2.weight"])
-    x = F.prelu(F.conv2d(x, sd["conv3.weight"], sd["conv3.bias"]), sd["prelu3.weight"])
-    prob = F.softmax(F.conv2d(x, sd["conv4_1.weight"], sd["conv4_1.bias"]), dim=1)[:, 1]
-    return prob, F.conv2d(x, sd["conv4_2.weight"], sd["conv4_2.bias"])
+    x = pool(prelu(sd, "prelu1", conv(sd, "conv1", x)), 2, 2)
+    x = prelu(sd, "prelu2", conv(sd, "conv2", x))
+    x = prelu(sd, "prelu3", conv(sd, "conv3", x))
+    return F.softmax(conv(sd, "conv4_1", x), dim=1)[:, 1], conv(sd, "conv4_2", x)
 
 
 def reference_rnet(sd, x):
-    x = F.max_pool2d(F.prelu(F.conv2d(x, sd["conv1.weight"], sd["conv1.bias"]), sd["prelu1.weight"]), 3, 2, ceil_mode=True)
-    x = F.max_pool2d(F.prelu(F.conv2d(x, sd["conv2.weight"], sd["conv2.bias"]), sd["prelu2.weight"]), 3, 2, ceil_mode=True)
-    x = F.prelu(F.conv2d(x, sd["conv3.weight"], sd["conv3.bias"]), sd["prelu3.weight"])
-    x = x.permute(0, 3, 2, 1).reshape(x.shape[0], -1)
+    x = pool(prelu(sd, "prelu1", conv(sd, "conv1", x)), 3, 2)
+    x = pool(prelu(sd, "prelu2", conv(sd, "conv2", x)), 3, 2)
+    x = caffe_order(prelu(sd, "prelu3", conv(sd, "conv3", x)))
     assert x.shape[1] == 576
-    x = F.prelu(F.linear(x, sd["dense4.weight"], sd["dense4.bias"]), sd["prelu4.weight"])
-    prob = F.softmax(F.linear(x, sd["dense5_1.weight"], sd["dense5_1.bias"]), dim=1)[:, 1]
-    return prob, F.linear(x, sd["dense5_2.weight"], sd["dense5_2.bias"])
+    x = prelu(sd, "prelu4", dense(sd, "dense4", x))
+    return F.softmax(dense(sd, "dense5_1", x), dim=1)[:, 1], dense(sd, "dense5_2", x)
 
 
 def reference_onet(sd, x):
-    x = F.max_pool2d(F.prelu(F.conv2d(x, sd["conv1.weight"], sd["conv1.bias"]), sd["prelu1.weight"]), 3, 2, ceil_mode=True)
-    x = F.max_pool2d(F.prelu(F.conv2d(x, sd["conv2.weight"], sd["conv2.bias"]), sd["prelu2.weight"]), 3, 2, ceil_mode=True)
-    x = F.max_pool2d(F.prelu(F.conv2d(x, sd["conv3.weight"], sd["conv3.bias"]), sd["prelu3.weight"]), 2, 2, ceil_mode=True)
-    x = F.prelu(F.conv2d(x, sd["conv4.weight"], sd["conv4.bias"]), sd["prelu4.weight"])
-    x = x.permute(0, 3, 2, 1).reshape(x.shape[0], -1)
+    x = pool(prelu(sd, "prelu1", conv(sd, "conv1", x)), 3, 2)
+    x = pool(prelu(sd, "prelu2", conv(sd, "conv2", x)), 3, 2)
+    x = pool(prelu(sd, "prelu3", conv(sd, "conv3", x)), 2, 2)
+    x = caffe_order(prelu(sd, "prelu4", conv(sd, "conv4", x)))
     assert x.shape[1] == 1152
-    x = F.prelu(F.linear(x, sd["dense5.weight"], sd["dense5.bias"]), sd["prelu5.weight"])
-    prob = F.softmax(F.linear(x, sd["dense6_1.weight"], sd["dense6_1.bias"]), dim=1)[:, 1]
-    return prob, F.linear(x, sd["dense6_2.weight"], sd["dense6_2.bias"]), F.linear(x, sd["dense6_3.weight"], sd["dense6_3.bias"])
+    x = prelu(sd, "prelu5", dense(sd, "dense5", x))
+    prob = F.softmax(dense(sd, "dense6_1", x), dim=1)[:, 1]
+    return prob, dense(sd, "dense6_2", x), dense(sd, "dense6_3", x)
 
 
 @pytest.mark.parametrize(
@@ -135,7 +151,7 @@ def test_no_face_in_photos_without_people(detector, name):
     assert detector.detect(photo(name)) == []
 
 
-def paste_head(background: Image.Image, face_px: int, at: tuple[int, int]) -> tuple[float, float, float, float]:
+def paste_head(background: Image.Image, face_px: int, at: tuple[int, int]):
     """Paste the astronaut's head, scaled so her face is face_px wide, with a soft
     oval edge; returns where her face (ASTRONAUT_FACE) lands."""
     cut = (130, 10, 320, 230)
@@ -146,7 +162,8 @@ def paste_head(background: Image.Image, face_px: int, at: tuple[int, int]) -> tu
     ImageDraw.Draw(mask).ellipse((0, 0, head.width - 1, head.height - 1), fill=255)
     background.paste(head, at, mask.filter(ImageFilter.GaussianBlur(head.width / 20)))
     fx0, fy0, fx1, fy1 = ASTRONAUT_FACE
-    return (at[0] + (fx0 - cut[0]) * s, at[1] + (fy0 - cut[1]) * s, at[0] + (fx1 - cut[0]) * s, at[1] + (fy1 - cut[1]) * s)
+    x, y = at[0] - cut[0] * s, at[1] - cut[1] * s
+    return (x + fx0 * s, y + fy0 * s, x + fx1 * s, y + fy1 * s)
 
 
 @pytest.fixture(scope="module")
@@ -245,7 +262,8 @@ def test_array_source_resamples_and_mirrors_past_the_edges():
     a = np.random.default_rng(2).integers(0, 256, (50, 70, 3), dtype=np.uint8)
     src = ArraySource(a)
     assert np.array_equal(src.region((10, 5, 42, 37), 32), a[5:37, 10:42])  # same size: a plain crop
-    assert np.array_equal(src.region((-20, -20, 44, 44), 64), np.pad(a, ((20, 0), (20, 0), (0, 0)), mode="reflect")[:64, :64])
+    mirrored = np.pad(a, ((20, 0), (20, 0), (0, 0)), mode="reflect")
+    assert np.array_equal(src.region((-20, -20, 44, 44), 64), mirrored[:64, :64])
     small = src.region((-100.5, 3.25, 150.5, 47.0), 17)
     assert small.shape == (17, 17, 3) and small.dtype == np.uint8
 
@@ -264,10 +282,14 @@ def test_match_tone_matches_weighted_mean_and_std():
     w = feather_mask(40)
     out = match_tone(render, target, w)
     wt = w[..., None] / w.sum()
-    x, y = out, target.astype(np.float32)
-    mx, my = (x * wt).sum((0, 1)), (y * wt).sum((0, 1))
-    np.testing.assert_allclose(mx, my, atol=1e-2)
-    np.testing.assert_allclose(np.sqrt(((x - mx) ** 2 * wt).sum((0, 1))), np.sqrt(((y - my) ** 2 * wt).sum((0, 1))), rtol=1e-3)
+
+    def mean_std(x):
+        m = (x * wt).sum((0, 1))
+        return m, np.sqrt(((x - m) ** 2 * wt).sum((0, 1)))
+
+    (m_out, s_out), (m_target, s_target) = mean_std(out), mean_std(target.astype(np.float32))
+    np.testing.assert_allclose(m_out, m_target, atol=1e-2)
+    np.testing.assert_allclose(s_out, s_target, rtol=1e-3)
 
 
 # -----------------------------------------------------------------------------
