@@ -149,12 +149,12 @@ def enhance_faces(
             # the picture already draws this face at least as finely as the
             # re-render would: pasting it would only blur it
             continue
-        render = stylizer.stylize(source.region((left, top, right, bottom), face_size))
-        render = np.asarray(Image.fromarray(render).resize((side, side), Image.Resampling.LANCZOS))
         # only the part of the crop inside the picture is pasted
         cx0, cy0, cx1, cy1 = max(left, 0), max(top, 0), min(right, w), min(bottom, h)
         if cx1 <= cx0 or cy1 <= cy0:
             continue
+        render = stylizer.stylize(source.region((left, top, right, bottom), face_size))
+        render = np.asarray(Image.fromarray(render).resize((side, side), Image.Resampling.LANCZOS))
         inner = (slice(cy0 - top, cy1 - top), slice(cx0 - left, cx1 - left))
         region = (slice(cy0, cy1), slice(cx0, cx1))
         mask = feather_mask(side)[inner]
