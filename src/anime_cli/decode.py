@@ -29,6 +29,7 @@ _TRANSPOSE = {
     8: Image.Transpose.ROTATE_90,
 }
 _SRGB = ImageCms.createProfile("sRGB")
+_DRAFTABLE = ("JPEG", "MPO")  # MPO: a JPEG with extra pictures appended; draft works the same
 
 
 @dataclass
@@ -57,7 +58,7 @@ def decode(im: Image.Image, probe: Probe, max_side: int, name: str) -> Decoded:
     stored_target = (th, tw) if probe.oriented_size != probe.size else (tw, th)
     notes = list(probe.notes)
     try:
-        if im.format == "JPEG":
+        if im.format in _DRAFTABLE:
             im.draft(None, stored_target)
         im.load()
         decode_size = im.size
@@ -178,7 +179,7 @@ class FileSource:
         try:
             with self._reopen() as im:
                 stored = target[::-1] if self._probe.orientation in (5, 6, 7, 8) else target
-                if im.format == "JPEG":
+                if im.format in _DRAFTABLE:
                     im.draft(None, stored)
                 im.load()
                 im, _ = to_rgb_or_rgba(im)

@@ -3,7 +3,10 @@
 Folders are walked in sorted order (sub-folders only with recursive=True),
 following symlinks but never entering a folder twice, so a symlink loop ends.
 Every regular file found becomes a job, images or not: the probe decides what
-it is, and each gets exactly one log record. The output folder is never walked.
+it is, and each gets exactly one log record; so does a folder that cannot be
+listed, and a dangling or looping symlink. Other non-regular entries (FIFOs,
+sockets, devices) are left alone: reading them could block or never end.
+The output folder is never walked.
 """
 
 from __future__ import annotations
@@ -55,7 +58,10 @@ def _walk(root: Path, recursive: bool, skip: set):
         try:
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError:
-            continue  # an unreadable sub-folder holds no file we could read
+            # An unreadable folder may hold photos the user expects: it becomes a
+            # job of its own, whose record says why it could not be read.
+            yield folder
+            continue
         subdirs = []
         for e in entries:
             try:

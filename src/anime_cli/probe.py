@@ -9,8 +9,10 @@ once oriented. Decoding happens later, in decode.py, at a reduced size.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
+import stat
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,25 +76,48 @@ def read_source(path: str | os.PathLike, max_file_size: int) -> tuple[object, in
     p = Path(path)
     try:
         st = p.stat()
-    except FileNotFoundError:
-        raise InputError(f"{path}: file not found (deleted?)", "file not found") from None
-    except PermissionError:
-        raise InputError(f"{path}: permission denied", "permission denied") from None
-    if p.is_file():
+    except OSError as e:
+        raise os_error(path, e) from None
+    if stat.S_ISDIR(st.st_mode):
+        # discover() hands over a folder only when it could not list it
+        try:
+            os.listdir(p)
+        except OSError as e:
+            raise InputError(f"{path}: cannot list folder ({os.strerror(e.errno) if e.errno else e})",
+                             os_error(path, e).reason) from None
+        raise InputError(f"{path}: is a folder", "is a folder")
+    if stat.S_ISREG(st.st_mode):
         if st.st_size > max_file_size:
             raise InputError(f"{path}: {st.st_size / 1e6:.1f} MB is over --max-file-size "
                              f"({max_file_size / 1e6:.0f} MB)", "file too large")
         if st.st_size == 0:
             raise InputError(f"{path}: empty file", "empty file")
-        if not os.access(p, os.R_OK):
-            raise InputError(f"{path}: permission denied", "permission denied")
+        try:  # open it now: access() would not see every reason a read fails
+            with open(p, "rb"):
+                pass
+        except OSError as e:
+            raise os_error(path, e) from None
         return p, st.st_size
     try:
         with open(p, "rb") as f:
             data = f.read(max_file_size + 1)
-    except PermissionError:
-        raise InputError(f"{path}: permission denied", "permission denied") from None
+    except OSError as e:
+        raise os_error(path, e) from None
     return read_bytes(data, str(path), max_file_size)
+
+
+_OS_REASONS = {errno.ENOENT: "file not found", errno.EACCES: "permission denied",
+               errno.EPERM: "permission denied", errno.ELOOP: "symlink loop",
+               errno.ENOTDIR: "file not found", errno.EISDIR: "is a folder"}
+
+
+def os_error(path, e: OSError) -> InputError:
+    """One line for an OSError met while reading an input file."""
+    reason = _OS_REASONS.get(e.errno, "read error")
+    if e.errno in (errno.ENOENT, errno.ENOTDIR):
+        return InputError(f"{path}: file not found (deleted?)", reason)
+    text = os.strerror(e.errno) if e.errno else str(e)
+    return InputError(f"{path}: {text[:1].lower()}{text[1:]}", reason)
 
 
 def read_bytes(data: bytes, name: str, max_file_size: int) -> tuple[object, int]:
@@ -106,12 +131,9 @@ def read_bytes(data: bytes, name: str, max_file_size: int) -> tuple[object, int]
 def open_image(source, nbytes: int, name: str, max_pixels: int) -> tuple[Image.Image, Probe]:
     """Open `source` (a path or a binary file object) lazily and probe it.
     Raises UnsupportedFormat (skip) or InputError (fail) with a one-line reason."""
+    _agree_with_pillow(max_pixels)
     try:
-        with warnings.catch_warnings():
-            # Pillow warns above MAX_IMAGE_PIXELS and raises above twice that;
-            # our own limit below is the one users set, so the warning is noise.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(source, formats=FORMATS)
+        im = Image.open(source, formats=FORMATS)
     except UnidentifiedImageError:
         raise _unidentified(source, name) from None
     except Image.DecompressionBombError:
@@ -123,7 +145,10 @@ def open_image(source, nbytes: int, name: str, max_pixels: int) -> tuple[Image.I
     except Exception as e:  # plugins parsing hostile headers raise many types
         raise InputError(f"{name}: corrupt header ({_short(e)})", "corrupt header") from None
     try:
-        probe = _probe(im, nbytes, name)
+        try:
+            probe = _probe(im, nbytes, name)
+        except Exception as e:  # counting frames walks a hostile file's structure
+            raise InputError(f"{name}: corrupt header ({_short(e)})", "corrupt header") from None
         w, h = probe.size
         if w < 1 or h < 1:
             raise InputError(f"{name}: image has no pixels ({w}x{h})", "empty image")
@@ -136,6 +161,57 @@ def open_image(source, nbytes: int, name: str, max_pixels: int) -> tuple[Image.I
     return im, probe
 
 
+def _agree_with_pillow(max_pixels: int) -> None:
+    """Pillow's own decompression-bomb guard (Image.MAX_IMAGE_PIXELS) warns above
+    its limit and raises above twice that, at open and again in some decoders.
+    --max-pixels is the limit that counts: Pillow's is raised to meet it when the
+    user asks for more, and its warning, which our check makes redundant and
+    which would land on stderr, is silenced for the whole process."""
+    if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+
+
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+# Pillow's UserWarnings about a file ("Corrupt EXIF data", "Tag data larger than
+# file", "malformed MPO") name no file and change nothing we do: a broken EXIF
+# block just means orientation 1. The file's record is where problems are told.
+warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+
+
+def _quiet_libtiff() -> None:
+    """libtiff prints its complaints about a corrupt TIFF ("tempfile.tif: Using
+    code not yet in table") straight to stderr from C. Pillow turns the failure
+    into an exception anyway, which becomes the file's error record, so the
+    handlers of the libtiff that Pillow loaded are cleared. Best effort."""
+    import ctypes
+    import glob
+
+    from PIL import _imaging  # noqa: F401  (loads libtiff)
+
+    paths = []
+    try:
+        with open("/proc/self/maps") as f:
+            paths = sorted({line.split()[-1] for line in f if "libtiff" in line and "/" in line})
+    except OSError:
+        pdir = os.path.dirname(Image.__file__)
+        paths = glob.glob(os.path.join(pdir, "..", "pillow.libs", "libtiff*")) + \
+            glob.glob(os.path.join(pdir, ".dylibs", "libtiff*"))
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path)
+            for fn in ("TIFFSetErrorHandler", "TIFFSetWarningHandler"):
+                getattr(lib, fn).restype = ctypes.c_void_p
+                getattr(lib, fn)(None)
+        except (OSError, AttributeError):
+            pass
+
+
+try:
+    _quiet_libtiff()
+except Exception:  # never let cosmetics stop the tool
+    pass
+
+
 def _probe(im: Image.Image, nbytes: int, name: str) -> Probe:
     try:
         orientation = int(im.getexif().get(_ORIENTATION, 1) or 1)
@@ -145,7 +221,11 @@ def _probe(im: Image.Image, nbytes: int, name: str) -> Probe:
         orientation = 1
     frames = getattr(im, "n_frames", 1)
     notes = [f"first frame of {frames}"] if frames > 1 else []
-    return Probe(format=im.format or "?", size=im.size, mode=im.mode, orientation=orientation,
+    fmt = im.format or "?"
+    if fmt == "MPO":  # a phone's JPEG with extra pictures (depth map, preview): a JPEG to us
+        fmt = "JPEG"
+        notes = [f"MPO: first picture of {frames}"] if frames > 1 else []
+    return Probe(format=fmt, size=im.size, mode=im.mode, orientation=orientation,
                  input_bytes=nbytes, frames=frames, notes=notes)
 
 

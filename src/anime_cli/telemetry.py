@@ -155,7 +155,10 @@ class JsonlLog:
     """Append-only JSON Lines file, flushed per record so an interrupted run keeps its lines."""
 
     def __init__(self, path):
-        self._f = open(path, "a", encoding="utf-8") if path else None
+        # A file name that is not UTF-8 (b"caf\xe9.jpg") reaches us as a lone surrogate
+        # ("caf\udce9.jpg"); backslashreplace writes it as the JSON escape \udce9, so
+        # the line stays valid UTF-8 JSON and json.loads + os.fsencode give the name back.
+        self._f = open(path, "a", encoding="utf-8", errors="backslashreplace") if path else None
 
     def write(self, record: Record) -> None:
         if self._f:
