@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from functools import lru_cache
@@ -86,11 +87,23 @@ def load_state_dict(path: Path, sha256: str | None = None) -> dict[str, torch.Te
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # weights_only refuses pickled code with an UnpicklingError
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise WeightsError(f"{path}: not a plain-tensor weights file ({first})") from None
+        raise WeightsError(f"{path}: {_refusal(e)}") from None
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise WeightsError(f"{path}: not a state dict of tensors")
     return sd
+
+
+def _refusal(e: Exception) -> str:
+    """One line for a file torch.load(weights_only=True) refused. torch's own message
+    runs over many lines and suggests loading the file unsafely: never repeat that."""
+    text = str(e)
+    m = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if m:
+        return f"refused: it holds pickled code or objects ({m.group(1)}), not only tensors; it was not run"
+    m = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    detail = m.group(1).strip() if m else (text.strip().splitlines() or [type(e).__name__])[0]
+    detail = re.sub(r"\x1b\[[0-9;]*m", "", detail)[:100] or type(e).__name__
+    return f"not a PyTorch weights file of plain tensors ({detail})"
 
 
 def load(name: str) -> dict[str, torch.Tensor]:
