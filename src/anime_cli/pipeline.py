@@ -101,15 +101,16 @@ class Converter:
                     writing.append((loaded, saver.submit(self._write, loaded, image)))
                     del image
                     while writing and (writing[0][1].done() or len(writing) > 1):
-                        yield self._collect(*writing.popleft())
+                        yield self._collect_first(writing)
                 while writing:
-                    yield self._collect(*writing.popleft())
+                    yield self._collect_first(writing)
             except BaseException:
                 self._halt.set()
                 if ahead is not None:
                     ahead.cancel()
                 for loaded, fut in writing:
-                    fut.cancel()
+                    if not fut.cancel():
+                        self._unwrite(loaded, fut)
                 raise
 
     def convert(self, job: Job) -> Record:
@@ -215,6 +216,22 @@ class Converter:
             if getattr(e, "fatal", False):
                 raise _Fatal(self._finish(loaded)) from None
         return loaded
+
+    def _collect_first(self, writing: deque) -> Record:
+        record = self._collect(*writing[0])  # still listed while it waits: an interrupt undoes it
+        writing.popleft()
+        return record
+
+    def _unwrite(self, loaded: _Loaded, fut: Future) -> None:
+        """The batch stopped (Ctrl-C, disk full) with this write in flight: its record
+        will never be reported, so its output must not stay either. Outputs on disk
+        are exactly the files logged ok."""
+        try:
+            fut.result()
+        except Exception:
+            return  # failed, or stopped by the halt before its rename: nothing was written
+        if loaded.record.status == "ok" and loaded.dest is not None:
+            loaded.dest.unlink(missing_ok=True)
 
     def _collect(self, loaded: _Loaded, fut: Future) -> Record:
         try:
