@@ -762,3 +762,14 @@ def test_weights_failing_their_sha256_are_refused(tmp_path, monkeypatch):
     assert code == 2 and err.count("\n") == 1 and "sha256 does not match" in err, err
     code, out, err = invoke("install-weights", bad_dir, "--dest", tmp_path / "dest")
     assert code == 2 and "sha256 does not match" in err and not (tmp_path / "dest" / good.name).exists(), err
+
+
+@pytest.mark.parametrize("case", ["missing folder", "is a folder"])
+def test_unusable_log_file_is_a_usage_error(tmp_path, case):
+    src = tmp_path / "a.jpg"
+    src.write_bytes(encoded(base((32, 24)), "JPEG"))
+    log = tmp_path / "no" / "such" / "log.jsonl" if case == "missing folder" else tmp_path
+    t = time.perf_counter()
+    code, _, err = invoke("convert", src, "-o", tmp_path / "out", "--log-file", log, "--no-face-enhance")
+    assert code == 2 and err.count("\n") == 1 and "cannot open the log file" in err, err
+    assert time.perf_counter() - t < 5 and not any((tmp_path / "out").iterdir())

@@ -17,8 +17,10 @@ from typing import List, Optional
 
 import typer
 
-from . import probe, weights
 from .errors import AnimeCliError
+
+# torch (through weights/stylize) is imported only once a command runs, after main()
+# has taken over SIGINT/SIGTERM: an early Ctrl-C exits 130 instead of a traceback.
 
 app = typer.Typer(
     add_completion=False,
@@ -112,6 +114,12 @@ def convert(
             check_output_dir(out_dir)
     except AnimeCliError as e:
         fail(str(e))
+    from .telemetry import JsonlLog
+
+    try:
+        log = JsonlLog(log_file)  # before any work: an unusable log file is a usage error
+    except OSError as e:
+        fail(f"{log_file}: cannot open the log file ({e.strerror or e})")
 
     from .pipeline import Converter, Options
 
@@ -125,11 +133,13 @@ def convert(
         converter = Converter(_stylizer(style, weights_path, threads), options,
                               _detector() if face_enhance else None)
     except AnimeCliError as e:
+        log.close()
         fail(str(e))
-    sys.exit(_run_batch(converter, jobs, log_file, quiet))
+    sys.exit(_run_batch(converter, jobs, log, quiet))
 
 
 def _stylizer(style: str, weights_path: Optional[Path], threads: Optional[int]):
+    from . import weights
     from .stylize import Stylizer
 
     if weights_path is not None:
@@ -146,7 +156,9 @@ def _detector():
     return FaceDetector.load()
 
 
-def _run_batch(converter, jobs, log_file, quiet) -> int:
+def _run_batch(converter, jobs, log, quiet) -> int:
+    """Run the batch, report each record, print the summary; the exit code.
+    `log`: a JsonlLog, or the path of one (None: no log)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -157,17 +169,22 @@ def _run_batch(converter, jobs, log_file, quiet) -> int:
     console = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
     show_bar = console.is_terminal and not quiet
     counts = {"ok": 0, "skipped": 0, "error": 0}
-    log = JsonlLog(log_file)
+    if not isinstance(log, JsonlLog):
+        log = JsonlLog(log)
     started = time.perf_counter()
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeRemainingColumn(), console=console, transient=True, disable=not show_bar)
     task = progress.add_task("converting", total=len(jobs))
     code = 0
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    # During the batch both signals raise KeyboardInterrupt where the main thread is,
+    # so the batch unwinds: temp files removed, writes in flight undone, summary printed.
+    previous = {s: signal.signal(s, h) for s, h in ((signal.SIGINT, signal.default_int_handler),
+                                                    (signal.SIGTERM, _raise_interrupt))}
 
     def report(rec):
         counts[rec.status] += 1
-        log.write(rec)
+        if not log.write(rec):
+            console.print(f"anime-cli: {log.error}; going on without the log")
         if not quiet or rec.status == "error":
             console.print(_one_line(rec.human()))
         progress.advance(task)
@@ -181,13 +198,16 @@ def _run_batch(converter, jobs, log_file, quiet) -> int:
                 report(stop.record)
                 console.print(f"stopping: {stop.record.error}; nothing after it can be written")
     except KeyboardInterrupt:
+        for s in previous:  # a second Ctrl-C must not cut the clean-up short
+            signal.signal(s, signal.SIG_IGN)
         remove_temp_files()
         code = 130
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, h in previous.items():
+            signal.signal(s, h)
         log.close()
     if code == 0:
-        code = 1 if counts["error"] or len(jobs) > sum(counts.values()) else 0
+        code = 1 if counts["error"] or log.error or len(jobs) > sum(counts.values()) else 0
     if not quiet or code:
         head = "interrupted" if code == 130 else "done"
         left = len(jobs) - sum(counts.values())
@@ -201,6 +221,13 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def _interrupted_before_work(signum, frame):
+    """SIGINT/SIGTERM outside the batch (loading torch and the weights, walking the
+    folders): nothing is written yet, so leave at once, without a traceback."""
+    os.write(2, b"anime-cli: interrupted\n")
+    os._exit(130)
+
+
 def _one_line(text: str) -> str:
     return text.replace("\r", "\\r").replace("\n", "\\n")
 
@@ -208,6 +235,8 @@ def _one_line(text: str) -> str:
 @app.command()
 def styles():
     """List the installed styles and detectors: name, sha256 check, licence."""
+    from . import weights
+
     for w in weights.manifest().values():
         typer.echo(f"{w.name:<12} {w.kind:<14} {weights.status(w.name):<16} {w.licence}")
 
@@ -218,6 +247,8 @@ def install_weights(
     dest: Optional[Path] = typer.Option(None, "--dest", help="Where to install. [default: $ANIME_CLI_WEIGHTS, the checkout's weights/, or the user data folder]"),
 ):
     """Install weights from a folder, checking every sha256 against the manifest."""
+    from . import weights
+
     try:
         for p in weights.install(source, dest):
             typer.echo(f"installed {p}")
@@ -226,6 +257,8 @@ def install_weights(
 
 
 def main():
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, _interrupted_before_work)
     try:
         app()
     except KeyboardInterrupt:

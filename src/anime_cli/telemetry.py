@@ -160,11 +160,25 @@ class JsonlLog:
         # the line stays valid UTF-8 JSON and json.loads + os.fsencode give the name back.
         self._f = open(path, "a", encoding="utf-8", errors="backslashreplace") if path else None
 
-    def write(self, record: Record) -> None:
-        if self._f:
+    error: str | None = None  # set when a write failed (disk full...): the log stops there
+
+    def write(self, record: Record) -> bool:
+        """Append one line; False (once, with .error set) when the log cannot be written."""
+        if not self._f:
+            return True
+        try:
             self._f.write(record.to_json() + "\n")
             self._f.flush()
+            return True
+        except OSError as e:
+            self.error = f"cannot write the log file {self._f.name} ({e.strerror or e})"
+            self.close()
+            return False
 
     def close(self) -> None:
         if self._f:
-            self._f.close()
+            f, self._f = self._f, None
+            try:
+                f.close()
+            except OSError:
+                pass
