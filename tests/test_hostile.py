@@ -267,6 +267,11 @@ def build_corpus(d: Path) -> dict[str, tuple[str, str | None]]:
     img("new\nline.png", b)
     put("bad\nname.jpg", b"junk" * 50, "error", "corrupt or not an image")
     put(os.fsdecode(b"latin1-caf\xe9.jpg"), jpg, *OK)
+    # the longest names: a 250-byte stem converts; its collision partner would need
+    # 257 bytes (over NAME_MAX), so it is an error record, not a crash nor an overwrite
+    img("L" * 250 + ".gif", b)
+    img("L" * 250 + ".png", b)
+    expect["L" * 250 + ".png"] = ("error", "output")
     # collision: photo.gif -> photo.png (first in walk order), photo.png -> photo_2.png
     img("photo.gif", b)
     img("photo.png", b)

@@ -81,7 +81,8 @@ def write_atomic(im: Image.Image, dest: Path, fmt: str, quality: int, overwrite:
         raise OutputError(f"{dest}: not written (the batch was stopped)")
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+        # the name cut short: a 250-byte output name must not give a temp name over NAME_MAX
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name[:40]}.", suffix=".tmp")
     except OSError as e:
         raise _os_error(dest, e, abort) from None
     with _temp_lock:

@@ -157,6 +157,14 @@ class Converter:
             rec.status, rec.error, rec.reason = "error", str(e), e.reason
         except OutputError as e:
             rec.status, rec.error, rec.reason = "error", str(e), "output"
+        except OSError as e:  # on the output side: a name too long (ENAMETOOLONG), an odd folder
+            loaded.decoded = None
+            rec.status, rec.reason = "error", "output"
+            rec.error = f"{e.filename or job.input}: {e.strerror or e}"
+        except Exception as e:  # one bad file never stops the batch, whatever it trips
+            loaded.decoded = None
+            rec.status, rec.reason = "error", "unexpected error"
+            rec.error = f"{job.input}: unexpected {type(e).__name__} ({str(e).splitlines()[0][:120] if str(e) else ''})"
         return loaded
 
     def _stylize(self, loaded: _Loaded) -> np.ndarray | None:
