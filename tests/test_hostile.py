@@ -778,3 +778,15 @@ def test_unusable_log_file_is_a_usage_error(tmp_path, case):
     code, _, err = invoke("convert", src, "-o", tmp_path / "out", "--log-file", log, "--no-face-enhance")
     assert code == 2 and err.count("\n") == 1 and "cannot open the log file" in err, err
     assert time.perf_counter() - t < 5 and not any((tmp_path / "out").iterdir())
+
+
+def test_the_same_file_given_twice_is_one_job(tmp_path):
+    """`dir dir/a.jpg ./dir/a.jpg`: one record, not a race for one output that fails."""
+    from anime_cli.discover import discover
+
+    d = tmp_path / "dir"
+    d.mkdir()
+    (d / "a.jpg").write_bytes(encoded(base((32, 24)), "JPEG"))
+    (d / "link.jpg").symlink_to("a.jpg")  # another name: another output, kept
+    jobs = discover([str(d), str(d / "a.jpg"), str(tmp_path / "." / "dir" / "a.jpg")], recursive=False)
+    assert [(Path(j.input).name, str(j.rel)) for j in jobs] == [("a.jpg", "a.jpg"), ("link.jpg", "link.jpg")]

@@ -47,7 +47,20 @@ def discover(inputs: list[str], recursive: bool, exclude: tuple[Path | None, ...
             jobs.append(Job(arg, p, Path(p.name)))
         else:
             raise MissingInput(f"{arg}: no such file or folder")
-    return jobs
+    return _unique(jobs)
+
+
+def _unique(jobs: list[Job]) -> list[Job]:
+    """The same file found twice for the same output (`dir dir/a.jpg`, `a.jpg a.jpg`)
+    is one job: a second one would only race the first for its output. A symlink
+    to a file under another name is another job (another output, another record)."""
+    seen, out = set(), []
+    for job in jobs:
+        key = None if job.path is None else (os.path.realpath(job.path), job.rel)
+        if key is None or key not in seen:
+            seen.add(key)
+            out.append(job)
+    return out
 
 
 def _walk(root: Path, recursive: bool, skip: set):
