@@ -465,7 +465,14 @@ def test_refused_formats_never_reach_a_decoder(monkeypatch):
         "i.pcx": encoded(b, "PCX"),
         "j.dds": encoded(b, "DDS"),
         "k.mkv": b"\x1a\x45\xdf\xa3" + b"\0" * 60,
+        "l.heic": b"\0\0\0\x18ftypheic" + b"\0" * 60,
     }
+    from PIL import features
+
+    if features.check("avif"):  # Pillow reads AVIF natively; it is not on our list
+        cases["m.avif"] = encoded(b, "AVIF")
+    if _has_heif():
+        del cases["l.heic"]
     for name, data in cases.items():
         with pytest.raises(UnsupportedFormat):
             _front(data, name)

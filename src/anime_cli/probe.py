@@ -236,9 +236,13 @@ def _unidentified(source, name: str) -> InputError:
             return UnsupportedFormat(f"{name}: unsupported format ({label})", "unsupported format")
     if head[4:8] == b"ftyp":
         brand = head[8:12].decode("ascii", "replace").strip()
-        if brand in ("heic", "heix", "mif1", "msf1", "heim", "heis", "avif"):
-            return UnsupportedFormat(f"{name}: unsupported format (HEIF/AVIF; install anime-cli[heic])",
+        if brand in ("heic", "heix", "mif1", "msf1", "heim", "heis", "hevc", "hevx"):
+            if "HEIF" in FORMATS:  # the extra is there and could not read it
+                return InputError(f"{name}: not a readable HEIF image (corrupt)", "corrupt or not an image")
+            return UnsupportedFormat(f"{name}: unsupported format (HEIF; install anime-cli[heic])",
                                      "unsupported format")
+        if brand in ("avif", "avis"):
+            return UnsupportedFormat(f"{name}: unsupported format (AVIF)", "unsupported format")
         return UnsupportedFormat(f"{name}: unsupported format (video or ISO media)", "unsupported format")
     if Path(name).suffix.lower() in IMAGE_SUFFIXES:
         return InputError(f"{name}: not a readable image (corrupt or unknown data)", "corrupt or not an image")
