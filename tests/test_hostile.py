@@ -72,6 +72,17 @@ def jpeg_with_size(jpg: bytes, w: int, h: int) -> bytes:
     return bytes(data)
 
 
+def corrupt_exif(exif: bytes) -> bytes:
+    """EXIF whose first IFD claims 40 entries: Pillow warns "Corrupt EXIF data"."""
+    d = bytearray(exif)
+    i = d.find(b"MM\0*")
+    end = ">"
+    if i < 0:
+        i, end = d.find(b"II*\0"), "<"
+    struct.pack_into(end + "H", d, i + struct.unpack_from(end + "I", d, i + 4)[0], 40)
+    return bytes(d)
+
+
 def tiff_with_size(tif: bytes, w: int, h: int) -> bytes:
     """The same little-endian TIFF with its first IFD declaring w x h."""
     data = bytearray(tif)
@@ -241,6 +252,7 @@ def build_corpus(d: Path) -> dict[str, tuple[str, str | None]]:
     for o in range(1, 9):
         img(f"orient{o}.jpg", base((64, 40)), format="JPEG", exif=exif_orientation(o))
     img("orient6.png", base((64, 40)), exif=exif_orientation(6))
+    img("bad_exif.jpg", base((64, 40)), format="JPEG", exif=corrupt_exif(exif_orientation(6)))
     # content decides, not the extension
     put("png_named.jpg", png, *OK)
     put("jpeg_named.txt", jpg, *OK)
@@ -394,6 +406,7 @@ def test_modes_orientation_and_notes_in_the_records(corpus_run):
         r = records[f"orient{o}.jpg"]
         assert r["input_size"] == ([40, 64] if o >= 5 else [64, 40]) == r["output_size"], r
     assert records["orient6.png"]["output_size"] == [40, 64]
+    assert records["bad_exif.jpg"]["output_size"] in ([40, 64], [64, 40])  # converted, without a warning
     assert "first frame of 3" in records["anim.gif"]["notes"]
     assert "first frame of 3" in records["anim.webp"]["notes"]
     mpo = records["multi.mpo"]  # a phone's multi-picture JPEG: decoded and written as the JPEG it is
