@@ -821,3 +821,27 @@ def test_the_same_file_given_twice_is_one_job(tmp_path):
     (d / "link.jpg").symlink_to("a.jpg")  # another name: another output, kept
     jobs = discover([str(d), str(d / "a.jpg"), str(tmp_path / "." / "dir" / "a.jpg")], recursive=False)
     assert [(Path(j.input).name, str(j.rel)) for j in jobs] == [("a.jpg", "a.jpg"), ("link.jpg", "link.jpg")]
+
+
+class _Identity:
+    name = "identity"
+
+    def stylize(self, rgb, budget_bytes=None):
+        return rgb
+
+
+def test_an_encoder_refusal_fails_that_file_only(tmp_path):
+    """--format webp --max-side 0 on a 17000 px wide picture: WebP stops at 16383.
+    That file is an error record (no temp file left), the next one converts."""
+    from anime_cli.discover import discover
+    from anime_cli.pipeline import Converter, Options
+
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.new("RGB", (17000, 4), (90, 120, 150)).save(src / "a_wide.png")
+    (src / "b.jpg").write_bytes(encoded(base((32, 24)), "JPEG"))
+    opts = Options(output_dir=tmp_path / "out", face_enhance=False, format="webp", max_side=0)
+    recs = list(Converter(_Identity(), opts).run(discover([str(src)], recursive=False)))
+    assert [(r.status, r.reason) for r in recs] == [("error", "output"), ("ok", None)]
+    assert "cannot encode as WEBP" in recs[0].error
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["b.webp"]

@@ -100,6 +100,9 @@ def write_atomic(im: Image.Image, dest: Path, fmt: str, quality: int, overwrite:
         os.replace(tmp, dest)
     except OSError as e:
         raise _os_error(dest, e, abort) from None
+    except (ValueError, TypeError) as e:  # the encoder refuses: a 17000 px wide WebP, say
+        text = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise OutputError(f"{dest}: cannot encode as {fmt} ({text})") from None
     finally:
         _discard_temp(tmp)
 
