@@ -273,6 +273,8 @@ def build_corpus(d: Path) -> dict[str, tuple[str, str | None]]:
     put("pic.tga", encoded(b, "TGA"), "skipped", "not an image")  # Pillow reads it; we don't
     put("pic.ppm", encoded(b, "PPM"), "skipped", "not an image")
     put("pcx_named.png", encoded(b, "PCX"), "error", "corrupt or not an image")
+    put("._good.jpg", b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        " + b"\0" * 60,  # macOS AppleDouble
+        "skipped", "not an image")
     # tiny and extreme shapes: a 1x1 pixel, a 3x2 GIF, a 5000x1 line (1280x1 at the working size)
     img("pixel.png", Image.new("RGB", (1, 1), (200, 30, 30)))
     img("tiny.gif", Image.new("RGB", (3, 2), (30, 200, 30)))

@@ -45,6 +45,10 @@ _REFUSED = [
     (b"\x1a\x45\xdf\xa3", "video (Matroska/WebM)"), (b"PK\x03\x04", "ZIP"),
     (b"\x89HDF", "HDF"),
 ]
+# Not pictures, whatever their name says: skipped as "not an image", never failed.
+# macOS leaves a "._photo.jpg" AppleDouble file beside every photo it copies to a
+# FAT/exFAT/network drive; a batch over such a folder must not fail on each of them.
+_NOT_IMAGES = [(b"\x00\x05\x16\x07", "AppleDouble metadata"), (b"\x00\x05\x16\x00", "AppleSingle metadata")]
 _ORIENTATION = 0x0112
 _SWAPS_AXES = {5, 6, 7, 8}
 
@@ -244,6 +248,9 @@ def _unidentified(source, name: str) -> InputError:
         if brand in ("avif", "avis"):
             return UnsupportedFormat(f"{name}: unsupported format (AVIF)", "unsupported format")
         return UnsupportedFormat(f"{name}: unsupported format (video or ISO media)", "unsupported format")
+    for magic, label in _NOT_IMAGES:
+        if head.startswith(magic):
+            return UnsupportedFormat(f"{name}: not an image ({label})", "not an image")
     if Path(name).suffix.lower() in IMAGE_SUFFIXES:
         return InputError(f"{name}: not a readable image (corrupt or unknown data)", "corrupt or not an image")
     if _looks_like_text(head):
