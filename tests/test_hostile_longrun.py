@@ -38,8 +38,10 @@ def test_200_files_keep_peak_rss_flat(tmp_path):
     src, out, log = tmp_path / "in", tmp_path / "out", tmp_path / "run.jsonl"
     make_long_batch(src)
     t = time.monotonic()
+    # One intra-op thread: this measures memory, and on a shared 2-core box torch's two
+    # OpenMP threads slow down some 40x whenever another process holds a core.
     code, _, err = run_cli("convert", src, "-o", out, "--log-file", log, "--quiet", "--no-face-enhance",
-                           timeout=600)
+                           "--threads", "1", timeout=600, env={"OMP_NUM_THREADS": "1"})
     seconds = time.monotonic() - t
     records = read_log(log)
     assert code == 1 and len(records) == N, err  # the truncated files failed, the rest went on
