@@ -847,3 +847,24 @@ def test_an_encoder_refusal_fails_that_file_only(tmp_path):
     assert [(r.status, r.reason) for r in recs] == [("error", "output"), ("ok", None)]
     assert "cannot encode as WEBP" in recs[0].error
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["b.webp"]
+
+
+def test_heic_through_the_optional_extra(tmp_path):
+    """pip install anime-cli[heic]: HEIF joins the allow-list; a HEIC photo converts
+    (written as PNG: HEIF is not a format we write). Skipped without pillow-heif."""
+    pytest.importorskip("pillow_heif", reason="the [heic] extra (pillow-heif) is not installed")
+    from anime_cli import probe
+    from anime_cli.discover import discover
+    from anime_cli.pipeline import Converter, Options
+
+    assert "HEIF" in probe.FORMATS
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "phone.heic").write_bytes(encoded(base((64, 48)), "HEIF", quality=90))
+    (src / "broken.heic").write_bytes(encoded(base((64, 48)), "HEIF", quality=90)[:200])
+    pr, d = _front((src / "phone.heic").read_bytes(), "phone.heic")
+    assert pr.format == "HEIF" and d.size == (64, 48)
+    recs = list(Converter(_Identity(), Options(output_dir=tmp_path / "out", face_enhance=False)).run(
+        discover([str(src)], recursive=False)))
+    assert [(Path(r.input).name, r.status) for r in recs] == [("broken.heic", "error"), ("phone.heic", "ok")]
+    assert recs[1].output.endswith("phone.png")
