@@ -24,6 +24,7 @@ from anime_cli.faces import (
     match_tone,
 )
 from anime_cli.mtcnn import ONet, PNet, RNet
+from conftest import invoke, psnr, read_log
 
 PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "photos"
 
@@ -313,3 +314,33 @@ def test_enhance_changes_the_face_and_nothing_far_from_it(detector, stylizer):
     l, t, r, b = crop_box(face)
     region = (slice(max(t, 0), b), slice(max(l, 0), r))
     assert np.abs(out[region].mean((0, 1)) - stylized[region].mean((0, 1))).max() < 6
+
+
+def test_file_source_cuts_faces_from_the_original_resolution(tmp_path):
+    from anime_cli import probe
+    from anime_cli.decode import decode
+    from anime_cli.faces import FileSource
+
+    path = tmp_path / "big.jpg"
+    with Image.open(PHOTOS / "astronaut.png") as im:
+        im.convert("RGB").resize((2048, 2048), Image.Resampling.LANCZOS).save(path, quality=95)
+    src, n = probe.read_source(path, probe.DEFAULT_MAX_FILE_SIZE)
+    im, pr = probe.open_image(src, n, "big.jpg", probe.DEFAULT_MAX_PIXELS)
+    with im:
+        working = decode(im, pr, 512, "big.jpg").rgb
+    box = (150.0, 60.0, 290.0, 200.0)  # the face, in working-image pixels
+    source = FileSource(lambda: Image.open(path), pr, working, 10**9)
+    got = source.region(box, 256)
+    with Image.open(path) as full:
+        ref = ArraySource(np.asarray(full.convert("RGB"))).region(tuple(v * 4 for v in box), 256)
+    assert got.shape == (256, 256, 3)
+    assert psnr(got, ref) > 35
+    assert source._cache.shape[1] == 1024  # re-decoded at 1/2 scale, not cut from the 512 px working image
+
+
+def test_cli_enhances_the_astronauts_face(tmp_path):
+    code, _, err = invoke("convert", PHOTOS / "astronaut.png", "-o", tmp_path, "--log-file", tmp_path / "log.jsonl")
+    assert code == 0, err
+    (rec,) = read_log(tmp_path / "log.jsonl")
+    assert rec["faces"] == 1 and rec["timings"]["faces"] > 0
+    assert "faces 1" in err

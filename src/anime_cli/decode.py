@@ -29,7 +29,7 @@ _TRANSPOSE = {
     8: Image.Transpose.ROTATE_90,
 }
 _SRGB = ImageCms.createProfile("sRGB")
-_DRAFTABLE = ("JPEG", "MPO")  # MPO: a JPEG with extra pictures appended; draft works the same
+DRAFTABLE = ("JPEG", "MPO")  # MPO: a JPEG with extra pictures appended; draft works the same
 
 
 @dataclass
@@ -58,7 +58,7 @@ def decode(im: Image.Image, probe: Probe, max_side: int, name: str) -> Decoded:
     stored_target = (th, tw) if probe.oriented_size != probe.size else (tw, th)
     notes = list(probe.notes)
     try:
-        if im.format in _DRAFTABLE:
+        if im.format in DRAFTABLE:
             im.draft(None, stored_target)
         im.load()
         decode_size = im.size
@@ -66,10 +66,9 @@ def decode(im: Image.Image, probe: Probe, max_side: int, name: str) -> Decoded:
         notes += more
         if im.size != stored_target:
             im = _resize(im, stored_target)
-        if probe.orientation in _TRANSPOSE:
-            im = im.transpose(_TRANSPOSE[probe.orientation])
-            if probe.orientation in (5, 6, 7, 8):
-                decode_size = decode_size[::-1]
+        im = upright(im, probe.orientation)
+        if probe.orientation in (5, 6, 7, 8):
+            decode_size = decode_size[::-1]
         arr = np.asarray(im)
     except InputError:
         raise
@@ -78,10 +77,15 @@ def decode(im: Image.Image, probe: Probe, max_side: int, name: str) -> Decoded:
     except Exception as e:  # a decoder fed hostile bytes can raise nearly anything
         raise InputError(f"{name}: truncated or corrupt image data ({_short(e)})", "corrupt data") from None
     if arr.shape[2] == 4:
-        rgb, alpha = _over_white(arr), np.ascontiguousarray(arr[:, :, 3])
+        rgb, alpha = over_white(arr), np.ascontiguousarray(arr[:, :, 3])
     else:
         rgb, alpha = np.ascontiguousarray(arr), None
     return Decoded(rgb=rgb, alpha=alpha, decode_size=decode_size, notes=notes)
+
+
+def upright(im: Image.Image, orientation: int) -> Image.Image:
+    """The picture as it should be shown, for EXIF orientation 1..8."""
+    return im.transpose(_TRANSPOSE[orientation]) if orientation in _TRANSPOSE else im
 
 
 def to_rgb_or_rgba(im: Image.Image) -> tuple[Image.Image, list[str]]:
@@ -132,7 +136,7 @@ def _resize(im: Image.Image, size: tuple[int, int]) -> Image.Image:
     return im.resize(size, Image.Resampling.LANCZOS)
 
 
-def _over_white(rgba: np.ndarray) -> np.ndarray:
+def over_white(rgba: np.ndarray) -> np.ndarray:
     """What the network sees of a transparent picture: the colours over white.
     (The output gets the original alpha back where its format can hold it.)"""
     a = rgba[:, :, 3:4].astype(np.float32) / 255.0
@@ -144,63 +148,3 @@ def _short(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return text[0][:120] if text else type(e).__name__
 
-
-class FileSource:
-    """Face crops from the best resolution the original file offers.
-
-    The working image may be a downscale of the original; a face that is 60 px
-    there can be 400 px in the file. `region` re-decodes the file (JPEG again
-    reduced, just enough for the crop to reach `size`) and cuts the square out."""
-
-    def __init__(self, reopen, probe: Probe, working: np.ndarray, max_decode_pixels: int):
-        self._reopen = reopen  # () -> a fresh, lazily opened PIL image of the same file
-        self._probe = probe
-        self._working = working
-        self._max_pixels = max_decode_pixels
-        self._cache: np.ndarray | None = None
-
-    def region(self, box, size: int) -> np.ndarray:
-        x0, y0, x1, y1 = box
-        ow, oh = self._probe.oriented_size
-        work_w = self._working.shape[1]
-        scale = ow / work_w
-        want = min(1.0, size / max(1e-6, (x1 - x0) * scale))  # fraction of full size the crop needs
-        arr = self._decoded(want) if scale > 1.05 else self._working
-        s = arr.shape[1] / work_w
-        return crop_square(arr, (x0 * s, y0 * s, x1 * s, y1 * s), size)
-
-    def _decoded(self, fraction: float) -> np.ndarray:
-        ow, oh = self._probe.oriented_size
-        if self._cache is not None and self._cache.shape[1] >= ow * fraction * 0.999:
-            return self._cache
-        if ow * oh * fraction**2 > self._max_pixels:
-            return self._working
-        target = (max(1, round(ow * fraction)), max(1, round(oh * fraction)))
-        try:
-            with self._reopen() as im:
-                stored = target[::-1] if self._probe.orientation in (5, 6, 7, 8) else target
-                if im.format in _DRAFTABLE:
-                    im.draft(None, stored)
-                im.load()
-                im, _ = to_rgb_or_rgba(im)
-                if self._probe.orientation in _TRANSPOSE:
-                    im = im.transpose(_TRANSPOSE[self._probe.orientation])
-                arr = np.asarray(im)
-        except (OSError, ValueError, MemoryError):
-            return self._working  # the file changed or vanished: the working image still serves
-        self._cache = _over_white(arr) if arr.shape[2] == 4 else arr
-        return self._cache
-
-
-def crop_square(arr: np.ndarray, box, size: int) -> np.ndarray:
-    """The box of `arr` (float coords, may pass the edges: edge pixels repeat)
-    resampled to size x size."""
-    x0, y0, x1, y1 = box
-    h, w = arr.shape[:2]
-    l, t = int(np.floor(x0)), int(np.floor(y0))
-    r, b = int(np.ceil(x1)), int(np.ceil(y1))
-    ys = np.clip(np.arange(t, b), 0, h - 1)
-    xs = np.clip(np.arange(l, r), 0, w - 1)
-    patch = Image.fromarray(np.ascontiguousarray(arr[ys][:, xs]))
-    inner = (x0 - l, y0 - t, x1 - l, y1 - t)
-    return np.asarray(patch.resize((size, size), Image.Resampling.LANCZOS, box=inner))

@@ -21,9 +21,10 @@ import math
 import numpy as np
 from PIL import Image
 
+from .decode import DRAFTABLE, over_white, to_rgb_or_rgba, upright
 from .mtcnn import MTCNN, Face
 
-__all__ = ["DEFAULT_MIN_FACE", "ArraySource", "Face", "FaceDetector", "enhance_faces", "crop_box"]
+__all__ = ["DEFAULT_MIN_FACE", "ArraySource", "FileSource", "Face", "FaceDetector", "enhance_faces", "crop_box"]
 
 # Faces narrower than this (px in the working image) are left as they are.
 # MTCNN finds faces from 20 px with no false positives on the sample photos,
@@ -59,6 +60,51 @@ class ArraySource:
         im = Image.fromarray(np.ascontiguousarray(patch))
         resized = im.resize((size, size), Image.Resampling.LANCZOS, box=(x0 - ix0, y0 - iy0, x1 - ix0, y1 - iy0))
         return np.asarray(resized)
+
+
+class FileSource:
+    """Face pixels from the best resolution the original file offers.
+
+    The working image may be a downscale of the original: a face 60 px wide
+    there can be 400 px in the file. `region` re-decodes the file once (a JPEG
+    again DCT-scaled, just enough for the crop to reach `size`), then cuts the
+    square out of that like ArraySource does."""
+
+    def __init__(self, reopen, probe, working: np.ndarray, max_decode_pixels: int):
+        self._reopen = reopen  # () -> a fresh, lazily opened PIL image of the same file
+        self._probe = probe
+        self._working = working
+        self._max_pixels = max_decode_pixels
+        self._cache: np.ndarray | None = None
+
+    def region(self, box: tuple[float, float, float, float], size: int) -> np.ndarray:
+        x0, y0, x1, y1 = box
+        work_w = self._working.shape[1]
+        scale = self._probe.oriented_size[0] / work_w
+        want = min(1.0, size / max(1e-6, (x1 - x0) * scale))  # the fraction of full size the crop needs
+        arr = self._decoded(want) if scale > 1.05 else self._working
+        s = arr.shape[1] / work_w
+        return ArraySource(arr).region((x0 * s, y0 * s, x1 * s, y1 * s), size)
+
+    def _decoded(self, fraction: float) -> np.ndarray:
+        ow, oh = self._probe.oriented_size
+        if self._cache is not None and self._cache.shape[1] >= ow * fraction * 0.999:
+            return self._cache
+        if ow * oh * fraction**2 > self._max_pixels:
+            return self._working
+        target = (max(1, round(ow * fraction)), max(1, round(oh * fraction)))
+        try:
+            with self._reopen() as im:
+                stored = target[::-1] if self._probe.orientation in (5, 6, 7, 8) else target
+                if im.format in DRAFTABLE:
+                    im.draft(None, stored)
+                im.load()
+                im, _ = to_rgb_or_rgba(im)
+                arr = np.asarray(upright(im, self._probe.orientation))
+        except Exception:  # the file changed or vanished since: the working image still serves
+            return self._working
+        self._cache = over_white(arr) if arr.shape[2] == 4 else arr
+        return self._cache
 
 
 def reflect(idx: np.ndarray, n: int) -> np.ndarray:

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from . import output, probe
-from .decode import Decoded, FileSource, decode, target_size
+from .decode import Decoded, decode, target_size
 from .discover import STDIN, Job
 from .errors import AnimeCliError, InputError, OutputError, UnsupportedFormat
 from .telemetry import PeakTracker, Record, rss_bytes
@@ -193,7 +193,7 @@ class Converter:
             return None
 
     def _faces(self, loaded: _Loaded, stylized: np.ndarray):
-        from .faces import enhance_faces
+        from .faces import FileSource, enhance_faces
 
         d = loaded.decoded
         src = FileSource(loaded.reopen, loaded.probe, d.rgb, self._face_decode_pixels())
