@@ -22,11 +22,11 @@ class Stylizer:
         self.generator = generator.to(memory_format=torch.channels_last)
 
     @classmethod
-    def from_style(cls, name: str = "hayao") -> "Stylizer":
+    def from_style(cls, name: str = "hayao", threads: int | None = None) -> "Stylizer":
         return cls(load_generator(weights.load(name)), name)
 
     @classmethod
-    def from_weights(cls, path: str | Path) -> "Stylizer":
+    def from_weights(cls, path: str | Path, threads: int | None = None) -> "Stylizer":
         sd = weights.load_state_dict(Path(path))
         try:
             return cls(load_generator(sd), Path(path).stem)
@@ -36,7 +36,7 @@ class Stylizer:
             ) from None
 
     @torch.inference_mode()
-    def stylize(self, rgb: np.ndarray) -> np.ndarray:
+    def stylize(self, rgb: np.ndarray, budget_bytes: int | None = None) -> np.ndarray:
         """HxWx3 uint8 RGB -> HxWx3 uint8 RGB, same size."""
         h, w = rgb.shape[:2]
         x = torch.from_numpy(np.array(rgb, dtype=np.uint8, copy=True)).permute(2, 0, 1).unsqueeze(0)
