@@ -1,0 +1,1106 @@
+"""The compute engine: the AnimeGANv2 generator in horizontal strips, exactly,
+within a memory budget.
+
+Why strips. Every convolution is followed by GroupNorm(1, C), whose mean and
+variance run over the whole image, so tiles normalised on their own leave
+seams. Everything else in the network is local (convolutions, the x2
+upsamplings), so the engine computes one layer at a time in strips of rows: a
+strip of layer k needs only a few rows of layer k-1 (the halo), and GroupNorm
+needs only two numbers from layer k, its sum and its sum of squares,
+accumulated strip by strip. Once a layer is complete its normalisation is known
+and is applied, with the LeakyReLU, the reflection padding and the upsampling,
+when the next layer reads its rows: the glue runs on strips that are still in
+cache, and the result equals the untiled network up to float rounding.
+
+Which layers are kept whole is the plan:
+
+  "strips"  every layer is stored (raw convolution outputs, in row chunks) and
+            freed chunk by chunk while the next layer consumes it. One pass of
+            compute; the peak is about one full-size activation of the widest
+            layer (64 channels at full resolution: 128 bytes a pixel in bf16).
+  "stream"  when that does not fit the budget, only some layers are stored
+            (checkpoints) and the others are recomputed from the last
+            checkpoint, streaming windows of rows through the chain, once for
+            every GroupNorm whose statistics are still unknown. Still exact;
+            it costs several passes. The checkpoints are chosen by a small
+            dynamic programme: the least recomputation that fits the budget.
+
+Precision. "bf16" (the default where the CPU has native bfloat16 dot products)
+runs the convolutions in bfloat16 with float32 accumulation, and keeps the
+statistics, the norm parameters and the first and last layers in float32:
+about twice the speed of float32 for ~50 dB PSNR against the float32 network.
+"fp32" is exact up to float rounding.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import mmap
+import os
+import threading
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .model import Generator, InvertedResBlock
+
+LEAK = 0.2
+FLOPS_PER_PIXEL = 0.80e6  # the generator's cost per output pixel, for reports
+STRIP_BYTES = 4 << 20  # target size of one strip's input or output block
+BLOCK_BYTES = 2 << 20  # stored layers are kept in blocks of this size (BlockPool)
+MIN_SIZE = 8  # the quarter-resolution layers need 2 pixels for reflection padding
+CL = torch.channels_last
+
+
+def default_threads() -> int:
+    """The cores this process may run on (its affinity, not the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@lru_cache(maxsize=1)
+def native_bf16() -> bool:
+    """Whether the CPU has bfloat16 dot products (AVX512-BF16 or AMX): there
+    oneDNN runs bfloat16 convolutions at about twice the float32 rate. Without
+    them bfloat16 is emulated and slower than float32."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = line.split()
+                    return "avx512_bf16" in flags or "amx_bf16" in flags
+    except OSError:
+        pass
+    return False
+
+
+def resolve_precision(precision: str) -> str:
+    if precision == "auto":
+        return "bf16" if native_bf16() else "fp32"
+    if precision not in ("bf16", "fp32"):
+        raise ValueError(f"precision must be 'auto', 'bf16' or 'fp32', not {precision!r}")
+    return precision
+
+
+# --------------------------------------------------------------------------
+# The network as a flat list of layers
+
+
+@dataclass(eq=False)
+class Layer:
+    """One convolution and what follows it, up to the next convolution."""
+
+    name: str
+    weight: torch.Tensor  # float32 OIHW, as in the model
+    bias: torch.Tensor | None
+    kernel: int
+    stride: int
+    pad: tuple[int, int, int, int]  # reflection padding: left, right, top, bottom
+    groups: int
+    gamma: torch.Tensor | None  # GroupNorm(1) affine; None for the output layer
+    beta: torch.Tensor | None
+    eps: float
+    lrelu: bool
+    upsample: bool = False  # the input is the bilinear x2 of the previous output
+    residual: int | None = None  # layer whose output is added after the norm
+    tanh: bool = False
+
+    @property
+    def cin(self) -> int:
+        return self.weight.shape[1] * self.groups
+
+    @property
+    def cout(self) -> int:
+        return self.weight.shape[0]
+
+
+def flatten(g: Generator) -> list[Layer]:
+    """The generator's layers in execution order (index -1 is the image)."""
+    layers: list[Layer] = []
+
+    def add(name, conv, gn, pad=(0, 0, 0, 0), lrelu=True, **kw):
+        layers.append(Layer(
+            name=name, weight=conv.weight.detach(),
+            bias=None if conv.bias is None else conv.bias.detach(),
+            kernel=conv.kernel_size[0], stride=conv.stride[0], pad=tuple(pad), groups=conv.groups,
+            gamma=None if gn is None else gn.weight.detach(),
+            beta=None if gn is None else gn.bias.detach(),
+            eps=1e-5 if gn is None else gn.eps, lrelu=lrelu, **kw,
+        ))
+
+    def cnl(name, seq, **kw):  # ConvNormLReLU: pad, conv, norm, LeakyReLU
+        pad, conv, gn, _ = seq
+        add(name, conv, gn, pad.padding if isinstance(pad, nn.ReflectionPad2d) else (0, 0, 0, 0), **kw)
+
+    def blocks(prefix, seq, upsample_first=False):
+        for i, m in enumerate(seq):
+            name = f"{prefix}.{i}"
+            if isinstance(m, InvertedResBlock):
+                block_input = len(layers) - 1
+                expand, dw, proj, gn = m.layers
+                cnl(name + ".expand", expand)
+                cnl(name + ".dw", dw)
+                add(name + ".project", proj, gn, lrelu=False, residual=block_input if m.residual else None)
+            else:
+                cnl(name, m, upsample=upsample_first and i == 0)
+
+    blocks("a", g.block_a)
+    blocks("b", g.block_b)
+    blocks("c", g.block_c)
+    blocks("d", g.block_d, upsample_first=True)
+    blocks("e", g.block_e, upsample_first=True)
+    conv, _ = g.out_layer
+    add("out", conv, None, lrelu=False, tanh=True)
+    return layers
+
+
+@lru_cache(maxsize=1)
+def _skeleton() -> tuple[Layer, ...]:
+    """The layer list of an untrained generator: shapes only, for estimates."""
+    return tuple(flatten(Generator()))
+
+
+@dataclass
+class Shape:
+    h: int
+    w: int
+    c: int
+
+
+class Geometry:
+    """Sizes of everything for one input size and precision: shapes, strip
+    heights, and the memory model the planner uses."""
+
+    def __init__(self, layers, h: int, w: int, precision: str, workers: int = 1):
+        self.layers, self.h, self.w, self.workers = layers, h, w, workers
+        self.dtypes = [_layer_dtype(precision, i, L) for i, L in enumerate(layers)]
+        # stored rows: bfloat16 in bf16 mode even for the float32 first layer
+        self.store = [torch.float32 if precision == "fp32" or L.tanh else torch.bfloat16 for L in layers]
+        self.shapes, self.in_shapes = [], []
+        prev = Shape(h, w, 3)
+        for L in layers:
+            ih, iw = (prev.h * 2, prev.w * 2) if L.upsample else (prev.h, prev.w)
+            pl, pr, pt, pb = L.pad
+            out = Shape((ih + pt + pb - L.kernel) // L.stride + 1, (iw + pl + pr - L.kernel) // L.stride + 1, L.cout)
+            self.in_shapes.append(Shape(ih, iw, L.cin))
+            self.shapes.append(out)
+            prev = out
+        self.strip = [self._strip_rows(i) for i in range(len(layers))]
+
+    def _strip_rows(self, i) -> int:
+        s, si, L = self.shapes[i], self.in_shapes[i], self.layers[i]
+        item = self.dtypes[i].itemsize
+        per_row = max(s.w * s.c, L.stride * si.w * si.c) * item
+        return max(1, min(s.h, STRIP_BYTES // per_row))
+
+    def flops(self, i) -> float:
+        L, s = self.layers[i], self.shapes[i]
+        return 2.0 * s.h * s.w * s.c * (L.cin // L.groups) * L.kernel**2
+
+    def size(self, i) -> int:
+        """Bytes of layer i stored whole (0 for the image: the caller owns it)."""
+        if i < 0:
+            return 0
+        s = self.shapes[i]
+        return s.h * s.w * s.c * self.store[i].itemsize
+
+    def row_bytes(self, i) -> int:
+        s = self.shapes[i]
+        return s.w * s.c * self.store[i].itemsize
+
+    def window(self, i) -> int:
+        """Rows a streaming layer keeps for its readers: its strip, the next
+        one, and the readers' halos."""
+        return (2 * self.strip[i] + 8) * self.row_bytes(i)
+
+    def scratch(self, i) -> int:
+        """A worker's scratch for one strip of layer i (see Scratch)."""
+        L, s, si = self.layers[i], self.shapes[i], self.in_shapes[i]
+        item, rows = self.dtypes[i].itemsize, self.strip[i]
+        in_rows = (rows - 1) * L.stride + L.kernel
+        total = in_rows * (si.w + L.pad[0] + L.pad[1]) * si.c * item  # padded input block
+        if L.upsample:  # source rows, and their x2
+            src_rows = min(in_rows // 2 + 4, si.h // 2)
+            total += src_rows * (si.w // 2) * si.c * item + 2 * src_rows * si.w * si.c * item
+        out = rows * s.w * s.c
+        total += out * 4  # float32 copy for the statistics
+        if L.residual is not None:
+            total += out * self.store[i].itemsize
+        return total + 5 * 64
+
+    def work(self, i) -> int:
+        """Heap temporaries while one strip of layer i is computed: the
+        convolution's output (and its normalised copy when it streams)."""
+        s = self.shapes[i]
+        return self.strip[i] * s.w * s.c * (self.dtypes[i].itemsize + self.store[i].itemsize)
+
+
+def _layer_dtype(precision: str, i: int, L: Layer):
+    # The first layer (3 input channels) and the last (3 outputs) are cheap; in
+    # float32 they keep the input and output free of bfloat16 rounding.
+    if precision == "fp32" or i == 0 or L.tanh:
+        return torch.float32
+    return torch.bfloat16
+
+
+# --------------------------------------------------------------------------
+# The plan: which layers are stored whole
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str  # "strips" (every layer stored) or "stream"
+    stored: frozenset[int]  # layer indices kept whole; the others are recomputed
+    bytes: int  # the memory model's peak (engine memory only)
+    passes: float  # compute, in units of one pass of the whole network
+    fits: bool  # whether `bytes` is within the budget asked for
+
+    def describe(self) -> str:
+        extra = "" if self.name == "strips" else f", {len(self.stored)} layers stored, {self.passes:.2f} passes"
+        return f"{self.name} (~{self.bytes / 2**20:.0f} MiB{extra})"
+
+
+class Planner:
+    """Chooses the stored layers for a budget (shortest path over checkpoints).
+
+    Between two stored layers c < k, every layer i in (c, k] needs a pass that
+    streams c+1..i (to learn layer i's statistics), so that segment costs
+    sum_i flops(c+1..i); the last segment ends at the output layer. A residual
+    block's skip input must be stored if any layer inside the block is (its
+    fold and its readers need the skip's rows after they have streamed by).
+    """
+
+    def __init__(self, geo: Geometry):
+        self.geo = geo
+        layers = geo.layers
+        self.n = len(layers)
+        self.blocks = [(L.residual, j) for j, L in enumerate(layers) if L.residual is not None]
+        cum = np.concatenate([[0.0], np.cumsum([geo.flops(i) for i in range(self.n)])])
+        self.cum = cum  # cum[i + 1] = flops of layers 0..i
+        self.total = cum[-1]
+        self.work = [geo.work(i) for i in range(self.n)]
+        self.scratch = geo.workers * max(geo.scratch(i) for i in range(self.n))  # made once a run
+        self.window = [geo.window(i) for i in range(self.n)]
+        self.slack = [2 * geo.strip[i] * geo.row_bytes(i) for i in range(self.n)]
+        self.segments = {
+            (c, k): self.segment(c, k)
+            for c in range(-1, self.n - 1)
+            for k in list(range(c + 1, self.n - 1)) + [None]
+            if k is None or self.allowed(c, k)
+        }
+
+    def _chain_flops(self, c, i):
+        return self.cum[i + 1] - self.cum[c + 1]
+
+    def segment(self, c: int, k: int | None):
+        """(cost, bytes) of the passes after stored c up to storing k (None: to the end)."""
+        geo, end = self.geo, (self.n - 1 if k is None else k)
+        cost = sum(self._chain_flops(c, i) for i in range(c + 1, end + 1))
+        stream = range(c + 1, end)  # layers that only stream in these passes
+        # every worker has its own windows and temporaries
+        kept = geo.workers * (sum(self.window[j] for j in stream) + max(self.work[j] for j in range(c + 1, end + 1)))
+        target = 0 if k is None else geo.size(k)
+        skip = None
+        for r, j in self.blocks:
+            if r < c < j:  # c is inside a residual block: its skip input is alive
+                kept += geo.size(r)
+            if c == r and k is not None and k <= j:
+                skip = r  # c stays alive after this segment: no freeing as we go
+        held = geo.size(c) + target if skip is not None else max(geo.size(c), target)
+        slack = geo.workers * max(self.slack[i] for i in range(max(c, 0), end + 1))
+        return cost, held + kept + slack + self.scratch
+
+    def allowed(self, c: int, k: int) -> bool:
+        return all(c >= r for r, j in self.blocks if r < k <= j)
+
+    def plan(self, budget: int | None) -> Plan:
+        if budget is None:
+            return self._best(math.inf)
+        plan = self._best(budget)
+        if plan is not None:
+            return plan
+        # Nothing fits: the least memory we can do, at the least cost.
+        lo, hi = budget, max(budget, 1 << 20)
+        while self._best(hi) is None:
+            hi *= 2
+        while hi - lo > max(hi // 64, 1 << 20):
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if self._best(mid) is not None else (mid, hi)
+        best = self._best(hi)
+        return Plan(best.name, best.stored, best.bytes, best.passes, fits=False)
+
+    def _best(self, budget) -> Plan | None:
+        n = self.n
+        best: dict[int, tuple[float, int, tuple[int, ...]]] = {-1: (0.0, 0, ())}
+        for k in range(n - 1):  # candidate stored layers, in order
+            options = []
+            for c, (cost, peak, path) in best.items():
+                if (c, k) in self.segments:
+                    seg_cost, seg_bytes = self.segments[c, k]
+                    if seg_bytes <= budget:
+                        options.append((cost + seg_cost, max(peak, seg_bytes), path + (k,)))
+            if options:
+                best[k] = min(options)
+        finals = []
+        for c, (cost, peak, path) in best.items():
+            seg_cost, seg_bytes = self.segments[c, None]
+            if seg_bytes <= budget:
+                finals.append((cost + seg_cost, max(peak, seg_bytes), path))
+        if not finals:
+            return None
+        cost, peak, path = min(finals)
+        name = "strips" if len(path) == n - 1 else "stream"
+        return Plan(name, frozenset(path), int(peak), cost / self.total, fits=True)
+
+
+def estimate_bytes(h: int, w: int, strategy: str = "strips", precision: str = "auto", threads: int | None = None) -> int:
+    """Engine memory (beyond the input and output arrays) for an h x w image:
+    "strips" is the fastest plan; "stream" the least memory the engine can
+    run in (it is then slower: see Plan.passes)."""
+    h, w = padded_size(h, w)
+    geo = Geometry(_skeleton(), h, w, resolve_precision(precision), threads or default_threads())
+    planner = Planner(geo)
+    if strategy == "strips":
+        return planner.plan(None).bytes
+    if strategy == "stream":
+        return planner.plan(0).bytes
+    raise ValueError(f"unknown strategy {strategy!r}")
+
+
+def padded_size(h: int, w: int) -> tuple[int, int]:
+    """The size the network runs at: multiples of 4 (it halves twice), at least MIN_SIZE."""
+    return max(MIN_SIZE, -(-h // 4) * 4), max(MIN_SIZE, -(-w // 4) * 4)
+
+
+# --------------------------------------------------------------------------
+# Image sources and sinks
+
+
+class TensorSource:
+    """Rows of a (1, 3, H, W) float tensor in [-1, 1]."""
+
+    def __init__(self, x: torch.Tensor):
+        self.x, self.h, self.w = x, x.shape[2], x.shape[3]
+
+    def read(self, a: int, b: int, out: torch.Tensor) -> None:
+        out.copy_(self.x[:, :, a:b, :])
+
+
+class ArraySource:
+    """Rows of an h x w x 3 uint8 RGB array as [-1, 1] floats, padded (without
+    copying the array) to the network's size: reflection, like
+    stylize.pad_to_multiple, or replication where the picture is too small
+    to reflect."""
+
+    def __init__(self, rgb: np.ndarray):
+        self.rgb = rgb
+        self.ih, self.iw = rgb.shape[:2]
+        self.h, self.w = padded_size(self.ih, self.iw)
+        ph, pw = self.h - self.ih, self.w - self.iw
+        self.reflect = ph < self.ih and pw < self.iw
+        self.cols = None if pw == 0 else self._index(np.arange(self.w), self.iw)
+
+    def _index(self, idx, n):
+        if self.reflect:
+            return np.where(idx < n, idx, 2 * (n - 1) - idx)
+        return np.minimum(idx, n - 1)
+
+    def read(self, a, b, out):
+        if b <= self.ih:
+            block = self.rgb[a:b]
+        else:
+            block = self.rgb[self._index(np.arange(a, b), self.ih)]
+        if self.cols is not None:
+            block = block[:, self.cols]
+        block = np.array(block, copy=True)  # a strip; torch wants a writable array
+        t = torch.from_numpy(block).permute(2, 0, 1).unsqueeze(0)
+        out.copy_(t)  # uint8 -> float, as x.float() does
+        out.div_(127.5).sub_(1.0)
+
+
+class ArraySink:
+    """Writes output rows, cropped to the picture, into an h x w x 3 uint8 array."""
+
+    def __init__(self, out: np.ndarray):
+        self.out = out
+        self.h, self.w = out.shape[:2]
+
+    def __call__(self, r0, r1, y):
+        r1 = min(r1, self.h)
+        if r0 >= r1:
+            return
+        y = y[0, :, : r1 - r0, : self.w].add(1.0).mul_(127.5).round_().clamp_(0, 255)
+        self.out[r0:r1] = y.to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+# --------------------------------------------------------------------------
+# Rows of a layer
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    """A channels_last 4-D tensor as a 1-D view (NHWC memory is contiguous)."""
+    return t.permute(0, 2, 3, 1).reshape(-1)
+
+
+def _empty(c: int, h: int, w: int, dtype) -> torch.Tensor:
+    return torch.empty((1, c, h, w), dtype=dtype, memory_format=CL)
+
+
+def _skip_key(index: int) -> int:
+    """Reader key of residual layer `index` reading its skip input (a conv read uses the index)."""
+    return -2 - index
+
+
+def _copy_rows(chunks, a, b, out, index, apply=None) -> None:
+    """Rows [a, b) of a list of chunks (r0, r1, tensor) into `out`."""
+    if a < b and (not chunks or chunks[0][0] > a or chunks[-1][1] < b):
+        raise RuntimeError(f"engine: rows {a}..{b} of layer {index} are not held (released too early?)")
+    for r0, r1, t in chunks:
+        lo, hi = max(a, r0), min(b, r1)
+        if lo < hi:
+            src, dst = t[:, :, lo - r0 : hi - r0], out[:, :, lo - a : hi - a]
+            if apply is None:
+                dst.copy_(src)
+            else:
+                apply(src, dst)
+
+
+class BlockPool:
+    """Memory for stored layers: fixed-size blocks mapped from the system,
+    reused from layer to layer and unmapped when the run ends.
+
+    Stored rows live for a pass or more while strip temporaries come and go
+    around them; in the C heap that mix fragments, and the process held ~1.5x
+    what was alive. In blocks of their own, what is stored is what is resident.
+    """
+
+    def __init__(self, block_bytes: int = BLOCK_BYTES):
+        self.block_bytes = block_bytes
+        self.free: list[torch.Tensor] = []
+        self.lock = threading.Lock()
+
+    def take(self, nbytes: int) -> torch.Tensor:
+        if nbytes > self.block_bytes:  # one row bigger than a block (tens of thousands of pixels wide)
+            return torch.empty(nbytes, dtype=torch.uint8)
+        with self.lock:
+            if self.free:
+                return self.free.pop()
+        return torch.frombuffer(mmap.mmap(-1, self.block_bytes), dtype=torch.uint8)
+
+    def give(self, block: torch.Tensor) -> None:
+        if block.numel() == self.block_bytes:
+            with self.lock:
+                self.free.append(block)
+
+    def close(self) -> None:
+        with self.lock:
+            self.free = []
+
+
+class Stored:
+    """A layer kept whole, shared by the workers of the passes that use it.
+
+    Its rows live in pool blocks, block j holding rows [j*R, (j+1)*R), so any
+    worker can write any strip and a block is freed as soon as no reader needs
+    its rows. They hold raw convolution outputs: the statistics are only known
+    once the layer is complete, so readers apply the norm and the activation
+    to the rows they read, in their own strip (still in cache). A residual
+    layer is instead folded once, in place (norm plus skip).
+    """
+
+    def __init__(self, engine: "Engine", index: int):
+        self.engine, self.index = engine, index
+        self.layer = engine.layers[index]
+        self.shape, self.dtype = engine.geo.shapes[index], engine.geo.store[index]
+        row = self.shape.w * self.shape.c * self.dtype.itemsize
+        self.per_block = max(1, engine.pool.block_bytes // row)
+        self.blocks: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # j -> (raw block, rows view)
+        self.lock = threading.Lock()
+        self.raw = True
+        self.keep = True  # hold every row: false only during this layer's last pass
+
+    def _pieces(self, a: int, b: int, create: bool = False):
+        """(lo, hi, view of rows lo..hi) for rows [a, b), split at block boundaries."""
+        R, s = self.per_block, self.shape
+        for j in range(a // R, -(-b // R)):
+            lo, hi = max(a, j * R), min(b, (j + 1) * R)
+            entry = self.blocks.get(j)
+            if entry is None:
+                if not create:
+                    raise RuntimeError(f"engine: rows {lo}..{hi} of layer {self.index} are not held (freed too early?)")
+                rows = min(R, s.h - j * R)
+                raw = self.engine.pool.take(rows * s.w * s.c * self.dtype.itemsize)
+                view = raw[: rows * s.w * s.c * self.dtype.itemsize].view(self.dtype)
+                entry = (raw, view.view(1, rows, s.w, s.c).permute(0, 3, 1, 2))
+                with self.lock:
+                    entry = self.blocks.setdefault(j, entry)
+            yield lo, hi, entry[1][:, :, lo - j * R : hi - j * R]
+
+    def write(self, r0: int, y: torch.Tensor) -> None:
+        for lo, hi, view in self._pieces(r0, r0 + y.shape[2], create=True):
+            view.copy_(y[:, :, lo - r0 : hi - r0])
+
+    def read(self, a, b, out):
+        for lo, hi, view in self._pieces(a, b):
+            dst = out[:, :, lo - a : hi - a]
+            if self.raw:
+                self._normalise(view, dst)
+            else:
+                dst.copy_(view)
+
+    def _normalise(self, t, out):
+        scale, shift = self.engine.affine[self.index]
+        if t.dtype != out.dtype:
+            out.copy_(t)
+            t = out
+        torch.addcmul(shift.to(out.dtype), t, scale.to(out.dtype), out=out)
+        if self.layer.lrelu:
+            F.leaky_relu_(out, LEAK)
+
+    def drop(self, live) -> None:
+        """Free the blocks whose rows no live interval (lo, hi) touches."""
+        R = self.per_block
+        with self.lock:
+            dead = [j for j in self.blocks if not any(j * R < hi and (j + 1) * R > lo for lo, hi in live)]
+            for j in dead:
+                self.engine.pool.give(self.blocks.pop(j)[0])
+
+    def free(self) -> None:
+        self.drop([])
+
+    def fold(self, skip: "Stored") -> None:
+        """Norm plus skip, in place, once the statistics are known (residual layers)."""
+        scale, shift = self.engine.affine[self.index]
+        for lo, hi, t in self._pieces(0, self.shape.h):
+            torch.addcmul(shift.to(t.dtype), t, scale.to(t.dtype), out=t)
+            s = _empty(t.shape[1], hi - lo, t.shape[3], t.dtype)
+            skip.read(lo, hi, s)
+            t.add_(s)
+        self.raw = False
+
+
+class Image(Stored):
+    """The input picture, as a stored layer (index -1) that nobody frees."""
+
+    def __init__(self, engine, src):
+        self.engine, self.index, self.src = engine, -1, src
+        self.keep, self.raw = True, False
+
+    def read(self, a, b, out):
+        self.src.read(a, b, out)
+
+    def drop(self, live):
+        pass
+
+
+class Tracker:
+    """Frees the rows of stored layers during their last pass, as soon as no
+    band of the pass (running or waiting) needs them any more."""
+
+    def __init__(self, bands: list[dict[int, tuple[int, int]]]):
+        self.lock = threading.Lock()
+        self.needs = bands  # per band: stored layer -> rows (lo, hi) it reads
+        self.state = ["waiting"] * len(bands)
+        self.marks: list[dict] = [{} for _ in bands]  # per band: (layer, reader) -> lowest row still needed
+
+    def start(self, b: int, readers: dict) -> None:
+        with self.lock:
+            self.state[b] = "running"
+            self.marks[b] = dict(readers)
+
+    def release(self, stored: Stored, b: int, key: int, row: int) -> None:
+        if stored.keep or stored.index < 0:
+            return
+        with self.lock:
+            self.marks[b][stored.index, key] = row
+            self._sweep(stored)
+
+    def finish(self, b: int, stored: list[Stored]) -> None:
+        with self.lock:
+            self.state[b] = "done"
+            for s in stored:
+                if not s.keep and s.index >= 0:
+                    self._sweep(s)
+
+    def _sweep(self, stored: Stored) -> None:
+        live, waiting = [], None
+        for b, need in enumerate(self.needs):
+            if stored.index not in need or self.state[b] == "done":
+                continue
+            lo, hi = need[stored.index]
+            if self.state[b] == "running":
+                marks = [r for (i, _), r in self.marks[b].items() if i == stored.index]
+                live.append((max(lo, min(marks)) if marks else lo, hi))
+            else:  # waiting bands are claimed in order: one hull covers them
+                waiting = (lo, hi) if waiting is None else (min(waiting[0], lo), max(waiting[1], hi))
+        if waiting is not None:
+            live.append(waiting)
+        stored.drop(live)
+
+
+class LeafView:
+    """A stored layer as one band sees it: reads go through, releases are
+    reported to the pass's tracker under the band's number."""
+
+    def __init__(self, stored: Stored, band: "Band"):
+        self.stored, self.band = stored, band
+
+    def ensure(self, row):
+        pass
+
+    def read(self, a, b, out):
+        self.stored.read(a, b, out)
+
+    def release(self, key, row):
+        self.band.tracker.release(self.stored, self.band.number, key, row)
+
+
+class LayerNode:
+    """Rows of one layer computed inside a band, strip by strip.
+
+    A streaming layer's rows are normalised as they are produced and dropped
+    once the band's readers have gone past them. The pass's target instead
+    collects statistics and keeps (kind "store"), drops ("stats") or hands
+    out ("emit") its raw rows.
+    """
+
+    def __init__(self, engine: "Engine", index: int, band: "Band"):
+        geo = engine.geo
+        self.engine, self.index, self.band = engine, index, band
+        self.L = engine.layers[index]
+        self.shape, self.in_shape = geo.shapes[index], geo.in_shapes[index]
+        self.src_shape = geo.shapes[index - 1] if index > 0 else Shape(geo.h, geo.w, 3)
+        self.dtype, self.store, self.strip = geo.dtypes[index], geo.store[index], geo.strip[index]
+        self.chunks: list = []
+        self.start = self.hi = 0
+        self.limit = self.shape.h
+        self.readers: dict[int, int] = {}
+        self.kind = "stream"  # or "stats", "store", "emit"
+        self.sum = self.sumsq = 0.0
+
+    # -- as a source for the band's other layers ------------------------------
+    def read(self, a, b, out):
+        self.ensure(b)
+        _copy_rows(self.chunks, a, b, out, self.index)
+
+    def release(self, key, row):
+        self.readers[key] = row
+        low = min(self.readers.values())
+        while self.chunks and self.chunks[0][1] <= low:
+            self.chunks.pop(0)
+
+    def ensure(self, row):
+        if row > self.limit:
+            raise RuntimeError(f"engine: layer {self.index} asked for row {row} beyond its band ({self.limit})")
+        while self.hi < row:
+            r1 = min(self.hi + self.strip, self.limit)
+            self._produce(self.hi, r1)
+            self.hi = r1
+
+    # -- geometry -------------------------------------------------------------
+    def input_rows(self, r0: int, r1: int) -> tuple[int, int]:
+        """Rows [a, b) of the (upsampled, unpadded) input read by output rows
+        [r0, r1); a < 0 or b > height where the padding reflects."""
+        L = self.L
+        return r0 * L.stride - L.pad[2], (r1 - 1) * L.stride + L.kernel - L.pad[2]
+
+    def source_rows(self, va: int, vb: int) -> tuple[int, int]:
+        """Source rows behind input rows [va, vb): the same, or for the x2
+        upsampling one more source row on each side (bilinear blends rows
+        floor(u/2)-1 .. floor(u/2)+1; at the image's edges interpolate's
+        clamping is the true behaviour)."""
+        if not self.L.upsample:
+            return va, vb
+        return max(va // 2 - 1, 0), min((vb - 1) // 2 + 2, self.src_shape.h)
+
+    def needs(self, r0: int, r1: int) -> tuple[int, int]:
+        """Source rows that output rows [r0, r1) read."""
+        a, b = self.input_rows(r0, r1)
+        return self.source_rows(max(a, 0), min(b, self.in_shape.h))
+
+    # -- computing --------------------------------------------------------------
+    def _produce(self, r0, r1):
+        src, scratch = self.band.nodes[self.index - 1], self.band.scratch
+        a, b = self.input_rows(r0, r1)
+        va, vb = max(a, 0), min(b, self.in_shape.h)
+        s0, s1 = self.source_rows(va, vb)
+        src.ensure(s1)  # before taking our scratch: upstream strips use it and give it back
+        mark = scratch.mark()
+        x = self._gather(src, a, b, va, vb, s0, s1)
+        if r1 < self.limit:
+            src.release(self.index, self.needs(r1, r1 + 1)[0])
+        w, bias = self.engine.weights[self.index]
+        y = F.conv2d(x, w, bias, stride=self.L.stride, groups=self.L.groups)
+        if self.kind != "stream" and self.L.gamma is not None:
+            self._accumulate(y)
+        if self.kind == "emit":
+            self.band.sink(r0, r1, torch.tanh(y.float()) if self.L.tanh else y)
+        elif self.kind == "store":
+            self.engine.stored[self.index].write(r0, y)
+        elif self.kind == "stream":
+            self.chunks.append((r0, r1, self._normalise(y, r0, r1)))
+        scratch.reset(mark)
+
+    def _gather(self, src, a, b, va, vb, s0, s1) -> torch.Tensor:
+        """The padded input block [a, b) (rows [va, vb) real, the rest
+        reflected), activated and upsampled as the layer reads it."""
+        L, ins, scratch = self.L, self.in_shape, self.band.scratch
+        pl, pr = L.pad[0], L.pad[1]
+        x = scratch.take(ins.c, b - a, ins.w + pl + pr, self.dtype)
+        inner = x[:, :, va - a : vb - a, pl : pl + ins.w]
+        if L.upsample:
+            t = scratch.take(ins.c, s1 - s0, self.src_shape.w, self.dtype)
+            src.read(s0, s1, t)
+            up = scratch.take(ins.c, 2 * (s1 - s0), ins.w, self.dtype)
+            torch._C._nn.upsample_bilinear2d(t, [up.shape[2], up.shape[3]], False, 2.0, 2.0, out=up)
+            inner.copy_(up[:, :, va - 2 * s0 : vb - 2 * s0])
+        else:
+            src.read(va, vb, inner)
+        _reflect_rows(x, va - a, vb - a)
+        _reflect_cols(x, pl, pl + ins.w)
+        return x
+
+    def _accumulate(self, y):
+        # Per strip in float32 (torch sums blockwise); across strips in float64.
+        if y.dtype != torch.float32:
+            y = self.band.scratch.take(y.shape[1], y.shape[2], y.shape[3], torch.float32).copy_(y)
+        v = _flat(y)
+        self.sum += float(v.sum())
+        self.sumsq += float(torch.dot(v, v))
+
+    def _normalise(self, y, r0, r1):
+        """Norm, activation and skip of freshly computed rows."""
+        if self.L.gamma is None:
+            return y
+        scale, shift = self.engine.affine[self.index]
+        y = y.to(self.store)
+        torch.addcmul(shift.to(y.dtype), y, scale.to(y.dtype), out=y)
+        if self.L.lrelu:
+            F.leaky_relu_(y, LEAK)
+        if self.L.residual is not None:
+            res = self.band.nodes[self.L.residual]
+            s = self.band.scratch.take(y.shape[1], r1 - r0, y.shape[3], y.dtype)
+            res.read(r0, r1, s)
+            res.release(_skip_key(self.index), r1)
+            y.add_(s)
+        return y
+
+
+def _reflect_rows(x: torch.Tensor, top: int, bottom: int) -> None:
+    """Fill rows [0, top) and [bottom, end) by reflection about rows top and bottom - 1."""
+    for j in range(top):
+        x[:, :, j].copy_(x[:, :, 2 * top - j])
+    for j in range(bottom, x.shape[2]):
+        x[:, :, j].copy_(x[:, :, 2 * (bottom - 1) - j])
+
+
+def _reflect_cols(x: torch.Tensor, left: int, right: int) -> None:
+    for j in range(left):
+        x[:, :, :, j].copy_(x[:, :, :, 2 * left - j])
+    for j in range(right, x.shape[3]):
+        x[:, :, :, j].copy_(x[:, :, :, 2 * (right - 1) - j])
+
+
+class Scratch:
+    """One worker's memory for a strip's temporaries (padded input, upsampling,
+    float32 copy, skip), taken and given back in stack order, strip after
+    strip: the same pages every time instead of heap churn."""
+
+    def __init__(self, nbytes: int):
+        self.buf = torch.empty(nbytes, dtype=torch.uint8)
+        self.top = 0
+
+    def take(self, c: int, h: int, w: int, dtype) -> torch.Tensor:
+        """An uninitialised (1, c, h, w) channels_last tensor."""
+        n = c * h * w * dtype.itemsize
+        start = -(-self.top // 64) * 64
+        if start + n > self.buf.numel():  # the memory model fell short: correct, just not counted
+            return _empty(c, h, w, dtype)
+        self.top = start + n
+        return self.buf[start : start + n].view(dtype).view(1, h, w, c).permute(0, 3, 1, 2)
+
+    def mark(self) -> int:
+        return self.top
+
+    def reset(self, mark: int) -> None:
+        self.top = mark
+
+
+class Band:
+    """One worker's share of a pass: target rows [t0, t1), with private nodes
+    for the layers that stream and views of the stored ones."""
+
+    def __init__(self, engine: "Engine", number: int, target: int, chain, leaves, rows, tracker, sink, scratch):
+        self.engine, self.number, self.tracker, self.sink = engine, number, tracker, sink
+        self.scratch = scratch
+        self.nodes: dict[int, object] = {d: LeafView(engine.stored[d], self) for d in leaves}
+        for j in chain:
+            self.nodes[j] = LayerNode(engine, j, self)
+        self.need = engine.band_needs(target, rows, chain)
+        for j in chain:
+            node = self.nodes[j]
+            node.start = node.hi = self.need[j][0]
+            node.limit = self.need[j][1]
+            node.readers = {k: node.start for k in engine.readers(j, chain)}
+        self.target = self.nodes[target]
+        self.target.kind = engine.pass_kind
+
+    def leaf_readers(self, leaves, chain) -> dict:
+        return {(d, k): self.need[d][0] for d in leaves if d >= 0 for k in self.engine.readers(d, chain)}
+
+    def run(self):
+        """Compute the band; returns the target's (sum, sum of squares)."""
+        target = self.target
+        try:
+            target.ensure(target.limit)
+            return target.sum, target.sumsq
+        finally:  # nodes and band refer to each other: drop everything now, not at the next gc
+            for node in self.nodes.values():
+                if isinstance(node, LayerNode):
+                    node.chunks, node.band = [], None
+            self.nodes.clear()
+
+
+# --------------------------------------------------------------------------
+# The engine
+
+
+class Engine:
+    """Runs a Generator in strips, within a memory budget, faithful to the
+    untiled network (exact up to float rounding in "fp32").
+
+    threads: worker threads (default: the cores this process may use). Each
+    runs torch single-threaded on its own strips, so no OpenMP team waits at
+    a barrier for a core that another process holds.
+    precision: "auto" (bf16 where the CPU has native bfloat16), "bf16" or "fp32".
+
+    budget_bytes, in run() and stream(): the memory the engine may allocate on
+    top of what the process already holds: stored activations, streaming
+    windows and per-strip temporaries. It does not include the input and the
+    output arrays (the caller's; run() allocates a (1, 3, H, W) float32 output,
+    12 bytes a pixel, on top), nor the torch runtime and the weights. A caller
+    with a limit on its whole RSS passes limit - current RSS - outputs - safety.
+    None: the fastest plan, whatever its memory.
+    """
+
+    def __init__(self, generator: Generator, threads: int | None = None, precision: str = "auto"):
+        self.precision = resolve_precision(precision)
+        self.threads = max(1, threads or default_threads())
+        self.layers = flatten(generator)
+        self.weights = []
+        for i, L in enumerate(self.layers):
+            dt = _layer_dtype(self.precision, i, L)
+            w = L.weight.to(dt).contiguous(memory_format=CL)
+            self.weights.append((w, None if L.bias is None else L.bias.to(dt)))
+        self.last_plan: Plan | None = None
+
+    def make_plan(self, h: int, w: int, budget_bytes: int | None) -> Plan:
+        geo = Geometry(self.layers, h, w, self.precision, self.threads)
+        return Planner(geo).plan(budget_bytes)
+
+    def plan(self, h: int, w: int, budget_bytes: int | None) -> str:
+        """The strategy for an h x w input: "strips" or "stream"."""
+        return self.make_plan(h, w, budget_bytes).name
+
+    def run(self, x: torch.Tensor, budget_bytes: int | None = None, plan: Plan | None = None) -> torch.Tensor:
+        """x: (1, 3, H, W) float32 in [-1, 1], H and W multiples of 4 (at
+        least 8). Returns generator(x) as a new (1, 3, H, W) float32 tensor."""
+        n, c, h, w = x.shape
+        if n != 1 or c != 3 or h % 4 or w % 4 or h < MIN_SIZE or w < MIN_SIZE:
+            raise ValueError(f"expected (1, 3, H, W) with H, W multiples of 4 and >= {MIN_SIZE}; got {tuple(x.shape)}")
+        out = torch.empty((1, 3, h, w), dtype=torch.float32)
+
+        def sink(r0, r1, y):
+            out[:, :, r0:r1].copy_(y)
+
+        self.stream(TensorSource(x), sink, budget_bytes, plan)
+        return out
+
+    def stylize(self, rgb: np.ndarray, budget_bytes: int | None = None) -> np.ndarray:
+        """h x w x 3 uint8 -> h x w x 3 uint8, without whole-image float copies."""
+        out = np.empty_like(rgb)
+        self.stream(ArraySource(rgb), ArraySink(out), budget_bytes)
+        return out
+
+    def stream(self, src, sink, budget_bytes: int | None = None, plan: Plan | None = None) -> None:
+        """Run the network on `src` (src.h, src.w, src.read(a, b, out)) and
+        hand every output row once to sink(r0, r1, y), y (1, 3, rows, W)
+        float32 in [-1, 1]. Rows come in no fixed order, from worker threads."""
+        self.geo = Geometry(self.layers, src.h, src.w, self.precision, self.threads)
+        plan = plan or Planner(self.geo).plan(budget_bytes)
+        self.last_plan = plan
+        self.stored: dict[int, Stored] = {-1: Image(self, src)}
+        self.pool = BlockPool()
+        self.scratches: list[Scratch] = []
+        self.affine: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with torch.inference_mode():
+                self._execute(plan.stored, sink)
+        finally:
+            torch.set_num_threads(threads)
+            for st in self.stored.values():
+                st.free()
+            self.stored, self.scratches = {}, []
+            self.pool.close()
+            _trim_malloc()
+
+    # -- the passes ----------------------------------------------------------
+    def deps(self, i: int) -> list[int]:
+        L = self.layers[i]
+        return [i - 1] + ([L.residual] if L.residual is not None else [])
+
+    def readers(self, node: int, chain) -> list[int]:
+        """Reader keys of `node` among the layers computed in a pass."""
+        keys = []
+        for j in chain:
+            if j == node + 1:
+                keys.append(j)
+            if self.layers[j].residual == node:
+                keys.append(_skip_key(j))
+        return keys
+
+    def pass_layers(self, target: int, stored) -> tuple[list[int], list[int]]:
+        """Layers computed in the pass for `target`, and the stored ones it reads."""
+        chain, leaves, todo = set(), set(), [target]
+        while todo:
+            i = todo.pop()
+            if i not in chain:
+                chain.add(i)
+                for d in self.deps(i):
+                    if d == -1 or d in stored:
+                        leaves.add(d)
+                    else:
+                        todo.append(d)
+        return sorted(chain), sorted(leaves)
+
+    def band_needs(self, target: int, rows, chain) -> dict[int, tuple[int, int]]:
+        """Rows each layer must provide so that the target can compute `rows`."""
+        need = {target: tuple(rows)}
+        for j in sorted(chain, reverse=True):
+            lo, hi = need[j]
+            node = LayerNode(self, j, None)  # for its geometry
+            ranges = [node.needs(lo, hi)] + ([(lo, hi)] if self.layers[j].residual is not None else [])
+            for d, (a, b) in zip(self.deps(j), ranges):
+                old = need.get(d)
+                need[d] = (a, b) if old is None else (min(old[0], a), max(old[1], b))
+        return need
+
+    def bands(self, target: int, chain) -> list[tuple[int, int]]:
+        h = self.geo.shapes[target].h
+        if len(chain) == 1:  # every input is stored: strips are independent, hand them out one by one
+            step = self.geo.strip[target]
+        else:  # streaming chains recompute their halo at every band edge: one band per worker
+            step = -(-h // self.threads)
+        return [(r, min(r + step, h)) for r in range(0, h, step)]
+
+    def _execute(self, stored, sink):
+        n = len(self.layers)
+        passes = [self.pass_layers(i, stored) for i in range(n)]
+        last_use = {}
+        for i, (chain, leaves) in enumerate(passes):
+            for s in leaves:
+                last_use[s] = i
+            if i in stored and self.layers[i].residual is not None:
+                last_use[self.layers[i].residual] = i  # the fold reads the skip
+        for i, (chain, leaves) in enumerate(passes):
+            folds = i in stored and self.layers[i].residual is not None
+            for s in leaves:  # a stored residual layer's skip must outlive the pass, for the fold
+                self.stored[s].keep = s < 0 or last_use[s] > i or (folds and self.layers[i].residual == s)
+            self.pass_kind = "emit" if i == n - 1 else ("store" if i in stored else "stats")
+            if i in stored:
+                self.stored[i] = Stored(self, i)  # the pass writes into it
+            total, total_sq = self._run_pass(i, chain, leaves, sink)
+            if i < n - 1:
+                self._finish_stats(i, total, total_sq)
+            if folds:
+                self.stored[i].fold(self.stored[self.layers[i].residual])
+            for s in leaves:
+                if s >= 0 and last_use[s] == i:
+                    self.stored.pop(s).free()
+
+    def _run_pass(self, target, chain, leaves, sink):
+        rows = self.bands(target, chain)
+        needs = [self.band_needs(target, r, chain) for r in rows]
+        tracker = Tracker([{d: need[d] for d in leaves if d >= 0} for need in needs])
+        results: list = [None] * len(rows)
+        claim, lock, errors = iter(range(len(rows))), threading.Lock(), []
+
+        def work(k):
+            torch.set_num_threads(1)  # per thread: OpenMP's setting is thread-local
+            scratch = self._scratch(k)
+            with torch.inference_mode():
+                while not errors:
+                    with lock:
+                        b = next(claim, None)
+                    if b is None:
+                        return
+                    try:
+                        band = Band(self, b, target, chain, leaves, rows[b], tracker, sink, scratch)
+                        tracker.start(b, band.leaf_readers(leaves, chain))
+                        results[b] = band.run()
+                        tracker.finish(b, [self.stored[d] for d in leaves])
+                    except BaseException as e:  # re-raised in the caller's thread
+                        errors.append(e)
+                        return
+
+        n = min(self.threads, len(rows))
+        workers = [threading.Thread(target=work, args=(k,), daemon=True) for k in range(1, n)]
+        for t in workers:
+            t.start()
+        work(0)
+        for t in workers:
+            t.join()
+        if errors:
+            raise errors[0]
+        # In band order, so the float64 sums do not depend on thread timing.
+        return sum(r[0] for r in results), sum(r[1] for r in results)
+
+    def _scratch(self, k: int) -> Scratch:
+        """Worker k's scratch, made once a run, big enough for any layer's strip."""
+        while len(self.scratches) <= k:
+            self.scratches.append(Scratch(max(self.geo.scratch(i) for i in range(len(self.layers)))))
+        return self.scratches[k]
+
+    def _finish_stats(self, i, total, total_sq):
+        L, s = self.layers[i], self.geo.shapes[i]
+        count = s.h * s.w * s.c
+        mean = total / count
+        var = max(total_sq / count - mean * mean, 0.0)
+        inv = 1.0 / math.sqrt(var + L.eps)
+        g, b = L.gamma.double(), L.beta.double()
+        self.affine[i] = ((g * inv).float().view(1, -1, 1, 1), (b - mean * inv * g).float().view(1, -1, 1, 1))
+
+
+# --------------------------------------------------------------------------
+# The C allocator
+
+_libc = None
+
+
+def _glibc():
+    global _libc
+    if _libc is None:
+        try:
+            _libc = ctypes.CDLL("libc.so.6")
+            _libc.malloc_trim  # noqa: B018 (glibc only)
+        except (OSError, AttributeError):
+            _libc = False
+    return _libc
+
+
+def _trim_malloc() -> None:
+    """Give the freed activations back to the system after a run: glibc keeps
+    freed heap memory for reuse, which would count against the next image's
+    memory budget in a long batch."""
+    libc = _glibc()
+    if libc:
+        libc.malloc_trim(0)
