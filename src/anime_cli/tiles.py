@@ -458,20 +458,6 @@ def _skip_key(index: int) -> int:
     return -2 - index
 
 
-def _copy_rows(chunks, a, b, out, index, apply=None) -> None:
-    """Rows [a, b) of a list of chunks (r0, r1, tensor) into `out`."""
-    if a < b and (not chunks or chunks[0][0] > a or chunks[-1][1] < b):
-        raise RuntimeError(f"engine: rows {a}..{b} of layer {index} are not held (released too early?)")
-    for r0, r1, t in chunks:
-        lo, hi = max(a, r0), min(b, r1)
-        if lo < hi:
-            src, dst = t[:, :, lo - r0 : hi - r0], out[:, :, lo - a : hi - a]
-            if apply is None:
-                dst.copy_(src)
-            else:
-                apply(src, dst)
-
-
 class BlockPool:
     """Memory for stored layers: fixed-size blocks mapped from the system,
     reused from layer to layer and unmapped when the run ends.
@@ -485,6 +471,7 @@ class BlockPool:
         self.block_bytes = block_bytes
         self.free: list[torch.Tensor] = []
         self.lock = threading.Lock()
+        self.made = 0  # blocks mapped so far: the high-water mark, in blocks
 
     def take(self, nbytes: int) -> torch.Tensor:
         if nbytes > self.block_bytes:  # one row bigger than a block (tens of thousands of pixels wide)
@@ -492,6 +479,7 @@ class BlockPool:
         with self.lock:
             if self.free:
                 return self.free.pop()
+            self.made += 1
         return torch.frombuffer(mmap.mmap(-1, self.block_bytes), dtype=torch.uint8)
 
     def give(self, block: torch.Tensor) -> None:
@@ -504,30 +492,20 @@ class BlockPool:
             self.free = []
 
 
-class Stored:
-    """A layer kept whole, shared by the workers of the passes that use it.
+class Pages:
+    """Rows of one layer in pool blocks, block j holding rows [j*R, (j+1)*R):
+    any worker may write any strip, and a block goes back to the pool as soon
+    as no reader needs its rows."""
 
-    Its rows live in pool blocks, block j holding rows [j*R, (j+1)*R), so any
-    worker can write any strip and a block is freed as soon as no reader needs
-    its rows. They hold raw convolution outputs: the statistics are only known
-    once the layer is complete, so readers apply the norm and the activation
-    to the rows they read, in their own strip (still in cache). A residual
-    layer is instead folded once, in place (norm plus skip).
-    """
-
-    def __init__(self, engine: "Engine", index: int):
-        self.engine, self.index = engine, index
-        self.layer = engine.layers[index]
-        self.shape, self.dtype = engine.geo.shapes[index], engine.geo.store[index]
-        row = self.shape.w * self.shape.c * self.dtype.itemsize
-        self.per_block = max(1, engine.pool.block_bytes // row)
-        self.blocks: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # j -> (raw block, rows view)
+    def __init__(self, pool: BlockPool, shape: Shape, dtype, index: int):
+        self.pool, self.shape, self.dtype, self.index = pool, shape, dtype, index
+        self.row_bytes = shape.w * shape.c * dtype.itemsize
+        self.per_block = max(1, pool.block_bytes // self.row_bytes)
+        self.blocks: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # j -> (block, rows view)
         self.lock = threading.Lock()
-        self.raw = True
-        self.keep = True  # hold every row: false only during this layer's last pass
 
-    def _pieces(self, a: int, b: int, create: bool = False):
-        """(lo, hi, view of rows lo..hi) for rows [a, b), split at block boundaries."""
+    def pieces(self, a: int, b: int, create: bool = False):
+        """(lo, hi, view of rows lo..hi) covering rows [a, b), split at block boundaries."""
         R, s = self.per_block, self.shape
         for j in range(a // R, -(-b // R)):
             lo, hi = max(a, j * R), min(b, (j + 1) * R)
@@ -536,24 +514,60 @@ class Stored:
                 if not create:
                     raise RuntimeError(f"engine: rows {lo}..{hi} of layer {self.index} are not held (freed too early?)")
                 rows = min(R, s.h - j * R)
-                raw = self.engine.pool.take(rows * s.w * s.c * self.dtype.itemsize)
-                view = raw[: rows * s.w * s.c * self.dtype.itemsize].view(self.dtype)
-                entry = (raw, view.view(1, rows, s.w, s.c).permute(0, 3, 1, 2))
+                block = self.pool.take(rows * self.row_bytes)
+                view = block[: rows * self.row_bytes].view(self.dtype).view(1, rows, s.w, s.c).permute(0, 3, 1, 2)
                 with self.lock:
-                    entry = self.blocks.setdefault(j, entry)
+                    entry = self.blocks.setdefault(j, (block, view))
             yield lo, hi, entry[1][:, :, lo - j * R : hi - j * R]
 
     def write(self, r0: int, y: torch.Tensor) -> None:
-        for lo, hi, view in self._pieces(r0, r0 + y.shape[2], create=True):
+        for lo, hi, view in self.pieces(r0, r0 + y.shape[2], create=True):
             view.copy_(y[:, :, lo - r0 : hi - r0])
 
-    def read(self, a, b, out):
-        for lo, hi, view in self._pieces(a, b):
+    def read(self, a: int, b: int, out: torch.Tensor, apply=None) -> None:
+        for lo, hi, view in self.pieces(a, b):
             dst = out[:, :, lo - a : hi - a]
-            if self.raw:
-                self._normalise(view, dst)
-            else:
+            if apply is None:
                 dst.copy_(view)
+            else:
+                apply(view, dst)
+
+    def drop(self, live) -> None:
+        """Free the blocks that no live interval (lo, hi) touches."""
+        R = self.per_block
+        with self.lock:
+            dead = [j for j in self.blocks if not any(j * R < hi and (j + 1) * R > lo for lo, hi in live)]
+            for j in dead:
+                self.pool.give(self.blocks.pop(j)[0])
+
+    def drop_below(self, row: int) -> None:
+        self.drop([(row, self.shape.h)])
+
+    def free(self) -> None:
+        self.drop([])
+
+
+class Stored:
+    """A layer kept whole, shared by the workers of the passes that use it.
+
+    Its pages hold raw convolution outputs: the statistics are only known once
+    the layer is complete, so readers apply the norm and the activation to the
+    rows they read, in their own strip (still in cache). A residual layer is
+    instead folded once, in place (norm plus skip).
+    """
+
+    def __init__(self, engine: "Engine", index: int):
+        self.engine, self.index = engine, index
+        self.layer = engine.layers[index]
+        self.pages = Pages(engine.pool, engine.geo.shapes[index], engine.geo.store[index], index)
+        self.raw = True
+        self.keep = True  # hold every row: false only during this layer's last pass
+
+    def write(self, r0: int, y: torch.Tensor) -> None:
+        self.pages.write(r0, y)
+
+    def read(self, a, b, out):
+        self.pages.read(a, b, out, self._normalise if self.raw else None)
 
     def _normalise(self, t, out):
         scale, shift = self.engine.affine[self.index]
@@ -565,20 +579,15 @@ class Stored:
             F.leaky_relu_(out, LEAK)
 
     def drop(self, live) -> None:
-        """Free the blocks whose rows no live interval (lo, hi) touches."""
-        R = self.per_block
-        with self.lock:
-            dead = [j for j in self.blocks if not any(j * R < hi and (j + 1) * R > lo for lo, hi in live)]
-            for j in dead:
-                self.engine.pool.give(self.blocks.pop(j)[0])
+        self.pages.drop(live)
 
     def free(self) -> None:
-        self.drop([])
+        self.pages.free()
 
     def fold(self, skip: "Stored") -> None:
         """Norm plus skip, in place, once the statistics are known (residual layers)."""
         scale, shift = self.engine.affine[self.index]
-        for lo, hi, t in self._pieces(0, self.shape.h):
+        for lo, hi, t in self.pages.pieces(0, self.pages.shape.h):
             torch.addcmul(shift.to(t.dtype), t, scale.to(t.dtype), out=t)
             s = _empty(t.shape[1], hi - lo, t.shape[3], t.dtype)
             skip.read(lo, hi, s)
@@ -597,6 +606,9 @@ class Image(Stored):
         self.src.read(a, b, out)
 
     def drop(self, live):
+        pass
+
+    def free(self):
         pass
 
 
@@ -678,7 +690,7 @@ class LayerNode:
         self.shape, self.in_shape = geo.shapes[index], geo.in_shapes[index]
         self.src_shape = geo.shapes[index - 1] if index > 0 else Shape(geo.h, geo.w, 3)
         self.dtype, self.store, self.strip = geo.dtypes[index], geo.store[index], geo.strip[index]
-        self.chunks: list = []
+        self.window = Pages(engine.pool, self.shape, self.store, index)
         self.start = self.hi = 0
         self.limit = self.shape.h
         self.readers: dict[int, int] = {}
@@ -688,13 +700,12 @@ class LayerNode:
     # -- as a source for the band's other layers ------------------------------
     def read(self, a, b, out):
         self.ensure(b)
-        _copy_rows(self.chunks, a, b, out, self.index)
+        self.window.read(a, b, out)
 
     def release(self, key, row):
         self.readers[key] = row
         low = min(self.readers.values())
-        while self.chunks and self.chunks[0][1] <= low:
-            self.chunks.pop(0)
+        self.window.drop_below(low)
 
     def ensure(self, row):
         if row > self.limit:
@@ -745,7 +756,7 @@ class LayerNode:
         elif self.kind == "store":
             self.engine.stored[self.index].write(r0, y)
         elif self.kind == "stream":
-            self.chunks.append((r0, r1, self._normalise(y, r0, r1)))
+            self.window.write(r0, self._normalise(y, r0, r1))
         scratch.reset(mark)
 
     def _gather(self, src, a, b, va, vb, s0, s1) -> torch.Tensor:
@@ -864,7 +875,8 @@ class Band:
         finally:  # nodes and band refer to each other: drop everything now, not at the next gc
             for node in self.nodes.values():
                 if isinstance(node, LayerNode):
-                    node.chunks, node.band = [], None
+                    node.window.free()
+                    node.band = None
             self.nodes.clear()
 
 
@@ -924,8 +936,13 @@ class Engine:
         return out
 
     def stylize(self, rgb: np.ndarray, budget_bytes: int | None = None) -> np.ndarray:
-        """h x w x 3 uint8 -> h x w x 3 uint8, without whole-image float copies."""
-        out = np.empty_like(rgb)
+        """h x w x 3 uint8 -> h x w x 3 uint8, without whole-image float copies.
+        Any size: the network runs on the picture padded to multiples of 4
+        (at least MIN_SIZE), and the padding is cropped off. The budget
+        includes the output array."""
+        out = np.empty(rgb.shape, dtype=np.uint8)
+        if budget_bytes is not None:
+            budget_bytes = max(0, budget_bytes - out.nbytes)
         self.stream(ArraySource(rgb), ArraySink(out), budget_bytes)
         return out
 
