@@ -1,0 +1,200 @@
+"""The strip engine (tiles.py) against the untiled generator.
+
+In float32 the engine claims exactness up to float rounding, whatever the plan
+(every layer stored, or recomputed from checkpoints), the strip heights, the
+band edges and the number of threads. In bfloat16 it claims ~50 dB PSNR on
+real photos (the issue asks for 30). Both on the sample photos and on a
+close-up portrait, the smooth kind of picture where approximate statistics
+show as a global tone shift.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from anime_cli import tiles
+from anime_cli.model import load_generator
+from anime_cli.stylize import pad_to_multiple
+from anime_cli.weights import load
+from conftest import SAMPLES, load_rgb, psnr
+
+
+@pytest.fixture(scope="module")
+def generator():
+    return load_generator(load("hayao"))
+
+
+@pytest.fixture(scope="module")
+def fp32(generator):
+    return tiles.Engine(generator, threads=2, precision="fp32")
+
+
+@pytest.fixture(scope="module")
+def bf16(generator):
+    return tiles.Engine(generator, threads=2, precision="bf16")
+
+
+def untiled(generator, rgb: np.ndarray) -> np.ndarray:
+    """What the plain generator makes of an RGB picture (the old Stylizer)."""
+    h, w = rgb.shape[:2]
+    x = torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float().div_(127.5).sub_(1.0)
+    with torch.inference_mode():
+        y = generator(pad_to_multiple(x, 4))[0, :, :h, :w]
+        return y.add(1.0).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def portrait(photos, size=512) -> np.ndarray:
+    """A close-up portrait: the astronaut's face, upscaled (smooth skin, soft light)."""
+    with Image.open(photos / "astronaut.png") as im:
+        return np.asarray(im.convert("RGB").crop((130, 0, 330, 200)).resize((size, size), Image.Resampling.BICUBIC))
+
+
+def tensor(rgb: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float().div_(127.5).sub_(1.0)
+
+
+def random_plans(engine, h, w, count, seed=0):
+    """The two extremes and `count` random checkpoint sets the planner allows."""
+    geo = tiles.Geometry(engine.layers, h, w, engine.precision, engine.threads)
+    planner, n = tiles.Planner(geo), len(engine.layers)
+    sets = [set(range(n - 1)), set()]
+    rng = random.Random(seed)
+    for _ in range(count):
+        chosen, last = [], -1
+        for k in range(n - 1):
+            if rng.random() < 0.4 and planner.allowed(last, k):
+                chosen.append(k)
+                last = k
+        sets.append(set(chosen))
+    return [tiles.Plan("forced", frozenset(s), 0, 0.0, True) for s in sets]
+
+
+# -- exactness (float32) --------------------------------------------------------
+
+
+def test_fp32_every_plan_is_exact(generator, fp32, monkeypatch, photos):
+    """Any set of stored layers, with strips of a few rows, gives the untiled result."""
+    monkeypatch.setattr(tiles, "STRIP_BYTES", 48 << 10)  # many strips, many band edges
+    rgb = load_rgb(photos / "coffee.png")[100:172, 200:304]  # 72 x 104
+    x = tensor(rgb)
+    with torch.inference_mode():
+        ref = generator(x)
+    for plan in random_plans(fp32, 72, 104, count=6):
+        y = fp32.run(x, plan=plan)
+        assert (y - ref).abs().max().item() < 1e-4, sorted(plan.stored)
+
+
+@pytest.mark.parametrize("h,w", [(8, 1000), (1000, 8), (8, 8), (100, 36)])
+def test_fp32_odd_shapes_are_exact(generator, fp32, monkeypatch, h, w):
+    """Thin and tiny pictures; heights that are no multiple of any strip."""
+    monkeypatch.setattr(tiles, "STRIP_BYTES", 40 << 10)
+    x = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(h * w)) * 2 - 1
+    with torch.inference_mode():
+        ref = generator(x)
+    for budget in (None, 0):  # every layer stored; then the least memory: everything recomputed
+        assert (fp32.run(x, budget) - ref).abs().max().item() < 1e-4
+
+
+def test_threads_do_not_change_the_result(generator, photos):
+    """Strips are independent and the statistics are summed in strip order."""
+    rgb = load_rgb(photos / "chelsea.png")
+    outs = [tiles.Engine(generator, threads=t, precision="fp32").stylize(rgb) for t in (1, 3)]
+    assert np.array_equal(outs[0], outs[1])
+
+
+# -- fidelity on real photos ----------------------------------------------------
+
+
+@pytest.mark.parametrize("name", SAMPLES + ["portrait"])
+def test_bf16_is_faithful_on_real_photos(generator, bf16, photos, name):
+    rgb = portrait(photos) if name == "portrait" else load_rgb(photos / name)
+    ref = untiled(generator, rgb)
+    out = bf16.stylize(rgb)
+    assert out.shape == rgb.shape
+    assert psnr(out, ref) >= 40  # ~50-55 dB measured; the issue asks for 30
+    assert_no_seam(out, ref)
+
+
+def test_every_strategy_is_faithful_on_a_portrait(generator, photos, monkeypatch):
+    """The budget picks the plan; each one keeps the portrait untouched (float32:
+    exact), including a budget nothing fits (the least-memory plan)."""
+    monkeypatch.setattr(tiles, "STRIP_BYTES", 256 << 10)  # small strips: stored layers dominate, as on big pictures
+    rgb = portrait(photos, 384)
+    ref = untiled(generator, rgb)
+    engine = tiles.Engine(generator, threads=2, precision="fp32")
+    full = engine.make_plan(384, 384, None)
+    assert full.name == "strips"
+    seen = set()
+    for budget in (None, full.bytes, full.bytes * 3 // 4, full.bytes // 2, 0):
+        out = engine.stylize(rgb, budget)
+        plan = engine.last_plan
+        seen.add(plan.name)
+        assert psnr(out, ref) >= 60, plan.describe()
+        assert np.abs(out.astype(int) - ref).max() <= 1, plan.describe()
+        assert_no_seam(out, ref)
+    assert seen == {"strips", "stream"}
+
+
+def assert_no_seam(out: np.ndarray, ref: np.ndarray) -> None:
+    """No row or column differs from the reference much more than the others
+    do: a seam would stand out as a line of larger error."""
+    d = np.abs(out.astype(np.float64) - ref.astype(np.float64)).mean(axis=2)
+    for profile in (d.mean(axis=1), d.mean(axis=0)):
+        assert profile.max() <= 3 * np.median(profile) + 0.5, profile.argmax()
+
+
+# -- small pictures and the Stylizer ---------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (4, 4), (5, 9), (8, 1000), (7, 13)])
+def test_any_size_comes_back_the_same_size(bf16, shape):
+    rgb = np.random.default_rng(1).integers(0, 256, shape + (3,), dtype=np.uint8)
+    out = bf16.stylize(rgb)
+    assert out.shape == rgb.shape and out.dtype == np.uint8
+
+
+def test_padding_matches_the_reference(generator, fp32, photos):
+    """Sizes that are no multiple of 4 are padded by reflection, like pad_to_multiple."""
+    rgb = load_rgb(photos / "chelsea.png")[:157, :203]
+    assert np.abs(fp32.stylize(rgb).astype(int) - untiled(generator, rgb)).max() <= 1
+
+
+def test_stylizer_passes_threads_and_budget(photos):
+    from anime_cli.stylize import Stylizer
+
+    st = Stylizer.from_style("hayao", threads=1, precision="fp32")
+    assert st.threads == 1
+    rgb = load_rgb(photos / "rocket.jpg")[:96, :128]
+    assert np.array_equal(st.stylize(rgb, budget_bytes=0), st.stylize(rgb))
+    assert st.engine.last_plan.name == "strips"
+
+
+# -- the planner -----------------------------------------------------------------
+
+
+def test_planner_fits_the_budget_and_prefers_less_recomputation(fp32):
+    h, w = 3000, 4000  # planning only: nothing runs
+    full = fp32.make_plan(h, w, None)
+    assert full.name == "strips" and full.passes == pytest.approx(1.0)
+    previous = None
+    for mib in (2048, 1024, 700, 500, 300):
+        plan = fp32.make_plan(h, w, mib << 20)
+        if plan.fits:
+            assert plan.bytes <= mib << 20
+        if previous is not None:  # less memory never buys fewer passes
+            assert plan.passes >= previous.passes - 1e-9
+        previous = plan
+    least = fp32.make_plan(h, w, 0)
+    assert not least.fits and least.name == "stream"
+    assert tiles.estimate_bytes(h, w, "stream", "fp32") < tiles.estimate_bytes(h, w, "strips", "fp32")
+
+
+def test_default_threads_follow_affinity():
+    import os
+
+    assert tiles.default_threads() == len(os.sched_getaffinity(0))
