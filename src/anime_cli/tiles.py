@@ -51,8 +51,11 @@ from .model import Generator, InvertedResBlock
 
 LEAK = 0.2
 FLOPS_PER_PIXEL = 0.80e6  # the generator's cost per output pixel, for reports
-STRIP_BYTES = 4 << 20  # target size of one strip's input or output block
-BLOCK_BYTES = 2 << 20  # stored layers are kept in blocks of this size (BlockPool)
+STRIP_BYTES = 4 << 20  # target size of a pass's strips (input or output block): cache-sized
+STREAM_BYTES = 1 << 20  # the same for layers that stream: their windows add up along a chain
+BLOCK_BYTES = 2 << 20  # stored layers are kept in blocks of about this size (BlockPool)
+WINDOW_BYTES = 256 << 10  # ... and streaming windows in blocks of about this size
+OVERHEAD = 40 << 20  # what the memory model leaves out: oneDNN, the allocator, Python objects
 MIN_SIZE = 8  # the quarter-resolution layers need 2 pixels for reflection padding
 CL = torch.channels_last
 
@@ -192,13 +195,14 @@ class Geometry:
             self.in_shapes.append(Shape(ih, iw, L.cin))
             self.shapes.append(out)
             prev = out
-        self.strip = [self._strip_rows(i) for i in range(len(layers))]
+        self.strip = [self._strip_rows(i, STRIP_BYTES) for i in range(len(layers))]
+        self.stream_strip = [self._strip_rows(i, STREAM_BYTES) for i in range(len(layers))]
 
-    def _strip_rows(self, i) -> int:
+    def _strip_rows(self, i, nbytes) -> int:
         s, si, L = self.shapes[i], self.in_shapes[i], self.layers[i]
         item = self.dtypes[i].itemsize
         per_row = max(s.w * s.c, L.stride * si.w * si.c) * item
-        return max(1, min(s.h, STRIP_BYTES // per_row))
+        return max(1, min(s.h, nbytes // per_row))
 
     def flops(self, i) -> float:
         L, s = self.layers[i], self.shapes[i]
@@ -208,17 +212,35 @@ class Geometry:
         """Bytes of layer i stored whole (0 for the image: the caller owns it)."""
         if i < 0:
             return 0
-        s = self.shapes[i]
-        return s.h * s.w * s.c * self.store[i].itemsize
+        row = self.row_bytes(i)
+        per_block = max(1, BLOCK_BYTES // row)
+        return -(-self.shapes[i].h // per_block) * max(BLOCK_BYTES, row)  # whole blocks (Pages)
 
     def row_bytes(self, i) -> int:
         s = self.shapes[i]
         return s.w * s.c * self.store[i].itemsize
 
-    def window(self, i) -> int:
-        """Rows a streaming layer keeps for its readers: its strip, the next
-        one, and the readers' halos."""
-        return (2 * self.strip[i] + 8) * self.row_bytes(i)
+    def in_rows(self, i, rows) -> int:
+        """Rows of layer i-1 that one strip of `rows` rows of layer i reads."""
+        L = self.layers[i]
+        n = (rows - 1) * L.stride + L.kernel
+        return n // 2 + 3 if L.upsample else n
+
+    def window(self, i, feeds_target: bool = False) -> int:
+        """Bytes a streaming layer keeps: the rows its reader's next strip
+        reads (big strips if the reader is the pass's target), one strip of
+        its own made ahead, and for a block's input the rows between the
+        block's first layer and the skip that reads them last."""
+        if i + 1 >= len(self.layers):  # the output layer: its rows go straight to the sink
+            return 0
+        reader = self.strip[i + 1] if feeds_target else self.stream_strip[i + 1]
+        rows = self.stream_strip[i] - 1 + self.in_rows(i + 1, reader)
+        for j, L in enumerate(self.layers):
+            if L.residual == i:
+                rows += sum(self.stream_strip[k] for k in range(i + 1, j + 1))
+        row = self.row_bytes(i)
+        per_block = max(1, WINDOW_BYTES // row)
+        return (rows // per_block + 1) * max(WINDOW_BYTES, row)  # whole blocks (Pages)
 
     def scratch(self, i) -> int:
         """A worker's scratch for one strip of layer i (see Scratch)."""
@@ -235,11 +257,11 @@ class Geometry:
             total += out * self.store[i].itemsize
         return total + 5 * 64
 
-    def work(self, i) -> int:
+    def work(self, i, target: bool = True) -> int:
         """Heap temporaries while one strip of layer i is computed: the
         convolution's output (and its normalised copy when it streams)."""
-        s = self.shapes[i]
-        return self.strip[i] * s.w * s.c * (self.dtypes[i].itemsize + self.store[i].itemsize)
+        s, rows = self.shapes[i], self.strip[i] if target else self.stream_strip[i]
+        return rows * s.w * s.c * (self.dtypes[i].itemsize + self.store[i].itemsize)
 
 
 def _layer_dtype(precision: str, i: int, L: Layer):
@@ -286,8 +308,11 @@ class Planner:
         self.cum = cum  # cum[i + 1] = flops of layers 0..i
         self.total = cum[-1]
         self.work = [geo.work(i) for i in range(self.n)]
+        self.stream_work = [geo.work(i, target=False) for i in range(self.n)]
         self.scratch = geo.workers * max(geo.scratch(i) for i in range(self.n))  # made once a run
-        self.window = [geo.window(i) for i in range(self.n)]
+        window = [geo.window(i) for i in range(self.n)]
+        self.feeder = [geo.window(i, feeds_target=True) for i in range(self.n)]
+        self.windows = np.concatenate([[0], np.cumsum(window)])  # windows[j] = sum of window[:j]
         self.slack = [2 * geo.strip[i] * geo.row_bytes(i) for i in range(self.n)]
         self.segments = {
             (c, k): self.segment(c, k)
@@ -303,9 +328,13 @@ class Planner:
         """(cost, bytes) of the passes after stored c up to storing k (None: to the end)."""
         geo, end = self.geo, (self.n - 1 if k is None else k)
         cost = sum(self._chain_flops(c, i) for i in range(c + 1, end + 1))
-        stream = range(c + 1, end)  # layers that only stream in these passes
-        # every worker has its own windows and temporaries
-        kept = geo.workers * (sum(self.window[j] for j in stream) + max(self.work[j] for j in range(c + 1, end + 1)))
+        # Pass i streams layers c+1 .. i-1 (the last of them feeding the target i);
+        # every worker has its own windows and temporaries.
+        kept = 0
+        for i in range(c + 1, end + 1):
+            windows = self.windows[max(i - 1, c + 1)] - self.windows[c + 1] + (self.feeder[i - 1] if i - 1 > c else 0)
+            temps = max([self.work[i]] + [self.stream_work[j] for j in range(c + 1, i)])
+            kept = max(kept, geo.workers * int(windows + temps))
         target = 0 if k is None else geo.size(k)
         skip = None
         for r, j in self.blocks:
@@ -315,7 +344,7 @@ class Planner:
                 skip = r  # c stays alive after this segment: no freeing as we go
         held = geo.size(c) + target if skip is not None else max(geo.size(c), target)
         slack = geo.workers * max(self.slack[i] for i in range(max(c, 0), end + 1))
-        return cost, held + kept + slack + self.scratch
+        return cost, held + kept + slack + self.scratch + OVERHEAD
 
     def allowed(self, c: int, k: int) -> bool:
         return all(c >= r for r, j in self.blocks if r < k <= j)
@@ -459,37 +488,34 @@ def _skip_key(index: int) -> int:
 
 
 class BlockPool:
-    """Memory for stored layers: fixed-size blocks mapped from the system,
-    reused from layer to layer and unmapped when the run ends.
+    """Memory for stored layers and streaming windows: blocks mapped from the
+    system, reused (by size) from layer to layer, unmapped when the run ends.
 
     Stored rows live for a pass or more while strip temporaries come and go
     around them; in the C heap that mix fragments, and the process held ~1.5x
-    what was alive. In blocks of their own, what is stored is what is resident.
+    what was alive. In blocks of their own, what is kept is what is resident.
     """
 
-    def __init__(self, block_bytes: int = BLOCK_BYTES):
-        self.block_bytes = block_bytes
-        self.free: list[torch.Tensor] = []
+    def __init__(self):
+        self.free: dict[int, list[torch.Tensor]] = {}  # block size -> free blocks
         self.lock = threading.Lock()
-        self.made = 0  # blocks mapped so far: the high-water mark, in blocks
+        self.mapped = 0  # bytes mapped so far: the high-water mark
 
     def take(self, nbytes: int) -> torch.Tensor:
-        if nbytes > self.block_bytes:  # one row bigger than a block (tens of thousands of pixels wide)
-            return torch.empty(nbytes, dtype=torch.uint8)
         with self.lock:
-            if self.free:
-                return self.free.pop()
-            self.made += 1
-        return torch.frombuffer(mmap.mmap(-1, self.block_bytes), dtype=torch.uint8)
+            free = self.free.get(nbytes)
+            if free:
+                return free.pop()
+            self.mapped += nbytes
+        return torch.frombuffer(mmap.mmap(-1, nbytes), dtype=torch.uint8)
 
     def give(self, block: torch.Tensor) -> None:
-        if block.numel() == self.block_bytes:
-            with self.lock:
-                self.free.append(block)
+        with self.lock:
+            self.free.setdefault(block.numel(), []).append(block)
 
     def close(self) -> None:
         with self.lock:
-            self.free = []
+            self.free = {}
 
 
 class Pages:
@@ -497,10 +523,13 @@ class Pages:
     any worker may write any strip, and a block goes back to the pool as soon
     as no reader needs its rows."""
 
-    def __init__(self, pool: BlockPool, shape: Shape, dtype, index: int):
+    def __init__(self, pool: BlockPool, shape: Shape, dtype, index: int, block_bytes: int):
         self.pool, self.shape, self.dtype, self.index = pool, shape, dtype, index
         self.row_bytes = shape.w * shape.c * dtype.itemsize
-        self.per_block = max(1, pool.block_bytes // self.row_bytes)
+        self.per_block = max(1, block_bytes // self.row_bytes)
+        # One block size for every layer, so that blocks freed by one layer serve
+        # the next (rows bigger than a block make a size of their own).
+        self.block_bytes = max(block_bytes, self.row_bytes)
         self.blocks: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # j -> (block, rows view)
         self.lock = threading.Lock()
 
@@ -514,7 +543,7 @@ class Pages:
                 if not create:
                     raise RuntimeError(f"engine: rows {lo}..{hi} of layer {self.index} are not held (freed too early?)")
                 rows = min(R, s.h - j * R)
-                block = self.pool.take(rows * self.row_bytes)
+                block = self.pool.take(self.block_bytes)
                 view = block[: rows * self.row_bytes].view(self.dtype).view(1, rows, s.w, s.c).permute(0, 3, 1, 2)
                 with self.lock:
                     entry = self.blocks.setdefault(j, (block, view))
@@ -559,7 +588,7 @@ class Stored:
     def __init__(self, engine: "Engine", index: int):
         self.engine, self.index = engine, index
         self.layer = engine.layers[index]
-        self.pages = Pages(engine.pool, engine.geo.shapes[index], engine.geo.store[index], index)
+        self.pages = Pages(engine.pool, engine.geo.shapes[index], engine.geo.store[index], index, BLOCK_BYTES)
         self.raw = True
         self.keep = True  # hold every row: false only during this layer's last pass
 
@@ -689,8 +718,9 @@ class LayerNode:
         self.L = engine.layers[index]
         self.shape, self.in_shape = geo.shapes[index], geo.in_shapes[index]
         self.src_shape = geo.shapes[index - 1] if index > 0 else Shape(geo.h, geo.w, 3)
-        self.dtype, self.store, self.strip = geo.dtypes[index], geo.store[index], geo.strip[index]
-        self.window = Pages(engine.pool, self.shape, self.store, index)
+        self.dtype, self.store = geo.dtypes[index], geo.store[index]
+        self.strip = geo.stream_strip[index]  # the pass's target takes big strips (Band)
+        self.window = Pages(engine.pool, self.shape, self.store, index, WINDOW_BYTES)
         self.start = self.hi = 0
         self.limit = self.shape.h
         self.readers: dict[int, int] = {}
@@ -862,6 +892,7 @@ class Band:
             node.readers = {k: node.start for k in engine.readers(j, chain)}
         self.target = self.nodes[target]
         self.target.kind = engine.pass_kind
+        self.target.strip = engine.geo.strip[target]
 
     def leaf_readers(self, leaves, chain) -> dict:
         return {(d, k): self.need[d][0] for d in leaves if d >= 0 for k in self.engine.readers(d, chain)}
