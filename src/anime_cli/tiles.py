@@ -889,13 +889,14 @@ class Band:
             node = self.nodes[j]
             node.start = node.hi = self.need[j][0]
             node.limit = self.need[j][1]
-            node.readers = {k: node.start for k in engine.readers(j, chain)}
+            node.readers = {k: node.start for k in engine.readers(j, chain, target)}
         self.target = self.nodes[target]
         self.target.kind = engine.pass_kind
         self.target.strip = engine.geo.strip[target]
 
     def leaf_readers(self, leaves, chain) -> dict:
-        return {(d, k): self.need[d][0] for d in leaves if d >= 0 for k in self.engine.readers(d, chain)}
+        target = self.target.index
+        return {(d, k): self.need[d][0] for d in leaves if d >= 0 for k in self.engine.readers(d, chain, target)}
 
     def run(self):
         """Compute the band; returns the target's (sum, sum of squares)."""
@@ -1002,17 +1003,20 @@ class Engine:
             _trim_malloc()
 
     # -- the passes ----------------------------------------------------------
-    def deps(self, i: int) -> list[int]:
-        L = self.layers[i]
-        return [i - 1] + ([L.residual] if L.residual is not None else [])
+    def reads(self, j: int, target: int) -> list[int]:
+        """Layers whose rows layer j reads in the pass for `target`: its input,
+        and its skip unless j is the target (the target's statistics are taken
+        before the skip is added; a stored target adds it in its fold)."""
+        r = self.layers[j].residual
+        return [j - 1] + ([r] if r is not None and j != target else [])
 
-    def readers(self, node: int, chain) -> list[int]:
+    def readers(self, node: int, chain, target: int) -> list[int]:
         """Reader keys of `node` among the layers computed in a pass."""
         keys = []
         for j in chain:
             if j == node + 1:
                 keys.append(j)
-            if self.layers[j].residual == node:
+            if self.layers[j].residual == node and j != target:
                 keys.append(_skip_key(j))
         return keys
 
@@ -1023,7 +1027,7 @@ class Engine:
             i = todo.pop()
             if i not in chain:
                 chain.add(i)
-                for d in self.deps(i):
+                for d in self.reads(i, target):
                     if d == -1 or d in stored:
                         leaves.add(d)
                     else:
@@ -1036,8 +1040,8 @@ class Engine:
         for j in sorted(chain, reverse=True):
             lo, hi = need[j]
             node = LayerNode(self, j, None)  # for its geometry
-            ranges = [node.needs(lo, hi)] + ([(lo, hi)] if self.layers[j].residual is not None else [])
-            for d, (a, b) in zip(self.deps(j), ranges):
+            ranges = [node.needs(lo, hi), (lo, hi)]  # the input's rows, then the skip's
+            for d, (a, b) in zip(self.reads(j, target), ranges):
                 old = need.get(d)
                 need[d] = (a, b) if old is None else (min(old[0], a), max(old[1], b))
         return need
@@ -1061,8 +1065,8 @@ class Engine:
                 last_use[self.layers[i].residual] = i  # the fold reads the skip
         for i, (chain, leaves) in enumerate(passes):
             folds = i in stored and self.layers[i].residual is not None
-            for s in leaves:  # a stored residual layer's skip must outlive the pass, for the fold
-                self.stored[s].keep = s < 0 or last_use[s] > i or (folds and self.layers[i].residual == s)
+            for s, st in self.stored.items():  # a stored residual layer's skip must outlive the pass, for the fold
+                st.keep = s < 0 or last_use[s] > i or (folds and self.layers[i].residual == s)
             self.pass_kind = "emit" if i == n - 1 else ("store" if i in stored else "stats")
             if i in stored:
                 self.stored[i] = Stored(self, i)  # the pass writes into it
@@ -1071,9 +1075,8 @@ class Engine:
                 self._finish_stats(i, total, total_sq)
             if folds:
                 self.stored[i].fold(self.stored[self.layers[i].residual])
-            for s in leaves:
-                if s >= 0 and last_use[s] == i:
-                    self.stored.pop(s).free()
+            for s in [s for s in self.stored if s >= 0 and last_use[s] == i]:
+                self.stored.pop(s).free()
 
     def _run_pass(self, target, chain, leaves, sink):
         rows = self.bands(target, chain)
