@@ -27,9 +27,9 @@ Which layers are kept whole is the plan:
 
 Precision. "bf16" (the default where the CPU has native bfloat16 dot products)
 runs the convolutions in bfloat16 with float32 accumulation, and keeps the
-statistics, the norm parameters and the first and last layers in float32:
-about twice the speed of float32 for ~50 dB PSNR against the float32 network.
-"fp32" is exact up to float rounding.
+statistics and the output layer in float32: about twice the speed of float32
+for 53-56 dB PSNR against the float32 network on photos. "fp32" is exact up to
+float rounding.
 """
 
 from __future__ import annotations
@@ -265,9 +265,10 @@ class Geometry:
 
 
 def _layer_dtype(precision: str, i: int, L: Layer):
-    # The first layer (3 input channels) and the last (3 outputs) are cheap; in
-    # float32 they keep the input and output free of bfloat16 rounding.
-    if precision == "fp32" or i == 0 or L.tanh:
+    # The output layer (3 channels, 0.02 % of the work) stays in float32 so that
+    # the picture is not rounded to bfloat16 before it is rounded to 8 bits.
+    # (The first layer in float32 bought nothing measurable: +-1 dB, 6 % slower.)
+    if precision == "fp32" or L.tanh:
         return torch.float32
     return torch.bfloat16
 
