@@ -121,23 +121,39 @@ def test_bf16_is_faithful_on_real_photos(generator, bf16, photos, name):
 
 
 def test_every_strategy_is_faithful_on_a_portrait(generator, photos, monkeypatch):
-    """The budget picks the plan; each one keeps the portrait untouched (float32:
-    exact), including a budget nothing fits (the least-memory plan)."""
+    """The budget picks the plan; each one keeps the portrait untouched: exact
+    in float32 with layers stored in float32, ~55-60 dB where they are stored
+    in 8 bits; down to a budget nothing fits (the least-memory plan)."""
     monkeypatch.setattr(tiles, "STRIP_BYTES", 256 << 10)  # small strips: stored layers dominate, as on big pictures
     rgb = portrait(photos, 384)
     ref = untiled(generator, rgb)
     engine = tiles.Engine(generator, threads=2, precision="fp32")
     full = engine.make_plan(384, 384, None)
-    assert full.name == "strips"
+    assert full.name == "strips" and not full.compact
     seen = set()
-    for budget in (None, full.bytes, full.bytes * 3 // 4, full.bytes // 2, 0):
+    for budget in (None, full.bytes * 3 // 4, full.bytes // 2, full.bytes // 3, 0):
         out = engine.stylize(rgb, budget)
         plan = engine.last_plan
-        seen.add(plan.name)
-        assert psnr(out, ref) >= 60, plan.describe()
-        assert np.abs(out.astype(int) - ref).max() <= 1, plan.describe()
+        seen.add((plan.name, plan.compact))
+        if plan.compact:
+            assert psnr(out, ref) >= 50, plan.describe()
+        else:
+            assert np.abs(out.astype(int) - ref).max() <= 1, plan.describe()
         assert_no_seam(out, ref)
-    assert seen == {"strips", "stream"}
+    assert {name for name, _ in seen} == {"strips", "stream"} and {c for _, c in seen} == {False, True}, seen
+
+
+def test_8bit_storage_on_real_photos(generator, bf16, photos):
+    """Every layer stored in 8 bits (the most any plan uses) still stays far above 30 dB."""
+    for name in ("coffee.png", "astronaut.png"):
+        rgb = load_rgb(photos / name)
+        ref = untiled(generator, rgb)
+        h, w = tiles.padded_size(*rgb.shape[:2])
+        plan = tiles.Plan("forced", frozenset(range(len(bf16.layers) - 1)), 0, 1.0, True, compact=True)
+        out = np.empty_like(rgb)
+        bf16.stream(tiles.ArraySource(rgb), tiles.ArraySink(out), plan=plan)
+        assert psnr(out, ref) >= 45, name
+        assert_no_seam(out, ref)
 
 
 def assert_no_seam(out: np.ndarray, ref: np.ndarray) -> None:
@@ -170,8 +186,11 @@ def test_stylizer_passes_threads_and_budget(photos):
     st = Stylizer.from_style("hayao", threads=1, precision="fp32")
     assert st.threads == 1
     rgb = load_rgb(photos / "rocket.jpg")[:96, :128]
-    assert np.array_equal(st.stylize(rgb, budget_bytes=0), st.stylize(rgb))
-    assert st.engine.last_plan.name == "strips"
+    full = st.stylize(rgb)
+    assert st.engine.last_plan.name == "strips" and not st.engine.last_plan.compact
+    lean = st.stylize(rgb, budget_bytes=0)  # nothing fits: the least-memory plan, still faithful
+    assert not st.engine.last_plan.fits
+    assert psnr(lean, full) >= 50
 
 
 # -- the planner -----------------------------------------------------------------

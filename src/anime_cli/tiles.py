@@ -56,6 +56,9 @@ STREAM_BYTES = 1 << 20  # the same for layers that stream: their windows add up 
 BLOCK_BYTES = 2 << 20  # stored layers are kept in blocks of about this size (BlockPool)
 WINDOW_BYTES = 256 << 10  # ... and streaming windows in blocks of about this size
 OVERHEAD = 40 << 20  # what the memory model leaves out: oneDNN, the allocator, Python objects
+# What 8-bit storage costs, per value, in convolution FLOPs of the same time (measured):
+ENCODE_FLOPS = 200  # once, when a layer is stored
+DECODE_FLOPS = 150  # each pass that reads it, beyond the plain normalisation
 MIN_SIZE = 8  # the quarter-resolution layers need 2 pixels for reflection padding
 CL = torch.channels_last
 
@@ -208,13 +211,23 @@ class Geometry:
         L, s = self.layers[i], self.shapes[i]
         return 2.0 * s.h * s.w * s.c * (L.cin // L.groups) * L.kernel**2
 
-    def size(self, i) -> int:
+    def size(self, i, compact: bool = False) -> int:
         """Bytes of layer i stored whole (0 for the image: the caller owns it)."""
         if i < 0:
             return 0
-        row = self.row_bytes(i)
+        s = self.shapes[i]
+        if compact and self.compactable(i):  # a byte a value, and a float32 range per row and channel
+            row, extra = s.w * s.c, 2 * 4 * s.h * s.c
+        else:
+            row, extra = self.row_bytes(i), 0
         per_block = max(1, BLOCK_BYTES // row)
-        return -(-self.shapes[i].h // per_block) * max(BLOCK_BYTES, row)  # whole blocks (Pages)
+        return -(-s.h // per_block) * max(BLOCK_BYTES, row) + extra  # whole blocks (Pages)
+
+    def compactable(self, i) -> bool:
+        """Whether layer i may be stored in 8 bits: not a residual layer (its
+        fold adds the skip in place) nor the output."""
+        L = self.layers[i]
+        return L.residual is None and not L.tanh
 
     def row_bytes(self, i) -> int:
         s = self.shapes[i]
@@ -284,9 +297,11 @@ class Plan:
     bytes: int  # the memory model's peak (engine memory only)
     passes: float  # compute, in units of one pass of the whole network
     fits: bool  # whether `bytes` is within the budget asked for
+    compact: bool = False  # stored layers in 8 bits (see Stored)
 
     def describe(self) -> str:
         extra = "" if self.name == "strips" else f", {len(self.stored)} layers stored, {self.passes:.2f} passes"
+        extra += ", 8-bit storage" if self.compact else ""
         return f"{self.name} (~{self.bytes / 2**20:.0f} MiB{extra})"
 
 
@@ -300,10 +315,13 @@ class Planner:
     fold and its readers need the skip's rows after they have streamed by).
     """
 
-    def __init__(self, geo: Geometry):
-        self.geo = geo
+    def __init__(self, geo: Geometry, compact: bool = False):
+        self.geo, self.compact = geo, compact
         layers = geo.layers
         self.n = len(layers)
+        self.size = [geo.size(i, compact) for i in range(self.n)] + [0]  # size[-1]: the image
+        # values held in 8 bits, per layer (what encoding and decoding cost scales with)
+        self.values = [s.h * s.w * s.c if compact and geo.compactable(i) else 0 for i, s in enumerate(geo.shapes)] + [0]
         self.blocks = [(L.residual, j) for j, L in enumerate(layers) if L.residual is not None]
         cum = np.concatenate([[0.0], np.cumsum([geo.flops(i) for i in range(self.n)])])
         self.cum = cum  # cum[i + 1] = flops of layers 0..i
@@ -329,6 +347,8 @@ class Planner:
         """(cost, bytes) of the passes after stored c up to storing k (None: to the end)."""
         geo, end = self.geo, (self.n - 1 if k is None else k)
         cost = sum(self._chain_flops(c, i) for i in range(c + 1, end + 1))
+        if self.compact:  # 8-bit codes: made once, read by every pass of the segment
+            cost += DECODE_FLOPS * self.values[c] * (end - c) + (0 if k is None else ENCODE_FLOPS * self.values[k])
         # Pass i streams layers c+1 .. i-1 (the last of them feeding the target i);
         # every worker has its own windows and temporaries.
         kept = 0
@@ -336,16 +356,17 @@ class Planner:
             windows = self.windows[max(i - 1, c + 1)] - self.windows[c + 1] + (self.feeder[i - 1] if i - 1 > c else 0)
             temps = max([self.work[i]] + [self.stream_work[j] for j in range(c + 1, i)])
             kept = max(kept, geo.workers * int(windows + temps))
-        target = 0 if k is None else geo.size(k)
+        target = 0 if k is None else self.size[k]
         skip = None
         for r, j in self.blocks:
             if r < c < j:  # c is inside a residual block: its skip input is alive
-                kept += geo.size(r)
+                kept += self.size[r]
             if c == r and k is not None and k <= j:
                 skip = r  # c stays alive after this segment: no freeing as we go
-        held = geo.size(c) + target if skip is not None else max(geo.size(c), target)
+        held = self.size[c] + target if skip is not None else max(self.size[c], target)
         slack = geo.workers * max(self.slack[i] for i in range(max(c, 0), end + 1))
-        return cost, held + kept + slack + self.scratch + OVERHEAD
+        decode = geo.workers * 4 * BLOCK_BYTES if self.compact else 0  # float32 rows decoded from 8 bits
+        return cost, held + kept + slack + decode + self.scratch + OVERHEAD
 
     def allowed(self, c: int, k: int) -> bool:
         return all(c >= r for r, j in self.blocks if r < k <= j)
@@ -364,7 +385,7 @@ class Planner:
             mid = (lo + hi) // 2
             lo, hi = (lo, mid) if self._best(mid) is not None else (mid, hi)
         best = self._best(hi)
-        return Plan(best.name, best.stored, best.bytes, best.passes, fits=False)
+        return Plan(best.name, best.stored, best.bytes, best.passes, fits=False, compact=self.compact)
 
     def _best(self, budget) -> Plan | None:
         n = self.n
@@ -387,7 +408,18 @@ class Planner:
             return None
         cost, peak, path = min(finals)
         name = "strips" if len(path) == n - 1 else "stream"
-        return Plan(name, frozenset(path), int(peak), cost / self.total, fits=True)
+        return Plan(name, frozenset(path), int(peak), cost / self.total, fits=True, compact=self.compact)
+
+
+def best_plan(geo: Geometry, budget: int | None) -> Plan:
+    """The plan with the least compute that fits: stored layers in their own
+    precision, or in 8 bits where that saves passes (half the memory, ~60 dB
+    from the float32 network). Nothing fits: the least memory."""
+    plans = [Planner(geo, compact).plan(budget) for compact in (False, True)]
+    fitting = [p for p in plans if p.fits]
+    if fitting:
+        return min(fitting, key=lambda p: (round(p.passes, 6), p.compact))
+    return min(plans, key=lambda p: p.bytes)
 
 
 def estimate_bytes(h: int, w: int, strategy: str = "strips", precision: str = "auto", threads: int | None = None) -> int:
@@ -396,11 +428,10 @@ def estimate_bytes(h: int, w: int, strategy: str = "strips", precision: str = "a
     run in (it is then slower: see Plan.passes)."""
     h, w = padded_size(h, w)
     geo = Geometry(_skeleton(), h, w, resolve_precision(precision), threads or default_threads())
-    planner = Planner(geo)
     if strategy == "strips":
-        return planner.plan(None).bytes
+        return best_plan(geo, None).bytes
     if strategy == "stream":
-        return planner.plan(0).bytes
+        return best_plan(geo, 0).bytes
     raise ValueError(f"unknown strategy {strategy!r}")
 
 
@@ -555,12 +586,13 @@ class Pages:
             view.copy_(y[:, :, lo - r0 : hi - r0])
 
     def read(self, a: int, b: int, out: torch.Tensor, apply=None) -> None:
+        """Rows [a, b) into `out`, through apply(rows, out rows, first row) if given."""
         for lo, hi, view in self.pieces(a, b):
             dst = out[:, :, lo - a : hi - a]
             if apply is None:
                 dst.copy_(view)
             else:
-                apply(view, dst)
+                apply(view, dst, lo)
 
     def drop(self, live) -> None:
         """Free the blocks that no live interval (lo, hi) touches."""
@@ -586,20 +618,55 @@ class Stored:
     instead folded once, in place (norm plus skip).
     """
 
-    def __init__(self, engine: "Engine", index: int):
+    def __init__(self, engine: "Engine", index: int, compact: bool = False):
         self.engine, self.index = engine, index
         self.layer = engine.layers[index]
-        self.pages = Pages(engine.pool, engine.geo.shapes[index], engine.geo.store[index], index, BLOCK_BYTES)
+        shape = engine.geo.shapes[index]
+        self.pages = Pages(engine.pool, shape, torch.uint8 if compact else engine.geo.store[index], index, BLOCK_BYTES)
+        self.compact = compact
+        if compact:  # per row and channel: the lowest value, and the step of the 8-bit code
+            self.low = torch.empty((1, shape.c, shape.h, 1))
+            self.step = torch.empty((1, shape.c, shape.h, 1))
         self.raw = True
         self.keep = True  # hold every row: false only during this layer's last pass
 
-    def write(self, r0: int, y: torch.Tensor) -> None:
+    def write(self, r0: int, y: torch.Tensor, y32: torch.Tensor | None = None) -> None:
+        """Rows r0.. of the layer; y32, a float32 copy of y the writer may spoil, saves a conversion."""
+        if self.compact:
+            y = self._encode(r0, y, y32 if y32 is not None else y.float())
         self.pages.write(r0, y)
 
     def read(self, a, b, out):
-        self.pages.read(a, b, out, self._normalise if self.raw else None)
+        if self.compact:
+            self.pages.read(a, b, out, self._decode)
+        else:
+            self.pages.read(a, b, out, self._normalise if self.raw else None)
 
-    def _normalise(self, t, out):
+    def _encode(self, r0: int, y: torch.Tensor, y32: torch.Tensor) -> torch.Tensor:
+        """8-bit codes of rows r0.. of y, made in y32: each row and channel
+        spans its own range in 255 steps (~60 dB from float32 on photos,
+        against ~55 for bfloat16 arithmetic). The statistics were taken from y
+        itself."""
+        rows = y.shape[2]
+        nhwc = y.permute(0, 2, 3, 1)  # reducing over W: the fast way round in channels_last memory
+        low = nhwc.amin(dim=2).float().permute(0, 2, 1).unsqueeze(3)
+        step = nhwc.amax(dim=2).float().permute(0, 2, 1).unsqueeze(3).sub_(low).clamp_min_(1e-30).div_(255)
+        self.low[:, :, r0 : r0 + rows] = low
+        self.step[:, :, r0 : r0 + rows] = step
+        return y32.sub_(low).div_(step).round_().clamp_(0, 255)
+
+    def _decode(self, codes, out, r0: int) -> None:
+        """Rows r0.. back from their codes, normalised and activated."""
+        rows = codes.shape[2]
+        scale, shift = self.engine.affine[self.index]
+        low, step = self.low[:, :, r0 : r0 + rows], self.step[:, :, r0 : r0 + rows]
+        t = codes.float()
+        torch.addcmul(low * scale + shift, t, step * scale, out=t)
+        if self.layer.lrelu:
+            F.leaky_relu_(t, LEAK)
+        out.copy_(t)
+
+    def _normalise(self, t, out, r0=None):
         scale, shift = self.engine.affine[self.index]
         if t.dtype != out.dtype:
             out.copy_(t)
@@ -780,12 +847,13 @@ class LayerNode:
             src.release(self.index, self.needs(r1, r1 + 1)[0])
         w, bias = self.engine.weights[self.index]
         y = F.conv2d(x, w, bias, stride=self.L.stride, groups=self.L.groups)
+        y32 = None
         if self.kind != "stream" and self.L.gamma is not None:
-            self._accumulate(y)
+            y32 = self._accumulate(y)
         if self.kind == "emit":
             self.band.sink(r0, r1, torch.tanh(y.float()) if self.L.tanh else y)
         elif self.kind == "store":
-            self.engine.stored[self.index].write(r0, y)
+            self.engine.stored[self.index].write(r0, y, y32)
         elif self.kind == "stream":
             self.window.write(r0, self._normalise(y, r0, r1))
         scratch.reset(mark)
@@ -809,13 +877,14 @@ class LayerNode:
         _reflect_cols(x, pl, pl + ins.w)
         return x
 
-    def _accumulate(self, y):
+    def _accumulate(self, y) -> torch.Tensor:
+        """Add the strip to the statistics; returns its float32 copy (scratch)."""
         # Per strip in float32 (torch sums blockwise); across strips in float64.
-        if y.dtype != torch.float32:
-            y = self.band.scratch.take(y.shape[1], y.shape[2], y.shape[3], torch.float32).copy_(y)
-        v = _flat(y)
+        y32 = self.band.scratch.take(y.shape[1], y.shape[2], y.shape[3], torch.float32).copy_(y)
+        v = _flat(y32)
         self.sum += float(v.sum())
         self.sumsq += float(torch.dot(v, v))
+        return y32
 
     def _normalise(self, y, r0, r1):
         """Norm, activation and skip of freshly computed rows."""
@@ -947,8 +1016,7 @@ class Engine:
         self.last_plan: Plan | None = None
 
     def make_plan(self, h: int, w: int, budget_bytes: int | None) -> Plan:
-        geo = Geometry(self.layers, h, w, self.precision, self.threads)
-        return Planner(geo).plan(budget_bytes)
+        return best_plan(Geometry(self.layers, h, w, self.precision, self.threads), budget_bytes)
 
     def plan(self, h: int, w: int, budget_bytes: int | None) -> str:
         """The strategy for an h x w input: "strips" or "stream"."""
@@ -984,7 +1052,7 @@ class Engine:
         hand every output row once to sink(r0, r1, y), y (1, 3, rows, W)
         float32 in [-1, 1]. Rows come in no fixed order, from worker threads."""
         self.geo = Geometry(self.layers, src.h, src.w, self.precision, self.threads)
-        plan = plan or Planner(self.geo).plan(budget_bytes)
+        plan = plan or best_plan(self.geo, budget_bytes)
         self.last_plan = plan
         self.stored: dict[int, Stored] = {-1: Image(self, src)}
         self.pool = BlockPool()
@@ -994,7 +1062,7 @@ class Engine:
         torch.set_num_threads(1)
         try:
             with torch.inference_mode():
-                self._execute(plan.stored, sink)
+                self._execute(plan, sink)
         finally:
             torch.set_num_threads(threads)
             for st in self.stored.values():
@@ -1055,8 +1123,8 @@ class Engine:
             step = -(-h // self.threads)
         return [(r, min(r + step, h)) for r in range(0, h, step)]
 
-    def _execute(self, stored, sink):
-        n = len(self.layers)
+    def _execute(self, plan: Plan, sink):
+        n, stored = len(self.layers), plan.stored
         passes = [self.pass_layers(i, stored) for i in range(n)]
         last_use = {}
         for i, (chain, leaves) in enumerate(passes):
@@ -1070,7 +1138,8 @@ class Engine:
                 st.keep = s < 0 or last_use[s] > i or (folds and self.layers[i].residual == s)
             self.pass_kind = "emit" if i == n - 1 else ("store" if i in stored else "stats")
             if i in stored:
-                self.stored[i] = Stored(self, i)  # the pass writes into it
+                compact = plan.compact and self.geo.compactable(i)
+                self.stored[i] = Stored(self, i, compact)  # the pass writes into it
             total, total_sq = self._run_pass(i, chain, leaves, sink)
             if i < n - 1:
                 self._finish_stats(i, total, total_sq)
