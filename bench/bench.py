@@ -11,7 +11,10 @@ GFLOP/s on the reference 2-core machine).
 Memory: anime-cli on a 12 MP JPEG at its defaults, and on a 24 MP JPEG
 (6000x4000) with --max-side 0, under its default --memory-limit.
 
-    .venv/bin/python bench/bench.py [--runs 3] [--threads N] [--skip-memory]
+Pipelining: a folder of photos at the defaults, decode/write overlapped with
+the network (the default) against --sequential.
+
+    .venv/bin/python bench/bench.py [--runs 3] [--threads N] [--skip-speed] [--skip-pipelining] [--skip-memory]
 """
 
 from __future__ import annotations
@@ -137,6 +140,34 @@ def speed(tmp: Path, runs: int, extra: list[str]) -> None:
           " faster than fp32 arithmetic allows, i.e. bfloat16 convolutions)\n")
 
 
+def pipelining(tmp: Path, runs: int, extra: list[str]) -> None:
+    """A folder of photos at the default settings (1280 px, faces on), with decode
+    and write overlapped with the network (default) and one file at a time."""
+    src = tmp / "folder"
+    src.mkdir()
+    for name, size in SPEED_SET:
+        for k, scale in enumerate((1.0, 1.6)):
+            make_jpeg(name, (round(size[0] * scale), round(size[1] * scale)), src / f"{Path(name).stem}{k}.jpg")
+        make_photo_png(name, src / f"{Path(name).stem}.png")
+    base = [*cli(), "convert", str(src), "-o", str(tmp / "folder-out"), "--overwrite", "--quiet", *extra]
+    print(f"pipelining: a folder of {len(list(src.iterdir()))} photos (JPEG and PNG, 0.5-2.7 MP) at the defaults;"
+          f" {runs} runs each, alternating")
+    times = {"pipelined": [], "--sequential": []}
+    for i in range(runs):
+        for name, cmd in (("pipelined", base), ("--sequential", [*base, "--sequential"])):
+            r = measure(cmd)
+            times[name].append(r.seconds)
+            print(f"  run {i + 1}  {name:12s} {r.seconds:6.1f} s  peak {mb(r.peak)}", flush=True)
+    piped, seq = (statistics.median(times[k]) for k in ("pipelined", "--sequential"))
+    print(f"\n  pipelined {piped:.1f} s, sequential {seq:.1f} s: {seq / piped:.2f}x (medians)\n")
+
+
+def make_photo_png(src: str, dest: Path) -> Path:
+    with Image.open(PHOTOS / src) as im:
+        im.convert("RGB").resize((1024, 768), Image.Resampling.LANCZOS).save(dest)
+    return dest
+
+
 def memory(tmp: Path, extra: list[str]) -> None:
     src = tmp / "memory"
     src.mkdir()
@@ -162,7 +193,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3, help="runs of each pipeline (medians)")
     ap.add_argument("--threads", type=int, help="passed to anime-cli --threads")
     ap.add_argument("--skip-memory", action="store_true", help="only the speed comparison")
-    ap.add_argument("--skip-speed", action="store_true", help="only the memory figures")
+    ap.add_argument("--skip-speed", action="store_true", help="no naive-vs-anime-cli comparison")
+    ap.add_argument("--skip-pipelining", action="store_true", help="no pipelined-vs-sequential comparison")
     args = ap.parse_args()
     if not PHOTOS.is_dir():
         sys.exit(f"sample photos not found at {PHOTOS}")
@@ -171,6 +203,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="anime-bench-") as tmp:
         if not args.skip_speed:
             speed(Path(tmp), args.runs, extra)
+        if not args.skip_pipelining:
+            pipelining(Path(tmp), args.runs, extra)
         if not args.skip_memory:
             memory(Path(tmp), extra)
 
