@@ -25,6 +25,19 @@ Which layers are kept whole is the plan:
             it costs several passes. The checkpoints are chosen by a small
             dynamic programme: the least recomputation that fits the budget.
 
+Where it saves passes, the stored layers are kept in 8 bits (each row and
+channel over its own range: ~60 dB from float32, half the memory of bfloat16).
+
+Threads: each worker thread runs torch single-threaded on its own strips (or,
+when layers stream, its own band of rows). No OpenMP team waits at a barrier
+for a core that another process holds: on a busy 2-core machine two OpenMP
+threads made thousands of small operations up to 10x slower.
+
+Memory: stored layers and streaming windows live in blocks mapped for the run
+and reused (BlockPool), strip temporaries in one scratch buffer per worker: in
+the C heap the mix fragmented and the process held ~1.5x what was alive. The
+planner's memory model counts both (see Engine for what a budget covers).
+
 Precision. "bf16" (the default where the CPU has native bfloat16 dot products)
 runs the convolutions in bfloat16 with float32 accumulation, and keeps the
 statistics and the output layer in float32: about twice the speed of float32
@@ -187,8 +200,8 @@ class Geometry:
     def __init__(self, layers, h: int, w: int, precision: str, workers: int = 1):
         self.layers, self.h, self.w, self.workers = layers, h, w, workers
         self.dtypes = [_layer_dtype(precision, i, L) for i, L in enumerate(layers)]
-        # stored rows: bfloat16 in bf16 mode even for the float32 first layer
-        self.store = [torch.float32 if precision == "fp32" or L.tanh else torch.bfloat16 for L in layers]
+        # rows are kept (stored or streamed) in the layer's own precision
+        self.store = list(self.dtypes)
         self.shapes, self.in_shapes = [], []
         prev = Shape(h, w, 3)
         for L in layers:
