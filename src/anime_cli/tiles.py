@@ -1027,6 +1027,7 @@ class Engine:
             w = L.weight.to(dt).contiguous(memory_format=CL)
             self.weights.append((w, None if L.bias is None else L.bias.to(dt)))
         self.last_plan: Plan | None = None
+        self._running = threading.Lock()  # one picture at a time: a run's state lives on the engine
 
     def make_plan(self, h: int, w: int, budget_bytes: int | None) -> Plan:
         return best_plan(Geometry(self.layers, h, w, self.precision, self.threads), budget_bytes)
@@ -1064,6 +1065,10 @@ class Engine:
         """Run the network on `src` (src.h, src.w, src.read(a, b, out)) and
         hand every output row once to sink(r0, r1, y), y (1, 3, rows, W)
         float32 in [-1, 1]. Rows come in no fixed order, from worker threads."""
+        with self._running:
+            self._stream(src, sink, budget_bytes, plan)
+
+    def _stream(self, src, sink, budget_bytes, plan) -> None:
         self.geo = Geometry(self.layers, src.h, src.w, self.precision, self.threads)
         plan = plan or best_plan(self.geo, budget_bytes)
         self.last_plan = plan
