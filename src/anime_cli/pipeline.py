@@ -24,7 +24,7 @@ from PIL import Image
 from . import output, probe
 from .decode import Decoded, decode, target_size
 from .discover import STDIN, Job
-from .errors import AnimeCliError, InputError, OutputError, UnsupportedFormat
+from .errors import InputError, OutputError, UnsupportedFormat
 from .telemetry import PeakTracker, Record, rss_bytes
 
 DEFAULT_MAX_SIDE = 1280
@@ -84,7 +84,7 @@ class Converter:
         self._stdin = stdin
         if not self.options.pipelined:
             for job in jobs:
-                yield self._finish(self._process(self._load(job)))
+                yield self._process(self._load(job))
             return
         with ThreadPoolExecutor(1, "load") as loader, ThreadPoolExecutor(1, "save") as saver:
             ahead: Future | None = loader.submit(self._load, jobs[0]) if jobs else None
@@ -115,7 +115,7 @@ class Converter:
 
     def convert(self, job: Job) -> Record:
         """One job, start to end, no overlap: the simplest way in from Python."""
-        return self._finish(self._process(self._load(job)))
+        return self._process(self._load(job))
 
     # -- stages ------------------------------------------------------------
     def _load(self, job: Job) -> _Loaded:
@@ -219,18 +219,13 @@ class Converter:
         rec.status = "ok"
         rec.output_size = [image.shape[1], image.shape[0]]
 
-    def _process(self, loaded: _Loaded) -> _Loaded:
-        image = self._stylize(loaded)
-        try:
-            self._write(loaded, image)
-        except OutputError as e:
-            loaded.record.status, loaded.record.error, loaded.record.reason = "error", str(e), "output"
-            if getattr(e, "fatal", False):
-                raise _Fatal(self._finish(loaded)) from None
-        return loaded
+    def _process(self, loaded: _Loaded) -> Record:
+        """Stylize and write one loaded file in this thread: the sequential path."""
+        return self._settle(loaded, lambda: self._write(loaded, self._stylize(loaded)))
 
     def _collect_first(self, writing: deque) -> Record:
-        record = self._collect(*writing[0])  # still listed while it waits: an interrupt undoes it
+        loaded, fut = writing[0]
+        record = self._settle(loaded, fut.result)  # still listed while it waits: an interrupt undoes it
         writing.popleft()
         return record
 
@@ -245,9 +240,11 @@ class Converter:
         if loaded.record.status == "ok" and loaded.dest is not None:
             loaded.dest.unlink(missing_ok=True)
 
-    def _collect(self, loaded: _Loaded, fut: Future) -> Record:
+    def _settle(self, loaded: _Loaded, write: Callable[[], None]) -> Record:
+        """The file's record once `write` has run; a write error is the file's
+        error, and a fatal one (disk full) stops the batch."""
         try:
-            fut.result()
+            write()
         except OutputError as e:
             loaded.record.status, loaded.record.error, loaded.record.reason = "error", str(e), "output"
             if getattr(e, "fatal", False):
@@ -323,5 +320,3 @@ class _Fatal(Exception):
 def _palette_alpha(im: Image.Image) -> bool:
     return "transparency" in im.info
 
-
-__all__ = ["Converter", "Options", "AnimeCliError"]
