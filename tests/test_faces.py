@@ -193,7 +193,7 @@ class NegativeStylizer:
     def __init__(self):
         self.sizes = []
 
-    def stylize(self, rgb):
+    def stylize(self, rgb, cancel=None):
         self.sizes.append(rgb.shape)
         return 255 - rgb
 

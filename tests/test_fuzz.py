@@ -138,8 +138,9 @@ class _Identity:
     """A stand-in for the network: the fuzz is about the files, not the style."""
 
     name = "identity"
+    threads = 1  # one file at a time
 
-    def stylize(self, rgb, budget_bytes=None):
+    def stylize(self, rgb, budget_bytes=None, cancel=None):
         return rgb
 
 

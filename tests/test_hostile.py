@@ -828,8 +828,9 @@ def test_the_same_file_given_twice_is_one_job(tmp_path):
 
 class _Identity:
     name = "identity"
+    threads = 1  # one file at a time
 
-    def stylize(self, rgb, budget_bytes=None):
+    def stylize(self, rgb, budget_bytes=None, cancel=None):
         return rgb
 
 

@@ -80,7 +80,7 @@ def convert(
     max_pixels: str = typer.Option("150M", "--max-pixels", metavar="N", help="Refuse images whose header declares more pixels (decompression bombs)."),
     memory_limit: str = typer.Option("1GiB", "--memory-limit", metavar="SIZE", help="Peak RSS budget for the whole process; big images are processed in pieces to stay inside. 0: no limit."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for the network. [default: the cores this process may use]"),
-    sequential: bool = typer.Option(False, "--sequential", help="Do one file at a time instead of decoding/writing neighbours while the network runs."),
+    sequential: bool = typer.Option(False, "--sequential", help="One file at a time, on all threads. By default two files are in flight, sharing the cores and the memory budget."),
 ):
     """Convert photos into anime style.
 

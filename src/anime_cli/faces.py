@@ -181,6 +181,7 @@ def enhance_faces(
     *,
     min_face: int = DEFAULT_MIN_FACE,
     face_size: int = 512,
+    cancel=None,
 ) -> tuple[np.ndarray, int]:
     """Re-render every face of `working` at least `min_face` px wide into a copy of
     `stylized` (the stylizer's output for `working`). Faces come from
@@ -188,7 +189,8 @@ def enhance_faces(
     coords), else from `working`. Faces whose crop is already face_size px or
     more are skipped: the re-render would be coarser than the picture.
     Returns (new stylized array, faces enhanced). Pixels outside every face's
-    crop (see `crop_box`) are exactly those of `stylized`."""
+    crop (see `crop_box`) are exactly those of `stylized`. `cancel`: passed
+    on to stylizer.stylize."""
     if stylized.shape != working.shape:
         raise ValueError(f"stylized {stylized.shape} and working {working.shape} differ in size")
     source = source if source is not None else ArraySource(working)
@@ -208,7 +210,7 @@ def enhance_faces(
         cx0, cy0, cx1, cy1 = max(left, 0), max(top, 0), min(right, w), min(bottom, h)
         if cx1 <= cx0 or cy1 <= cy0:
             continue
-        render = stylizer.stylize(source.region((left, top, right, bottom), face_size))
+        render = stylizer.stylize(source.region((left, top, right, bottom), face_size), cancel=cancel)
         render = np.asarray(Image.fromarray(render).resize((side, side), Image.Resampling.LANCZOS))
         inner = (slice(cy0 - top, cy1 - top), slice(cx0 - left, cx1 - left))
         region = (slice(cy0, cy1), slice(cx0, cx1))

@@ -1,10 +1,13 @@
 """The batch: discover -> probe -> decode -> stylize -> enhance faces -> write -> log.
 
-`Converter` holds the loaded models and the options, turns jobs into records,
-and overlaps work: while the network stylizes file i, a thread probes and
-decodes file i+1 and another encodes and writes file i-1 (Pillow and torch
-both release the GIL), the load:proc:save pipelining of batch upscalers.
-Records come out in input order.
+`Converter` holds the loaded models and the options and turns jobs into
+records, in input order. A batch keeps two files in flight (`_Lanes`): each
+lane carries one file from probe to write while the other lane works on the
+next, and the two share the cores (tiles.Cores). So one file's single-threaded
+steps (decode, face detection, encode and write) run beside the other's
+network instead of leaving a core idle, and the last file gets every core.
+Their memory is reserved up front (`_Ledger`), so the two together stay within
+--memory-limit; a file too big to share runs alone, on the whole budget.
 """
 
 from __future__ import annotations
@@ -12,8 +15,7 @@ from __future__ import annotations
 import io
 import sys
 import threading
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -26,13 +28,14 @@ from .decode import Decoded, decode, target_size
 from .discover import STDIN, Job
 from .errors import InputError, OutputError, UnsupportedFormat
 from .telemetry import PeakTracker, Record, rss_bytes
+from .tiles import Cancelled, trim_malloc
 
 DEFAULT_MAX_SIDE = 1280
 DEFAULT_MEMORY_LIMIT = 1024**3
-# What a file needs beyond the stylizer, besides its own pixels: encoder buffers, the
-# prefetched neighbour, Python's own churn.
+# What the process needs beyond the files' own reservations: encoder buffers,
+# the allocator's slack, Python's own churn.
 _RESERVE = 96 * 1024**2
-_BIG_DECODE = 64 * 1024**2
+LANES = 2  # files in flight in a batch
 
 
 @dataclass
@@ -60,6 +63,9 @@ class _Loaded:
     decoded: Decoded | None = None
     reopen: Callable | None = None
     probe: probe.Probe | None = None
+    image: Image.Image | None = None  # probed, not yet decoded
+    share: int | None = None  # bytes reserved when sharing the budget; None: alone, on all of it
+    cancel: object | None = None  # is_set(): stop this file (the batch stopped before it)
 
 
 class Converter:
@@ -69,10 +75,6 @@ class Converter:
         self.detector = detector
         self.peaks = PeakTracker()
         self._claimed: dict[Path, str] = {}  # output path -> the input that took it
-        # Set while the network is idle. A big neighbour waits for it before decoding,
-        # so its pixels never add to the network's own peak.
-        self._network_idle = threading.Event()
-        self._network_idle.set()
         self._inputs: set[Path] = set()
         # Set when the batch stops early (disk full, Ctrl-C): no output may appear after it.
         self._halt = threading.Event()
@@ -82,36 +84,13 @@ class Converter:
         jobs = list(jobs)
         self._inputs = {output.real_path(j.path) for j in jobs if j.path is not None}
         self._stdin = stdin
-        if not self.options.pipelined:
-            for job in jobs:
-                yield self._process(self._load(job))
+        self._halt.clear()
+        lanes = min(LANES, self.stylizer.threads, len(jobs)) if self.options.pipelined else 1
+        if lanes > 1:
+            yield from _Lanes(self, jobs, lanes).records()
             return
-        with ThreadPoolExecutor(1, "load") as loader, ThreadPoolExecutor(1, "save") as saver:
-            ahead: Future | None = loader.submit(self._load, jobs[0]) if jobs else None
-            writing: deque[tuple[_Loaded, Future]] = deque()
-            try:
-                for i in range(len(jobs)):
-                    loaded = ahead.result()
-                    ahead = loader.submit(self._load, jobs[i + 1]) if i + 1 < len(jobs) else None
-                    self._network_idle.clear()
-                    try:
-                        image = self._stylize(loaded)
-                    finally:
-                        self._network_idle.set()
-                    writing.append((loaded, saver.submit(self._write, loaded, image)))
-                    del image
-                    while writing and (writing[0][1].done() or len(writing) > 1):
-                        yield self._collect_first(writing)
-                while writing:
-                    yield self._collect_first(writing)
-            except BaseException:
-                self._halt.set()
-                if ahead is not None:
-                    ahead.cancel()
-                for loaded, fut in writing:
-                    if not fut.cancel():
-                        self._unwrite(loaded, fut)
-                raise
+        for job in jobs:
+            yield self._process(self._load(job))
 
     def convert(self, job: Job) -> Record:
         """One job, start to end, no overlap: the simplest way in from Python."""
@@ -119,19 +98,19 @@ class Converter:
 
     # -- stages ------------------------------------------------------------
     def _load(self, job: Job) -> _Loaded:
-        """probe -> output name -> exists? -> decode. Never raises for input problems."""
-        loaded = _Loaded(job, Record(input=job.input))
-        with self.peaks.active(loaded):
-            return self._load_inside(loaded)
+        return self._decode(self._open(job))
 
-    def _load_inside(self, loaded: _Loaded) -> _Loaded:
-        job, rec = loaded.job, loaded.record
-        try:
+    def _open(self, job: Job) -> _Loaded:
+        """probe -> output name -> exists? The image stays open for _decode when
+        there is work to do. Never raises for input problems."""
+        loaded = _Loaded(job, Record(input=job.input))
+        rec = loaded.record
+        with self.peaks.active(loaded), self._recorded(loaded):
             with rec.stage("probe"):
                 source, nbytes = self._source(job)
                 rec.input_bytes = nbytes
                 im, pr = probe.open_image(source, nbytes, job.input, self.options.max_pixels)
-            with im:
+            with _closed_on_error(im):
                 loaded.probe = pr
                 rec.input_format = pr.format
                 rec.input_size = list(pr.oriented_size)
@@ -142,14 +121,31 @@ class Converter:
                     if loaded.dest.exists() and not self.options.overwrite:
                         rec.status, rec.reason = "skipped", "exists"
                         rec.output = None
+                        im.close()
                         return loaded
-                if self._decode_bytes(pr) > _BIG_DECODE:
-                    self._network_idle.wait()
-                with rec.stage("decode"):
-                    loaded.decoded = decode(im, pr, self.options.max_side, job.input)
+                loaded.reopen = self._reopener(job, source)
+            loaded.image = im
+        return loaded
+
+    def _decode(self, loaded: _Loaded) -> _Loaded:
+        if loaded.image is None:
+            return loaded
+        rec = loaded.record
+        with self.peaks.active(loaded), self._recorded(loaded), loaded.image as im:
+            loaded.image = None
+            with rec.stage("decode"):
+                loaded.decoded = decode(im, loaded.probe, self.options.max_side, loaded.job.input)
             rec.decode_size = list(loaded.decoded.decode_size)
             rec.notes += loaded.decoded.notes
-            loaded.reopen = self._reopener(job, source)
+        return loaded
+
+    @contextmanager
+    def _recorded(self, loaded: _Loaded):
+        """Input problems (and output-name ones) become the file's record, never
+        an exception: one bad file never stops the batch, whatever it trips."""
+        rec, job = loaded.record, loaded.job
+        try:
+            yield
         except UnsupportedFormat as e:
             rec.status, rec.reason = "skipped", e.reason
             rec.error = None
@@ -158,14 +154,14 @@ class Converter:
         except OutputError as e:
             rec.status, rec.error, rec.reason = "error", str(e), "output"
         except OSError as e:  # on the output side: a name too long (ENAMETOOLONG), an odd folder
-            loaded.decoded = None
             rec.status, rec.reason = "error", "output"
             rec.error = f"{e.filename or job.input}: {e.strerror or e}"
-        except Exception as e:  # one bad file never stops the batch, whatever it trips
-            loaded.decoded = None
+        except Exception as e:
             rec.status, rec.reason = "error", "unexpected error"
             rec.error = f"{job.input}: unexpected {type(e).__name__} ({str(e).splitlines()[0][:120] if str(e) else ''})"
-        return loaded
+        else:
+            return
+        loaded.decoded = loaded.image = None
 
     def _stylize(self, loaded: _Loaded) -> np.ndarray | None:
         """The network (and faces) on a loaded file; None when there is nothing to do."""
@@ -179,11 +175,13 @@ class Converter:
         d, rec = loaded.decoded, loaded.record
         try:
             with rec.stage("stylize"):
-                out = self.stylizer.stylize(d.rgb, budget_bytes=self._budget())
+                out = self.stylizer.stylize(d.rgb, budget_bytes=self._budget(loaded), cancel=loaded.cancel)
             if self.options.face_enhance and self.detector is not None:
                 with rec.stage("faces"):
                     out, rec.faces = self._faces(loaded, out)
             return out
+        except Cancelled:
+            raise
         except MemoryError:
             rec.status, rec.error, rec.reason = "error", f"{rec.input}: out of memory in the network", "out of memory"
             return None
@@ -196,11 +194,11 @@ class Converter:
         from .faces import FileSource, enhance_faces
 
         d = loaded.decoded
-        src = FileSource(loaded.reopen, loaded.probe, d.rgb, self._face_decode_pixels())
+        src = FileSource(loaded.reopen, loaded.probe, d.rgb, self._face_decode_pixels(loaded))
         kw = {"face_size": self.options.face_size}
         if self.options.min_face is not None:
             kw["min_face"] = self.options.min_face
-        return enhance_faces(self.stylizer, d.rgb, stylized, self.detector, src, **kw)
+        return enhance_faces(self.stylizer, d.rgb, stylized, self.detector, src, cancel=loaded.cancel, **kw)
 
     def _write(self, loaded: _Loaded, image: np.ndarray | None) -> None:
         rec = loaded.record
@@ -214,7 +212,7 @@ class Converter:
                 rec.output = STDIN
             else:
                 output.write_atomic(im, loaded.dest, loaded.fmt, self.options.quality, self.options.overwrite,
-                                    abort=self._halt)
+                                    abort=loaded.cancel or self._halt)
                 rec.output = str(loaded.dest)
         rec.status = "ok"
         rec.output_size = [image.shape[1], image.shape[0]]
@@ -222,23 +220,6 @@ class Converter:
     def _process(self, loaded: _Loaded) -> Record:
         """Stylize and write one loaded file in this thread: the sequential path."""
         return self._settle(loaded, lambda: self._write(loaded, self._stylize(loaded)))
-
-    def _collect_first(self, writing: deque) -> Record:
-        loaded, fut = writing[0]
-        record = self._settle(loaded, fut.result)  # still listed while it waits: an interrupt undoes it
-        writing.popleft()
-        return record
-
-    def _unwrite(self, loaded: _Loaded, fut: Future) -> None:
-        """The batch stopped (Ctrl-C, disk full) with this write in flight: its record
-        will never be reported, so its output must not stay either. Outputs on disk
-        are exactly the files logged ok."""
-        try:
-            fut.result()
-        except Exception:
-            return  # failed, or stopped by the halt before its rename: nothing was written
-        if loaded.record.status == "ok" and loaded.dest is not None:
-            loaded.dest.unlink(missing_ok=True)
 
     def _settle(self, loaded: _Loaded, write: Callable[[], None]) -> Record:
         """The file's record once `write` has run; a write error is the file's
@@ -254,6 +235,7 @@ class Converter:
     def _finish(self, loaded: _Loaded) -> Record:
         rec = loaded.record
         loaded.decoded = None  # release the pixels now, not when the batch ends
+        trim_malloc()  # and give them back: kept by the allocator they would count against the next files
         rec.seconds = round(sum(rec.timings.values()), 4)
         rec.peak_rss_mb = round(self.peaks.take(loaded) / 1e6, 1)
         if rec.status != "ok":
@@ -290,10 +272,28 @@ class Converter:
         self._claimed[dest] = job.input
         return dest
 
-    def _budget(self) -> int | None:
+    def _budget(self, loaded: _Loaded) -> int | None:
+        """What the network may add for this file: its reservation less its own
+        picture when it shares the budget; alone, what the limit leaves now."""
         if not self.options.memory_limit:
             return None
+        if loaded.share is not None:
+            return max(0, loaded.share - loaded.decoded.rgb.nbytes)
         return max(0, self.options.memory_limit - rss_bytes() - _RESERVE)
+
+    def _footprint(self, loaded: _Loaded) -> int:
+        """The most a file holds at once, from its header: its decode; or its
+        picture (working copy, output, the encoder's copy) and the network on
+        its fastest plan; or, for faces, the picture, one face render and the
+        original decoded again for the crops (8 bytes a pixel, as _decode_bytes)."""
+        pr = loaded.probe
+        w, h = target_size(pr.size, self.options.max_side)
+        px = 4 * w * h  # bytes of the picture, alpha included
+        need = max(self._decode_bytes(pr), 3 * px + self.stylizer.fastest_bytes(h, w))
+        if self.options.face_enhance and self.detector is not None:
+            side = self.options.face_size
+            need = max(need, 3 * px + self.stylizer.fastest_bytes(side, side) + 8 * pr.size[0] * pr.size[1])
+        return need
 
     def _decode_bytes(self, pr: probe.Probe) -> int:
         """What decoding `pr` may hold at once: the decoded picture (JPEG: DCT-scaled
@@ -304,9 +304,188 @@ class Converter:
             w, h = min(w, 2 * tw), min(h, 2 * th)
         return 8 * w * h
 
-    def _face_decode_pixels(self) -> int:
-        budget = self._budget()
+    def _face_decode_pixels(self, loaded: _Loaded) -> int:
+        if loaded.share is not None:
+            return 10**12  # the file's reservation covers the whole original (see _footprint)
+        budget = self._budget(loaded)
         return 10**12 if budget is None else max(1, budget // 8)
+
+
+class _Lanes:
+    """A batch with files in flight side by side. Each lane takes the next file
+    in input order and carries it from probe to write; the probes, output names
+    and memory reservations happen one file at a time, in input order, so names
+    and the order of admission do not depend on timing. Records come out in
+    input order; a file's output is on disk only once its record is reported,
+    or gone if the batch stops first (outputs on disk are exactly the files
+    logged ok)."""
+
+    def __init__(self, conv: Converter, jobs: list[Job], lanes: int):
+        self.conv, self.jobs, self.n = conv, jobs, lanes
+        self.cond = threading.Condition()
+        self.dispatch = threading.Lock()  # probe, name and reserve one file at a time
+        self.next = 0  # the next file a lane takes
+        self.limit = len(jobs) - 1  # the last file that may be written: lowered by a disk-full error
+        self.done: dict[int, tuple[_Loaded, bool] | BaseException] = {}
+        limit = conv.options.memory_limit
+        self.ledger = _Ledger(limit - rss_bytes() - _RESERVE if limit else None, conv._halt)
+
+    def records(self) -> Iterator[Record]:
+        lanes = [threading.Thread(target=self._lane, name=f"lane-{k}", daemon=True) for k in range(self.n)]
+        for t in lanes:
+            t.start()
+        reported = 0
+        try:
+            for i in range(len(self.jobs)):
+                with self.cond:
+                    while i not in self.done:
+                        self.cond.wait()
+                    result = self.done.pop(i)
+                if isinstance(result, BaseException):
+                    raise result
+                loaded, fatal = result
+                if fatal:
+                    raise _Fatal(loaded.record)
+                reported = i + 1
+                yield loaded.record
+        finally:
+            if reported < len(self.jobs):  # stopped early: Ctrl-C, disk full, or the caller stopped reading
+                self.conv._halt.set()
+                self.ledger.wake()
+            while True:
+                try:
+                    self._wind_up(lanes)
+                    break
+                except KeyboardInterrupt:  # a second Ctrl-C must not cut the clean-up short
+                    continue
+
+    def _wind_up(self, lanes: list[threading.Thread]) -> None:
+        """Wait for the lanes (a stopped file stops within a strip of the
+        network), then undo the outputs of files finished but never reported."""
+        for t in lanes:
+            t.join()
+        for result in self.done.values():
+            if not isinstance(result, BaseException):
+                loaded = result[0]
+                if loaded.record.status == "ok" and loaded.dest is not None:
+                    loaded.dest.unlink(missing_ok=True)
+
+    def _lane(self) -> None:
+        conv = self.conv
+        while True:
+            with self.dispatch:
+                with self.cond:
+                    i = self.next
+                    if i > self.limit or conv._halt.is_set():
+                        return
+                    self.next += 1
+                stop = _Stop(self, i)
+                loaded = conv._open(self.jobs[i])
+                loaded.cancel = stop
+                try:
+                    grant = self.ledger.acquire(conv._footprint(loaded), stop) if loaded.image else None
+                except BaseException as e:  # a bug, or stopped while waiting for memory
+                    if loaded.image is not None:
+                        loaded.image.close()
+                    self._put(i, e)
+                    return
+            fatal = False
+            try:
+                if grant is not None and not grant.alone:
+                    loaded.share = grant.bytes
+                with conv.stylizer.cores.busy():
+                    conv._process(conv._decode(loaded))
+            except _Fatal:
+                fatal = True
+                with self.cond:
+                    self.limit = min(self.limit, i)
+            except BaseException as e:  # Cancelled (never reported), or a bug: the main thread raises it
+                self._put(i, e)
+                return
+            finally:
+                if loaded.image is not None:
+                    loaded.image.close()
+                self.ledger.release(grant)
+            self._put(i, (loaded, fatal))
+
+    def _put(self, i: int, result) -> None:
+        with self.cond:
+            self.done[i] = result
+            self.cond.notify_all()
+
+
+class _Stop:
+    """Whether file i must stop: the batch was stopped, or a disk-full error
+    came at an earlier file. set(): this file's write hit a disk-full error."""
+
+    def __init__(self, lanes: _Lanes, i: int):
+        self.lanes, self.i = lanes, i
+
+    def is_set(self) -> bool:
+        return self.lanes.conv._halt.is_set() or self.i > self.lanes.limit
+
+    def set(self) -> None:
+        with self.lanes.cond:
+            self.lanes.limit = min(self.lanes.limit, self.i)
+
+
+@dataclass
+class _Grant:
+    bytes: int
+    alone: bool  # no other file holds memory: this one may use the whole budget
+
+
+class _Ledger:
+    """Memory reserved by the files in flight, out of what the limit leaves
+    after the models (total; None: no limit). A file waits until its
+    footprint is free; one that does not fit beside the others waits until it
+    is alone and then has the whole budget to itself (the network then plans
+    within it, streaming if it must). Nothing runs beside it."""
+
+    def __init__(self, total: int | None, halt: threading.Event):
+        self.total, self.halt = total, halt
+        self.free = total
+        self.holders = 0
+        self.cond = threading.Condition()
+
+    def acquire(self, want: int, stop) -> _Grant:
+        with self.cond:
+            while True:
+                if stop.is_set():
+                    raise Cancelled()
+                if self.total is None or want <= self.free:
+                    got = _Grant(want, alone=False)
+                    break
+                if self.holders == 0:
+                    got = _Grant(self.free, alone=True)
+                    break
+                self.cond.wait()
+            self.holders += 1
+            if self.total is not None:
+                self.free -= got.bytes
+            return got
+
+    def release(self, grant: _Grant | None) -> None:
+        if grant is None:
+            return
+        with self.cond:
+            self.holders -= 1
+            if self.total is not None:
+                self.free += grant.bytes
+            self.cond.notify_all()
+
+    def wake(self) -> None:
+        with self.cond:
+            self.cond.notify_all()
+
+
+@contextmanager
+def _closed_on_error(im: Image.Image):
+    try:
+        yield
+    except BaseException:
+        im.close()
+        raise
 
 
 class _Fatal(Exception):

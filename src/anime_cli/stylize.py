@@ -4,10 +4,13 @@ A `Stylizer` loads its weights once; `stylize` takes and gives HxWx3 uint8
 arrays of the same size, so the rest of the pipeline never sees tensors. The
 network runs in the strip engine (tiles.py): the same result as the untiled
 generator, within a memory budget, on all the cores the process may use.
+Calls from several threads run at once, each on its own engine, sharing the
+cores (see tiles.Cores).
 """
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +19,7 @@ import torch.nn.functional as F
 
 from . import weights
 from .model import Generator, load_generator
-from .tiles import Engine
+from .tiles import Cores, Engine, padded_size
 
 
 class Stylizer:
@@ -28,7 +31,10 @@ class Stylizer:
     def __init__(self, generator: Generator, name: str, threads: int | None = None, precision: str = "auto"):
         self.name = name
         self.generator = generator
-        self.engine = Engine(generator, threads=threads, precision=precision)
+        self.cores = Cores(threads)
+        self.engine = Engine(generator, precision=precision, cores=self.cores)
+        self._idle = [self.engine]  # engines not running a picture now
+        self._lock = threading.Lock()
 
     @classmethod
     def from_style(cls, name: str = "hayao", threads: int | None = None, precision: str = "auto") -> "Stylizer":
@@ -47,28 +53,39 @@ class Stylizer:
 
     @property
     def threads(self) -> int:
-        return self.engine.threads
+        return self.cores.total
 
-    def stylize(self, rgb: np.ndarray, budget_bytes: int | None = None) -> np.ndarray:
+    def stylize(self, rgb: np.ndarray, budget_bytes: int | None = None, cancel=None) -> np.ndarray:
         """HxWx3 uint8 RGB -> HxWx3 uint8 RGB, same size.
 
         budget_bytes: memory this call may add to the process (the output
         array included); None for the fastest way whatever it costs. A
         budget too small for even the leanest plan is exceeded rather than
-        refused (the engine then uses its least-memory plan)."""
+        refused (the engine then uses its least-memory plan).
+        cancel: anything with is_set(); once set, the call raises
+        tiles.Cancelled soon after."""
         rgb = np.asarray(rgb)
         if rgb.ndim != 3 or rgb.shape[2] != 3:
             raise ValueError(f"expected an HxWx3 RGB array, got shape {rgb.shape}")
         if rgb.dtype != np.uint8:
             rgb = rgb.astype(np.uint8)
-        return self.engine.stylize(rgb, budget_bytes)
+        with self._lock:
+            engine = self._idle.pop() if self._idle else self.engine.clone()
+        try:
+            return engine.stylize(rgb, budget_bytes, cancel)
+        finally:
+            with self._lock:
+                self._idle.append(engine)
 
     def plan(self, h: int, w: int, budget_bytes: int | None = None) -> str:
         """How an h x w picture would run (for logs): "strips" or "stream", with
         the engine's memory estimate."""
-        from .tiles import padded_size
-
         return self.engine.make_plan(*padded_size(h, w), budget_bytes).describe()
+
+    def fastest_bytes(self, h: int, w: int) -> int:
+        """What stylize() adds to the process for an h x w picture when nothing
+        holds it back: the fastest plan's memory and the output array."""
+        return self.engine.make_plan(*padded_size(h, w), None).bytes + 3 * h * w
 
 
 def pad_to_multiple(x: torch.Tensor, m: int) -> torch.Tensor:

@@ -47,11 +47,13 @@ float rounding.
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import math
 import mmap
 import os
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -82,6 +84,37 @@ def default_threads() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not Linux
         return max(1, os.cpu_count() or 1)
+
+
+class Cores:
+    """Worker threads shared by the engines of the files in flight. A batch
+    marks each file it is working on as busy (decoding, in the network, or
+    writing); each pass of an engine then runs on total // busy workers, at
+    least one. Two files on two cores run one worker each, so one file's
+    single-threaded steps never wait for a core the other file's network holds;
+    the last file of a batch gets every core from its next pass on."""
+
+    def __init__(self, total: int | None = None):
+        self.total = max(1, total or default_threads())
+        self._busy = 0
+        self._lock = threading.Lock()
+
+    def share(self) -> int:
+        return max(1, self.total // max(1, self._busy))
+
+    @contextmanager
+    def busy(self):
+        with self._lock:
+            self._busy += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._busy -= 1
+
+
+class Cancelled(Exception):
+    """The caller's `cancel` was set during a run."""
 
 
 @lru_cache(maxsize=1)
@@ -849,6 +882,9 @@ class LayerNode:
 
     # -- computing --------------------------------------------------------------
     def _produce(self, r0, r1):
+        cancel = self.engine._cancel
+        if cancel is not None and cancel.is_set():  # a streaming band can take seconds: look at every strip
+            raise Cancelled()
         src, scratch = self.band.nodes[self.index - 1], self.band.scratch
         a, b = self.input_rows(r0, r1)
         va, vb = max(a, 0), min(b, self.in_shape.h)
@@ -1005,7 +1041,8 @@ class Engine:
 
     threads: worker threads (default: the cores this process may use). Each
     runs torch single-threaded on its own strips, so no OpenMP team waits at
-    a barrier for a core that another process holds.
+    a barrier for a core that another process holds. Or `cores`, a Cores
+    shared with other engines: each pass then takes its share of them.
     precision: "auto" (bf16 where the CPU has native bfloat16), "bf16" or "fp32".
 
     budget_bytes, in run() and stream(): the memory the engine may allocate on
@@ -1017,9 +1054,10 @@ class Engine:
     None: the fastest plan, whatever its memory.
     """
 
-    def __init__(self, generator: Generator, threads: int | None = None, precision: str = "auto"):
+    def __init__(self, generator: Generator, threads: int | None = None, precision: str = "auto",
+                 cores: Cores | None = None):
         self.precision = resolve_precision(precision)
-        self.threads = max(1, threads or default_threads())
+        self.cores = cores or Cores(threads)
         self.layers = flatten(generator)
         self.weights = []
         for i, L in enumerate(self.layers):
@@ -1027,7 +1065,19 @@ class Engine:
             w = L.weight.to(dt).contiguous(memory_format=CL)
             self.weights.append((w, None if L.bias is None else L.bias.to(dt)))
         self.last_plan: Plan | None = None
+        self._cancel = None
         self._running = threading.Lock()  # one picture at a time: a run's state lives on the engine
+
+    @property
+    def threads(self) -> int:
+        """The most workers a pass may use (memory is planned for that many)."""
+        return self.cores.total
+
+    def clone(self) -> "Engine":
+        """Another engine on the same weights and cores, to run a second picture at once."""
+        twin = copy.copy(self)
+        twin._running, twin.last_plan = threading.Lock(), None
+        return twin
 
     def make_plan(self, h: int, w: int, budget_bytes: int | None) -> Plan:
         return best_plan(Geometry(self.layers, h, w, self.precision, self.threads), budget_bytes)
@@ -1050,7 +1100,7 @@ class Engine:
         self.stream(TensorSource(x), sink, budget_bytes, plan)
         return out
 
-    def stylize(self, rgb: np.ndarray, budget_bytes: int | None = None) -> np.ndarray:
+    def stylize(self, rgb: np.ndarray, budget_bytes: int | None = None, cancel=None) -> np.ndarray:
         """h x w x 3 uint8 -> h x w x 3 uint8, without whole-image float copies.
         Any size: the network runs on the picture padded to multiples of 4
         (at least MIN_SIZE), and the padding is cropped off. The budget
@@ -1058,14 +1108,17 @@ class Engine:
         out = np.empty(rgb.shape, dtype=np.uint8)
         if budget_bytes is not None:
             budget_bytes = max(0, budget_bytes - out.nbytes)
-        self.stream(ArraySource(rgb), ArraySink(out), budget_bytes)
+        self.stream(ArraySource(rgb), ArraySink(out), budget_bytes, cancel=cancel)
         return out
 
-    def stream(self, src, sink, budget_bytes: int | None = None, plan: Plan | None = None) -> None:
+    def stream(self, src, sink, budget_bytes: int | None = None, plan: Plan | None = None, cancel=None) -> None:
         """Run the network on `src` (src.h, src.w, src.read(a, b, out)) and
         hand every output row once to sink(r0, r1, y), y (1, 3, rows, W)
-        float32 in [-1, 1]. Rows come in no fixed order, from worker threads."""
+        float32 in [-1, 1]. Rows come in no fixed order, from worker threads.
+        cancel: anything with is_set(); once set, the run raises Cancelled
+        within a strip's time."""
         with self._running:
+            self._cancel = cancel
             self._stream(src, sink, budget_bytes, plan)
 
     def _stream(self, src, sink, budget_bytes, plan) -> None:
@@ -1087,7 +1140,7 @@ class Engine:
                 st.free()
             self.stored, self.scratches = {}, []
             self.pool.close()
-            _trim_malloc()
+            trim_malloc()
 
     # -- the passes ----------------------------------------------------------
     def reads(self, j: int, target: int) -> list[int]:
@@ -1133,12 +1186,12 @@ class Engine:
                 need[d] = (a, b) if old is None else (min(old[0], a), max(old[1], b))
         return need
 
-    def bands(self, target: int, chain) -> list[tuple[int, int]]:
+    def bands(self, target: int, chain, workers: int) -> list[tuple[int, int]]:
         h = self.geo.shapes[target].h
         if len(chain) == 1:  # every input is stored: strips are independent, hand them out one by one
             step = self.geo.strip[target]
         else:  # streaming chains recompute their halo at every band edge: one band per worker
-            step = -(-h // self.threads)
+            step = -(-h // workers)
         return [(r, min(r + step, h)) for r in range(0, h, step)]
 
     def _execute(self, plan: Plan, sink):
@@ -1167,7 +1220,8 @@ class Engine:
                 self.stored.pop(s).free()
 
     def _run_pass(self, target, chain, leaves, sink):
-        rows = self.bands(target, chain)
+        workers = min(self.cores.share(), self.threads)
+        rows = self.bands(target, chain, workers)
         needs = [self.band_needs(target, r, chain) for r in rows]
         tracker = Tracker([{d: need[d] for d in leaves if d >= 0} for need in needs])
         results: list = [None] * len(rows)
@@ -1178,6 +1232,9 @@ class Engine:
             scratch = self._scratch(k)
             with torch.inference_mode():
                 while not errors:
+                    if self._cancel is not None and self._cancel.is_set():
+                        errors.append(Cancelled())
+                        return
                     with lock:
                         b = next(claim, None)
                     if b is None:
@@ -1191,7 +1248,7 @@ class Engine:
                         errors.append(e)
                         return
 
-        n = min(self.threads, len(rows))
+        n = min(workers, len(rows))
         workers = [threading.Thread(target=work, args=(k,), daemon=True) for k in range(1, n)]
         for t in workers:
             t.start()
@@ -1236,7 +1293,7 @@ def _glibc():
     return _libc
 
 
-def _trim_malloc() -> None:
+def trim_malloc() -> None:
     """Give the freed activations back to the system after a run: glibc keeps
     freed heap memory for reuse, which would count against the next image's
     memory budget in a long batch."""
