@@ -11,8 +11,8 @@ GFLOP/s on the reference 2-core machine).
 Memory: anime-cli on a 12 MP JPEG at its defaults, and on a 24 MP JPEG
 (6000x4000) with --max-side 0, under its default --memory-limit.
 
-Pipelining: a folder of photos at the defaults, decode/write overlapped with
-the network (the default) against --sequential.
+Pipelining: a folder of photos at the defaults, two files in flight sharing
+the cores (the default) against --sequential (one file at a time on all cores).
 
     .venv/bin/python bench/bench.py [--runs 3] [--threads N] [--skip-speed] [--skip-pipelining] [--skip-memory]
 """
@@ -141,8 +141,8 @@ def speed(tmp: Path, runs: int, extra: list[str]) -> None:
 
 
 def pipelining(tmp: Path, runs: int, extra: list[str]) -> None:
-    """A folder of photos at the default settings (1280 px, faces on), with decode
-    and write overlapped with the network (default) and one file at a time."""
+    """A folder of photos at the default settings (1280 px, faces on), two files
+    in flight (the default) and one file at a time (--sequential)."""
     src = tmp / "folder"
     src.mkdir()
     for name, size in SPEED_SET:

@@ -1,8 +1,11 @@
-"""The batch: overlapped decode/write gives the same pictures and records as one file at a time."""
+"""The batch: two files in flight give the same pictures and records as one file at a time,
+within the memory limit."""
+
+from pathlib import Path
 
 import numpy as np
 
-from conftest import invoke, load_rgb, make_photo, read_log
+from conftest import invoke, load_rgb, make_photo, psnr, read_log
 
 
 def test_pipelined_and_sequential_runs_give_identical_outputs(tmp_path):
@@ -34,3 +37,71 @@ def test_converter_api_without_the_cli(tmp_path, stylizer):
     assert rec.status == "ok" and rec.output == str(tmp_path / "out" / "p.png")
     direct = stylizer.stylize(load_rgb(tmp_path / "in" / "p.png"))
     assert np.array_equal(load_rgb(tmp_path / "out" / "p.png"), direct)
+
+
+class Watched:
+    """The real stylizer, watched: how many calls run at once, and the budget
+    each picture was given."""
+
+    def __init__(self, stylizer):
+        import threading
+
+        self._s, self._lock = stylizer, threading.Lock()
+        self.running = self.most = 0
+        self.calls = []  # (picture shape, budget, calls running beside it at any time)
+
+    def __getattr__(self, name):
+        return getattr(self._s, name)
+
+    def stylize(self, rgb, budget_bytes=None, cancel=None):
+        with self._lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+            call = [rgb.shape, budget_bytes, self.running - 1]
+            self.calls.append(call)
+            for other in self.calls:
+                other[2] = max(other[2], self.running - 1)
+        try:
+            return self._s.stylize(rgb, budget_bytes, cancel)
+        finally:
+            with self._lock:
+                self.running -= 1
+
+
+def test_two_files_in_flight_share_the_memory_limit(tmp_path):
+    """Small photos run two at a time, each on its reservation; a photo too big
+    to fit beside another runs alone; the whole batch stays under --memory-limit
+    and gives the pictures of a one-at-a-time run."""
+    from anime_cli.discover import discover
+    from anime_cli.pipeline import _RESERVE, Converter, Options
+    from anime_cli.stylize import Stylizer
+    from anime_cli.telemetry import rss_bytes
+
+    src = tmp_path / "in"
+    for i, name in enumerate(["coffee.png", "chelsea.png", "rocket.jpg", "astronaut.png"]):
+        make_photo(src / f"{i}.jpg", size=(240, 180), src=name, quality=90)
+    make_photo(src / "2big.png", size=(1100, 800), src="rocket.jpg")  # sorts between 1.jpg and 2.jpg
+    watched = Watched(Stylizer.from_style("hayao", threads=2))
+    # What the limit leaves past the process and its reserve (96 MiB), ~300 MB: room for two
+    # small photos (~110 MB each with the engine's overhead) but not for the big one (~250 MB)
+    # beside a small one.
+    limit = rss_bytes() + _RESERVE + 300 * 10**6
+    outs = {}
+    for mode in ("lanes", "sequential"):
+        opts = Options(output_dir=tmp_path / mode, face_enhance=False, max_side=0, memory_limit=limit,
+                       pipelined=mode == "lanes")
+        conv = Converter(watched, opts)
+        records = list(conv.run(discover([str(src)], recursive=False)))
+        assert [r.status for r in records] == ["ok"] * 5
+        assert conv.peaks.overall <= limit, conv.peaks.overall / 1e6
+        outs[mode] = {Path(r.output).name: load_rgb(r.output) for r in records}
+        if mode == "lanes":
+            assert watched.most == 2
+            big = [c for c in watched.calls if c[0][:2] == (800, 1100)]
+            assert len(big) == 1 and big[0][2] == 0, "the big photo ran beside another"
+            watched.calls.clear()
+    for name, picture in outs["lanes"].items():
+        if name == "2big.png":  # its plan follows what the limit leaves at that moment: 8-bit or not
+            assert psnr(picture, outs["sequential"][name]) >= 45
+        else:
+            assert np.array_equal(picture, outs["sequential"][name]), name

@@ -193,6 +193,57 @@ def test_stylizer_passes_threads_and_budget(photos):
     assert psnr(lean, full) >= 50
 
 
+def test_concurrent_calls_give_the_same_pictures(photos):
+    """Two threads stylizing at once (a batch's two lanes) run on two engines
+    sharing the cores; each picture is the one a lone call makes."""
+    import threading
+
+    from anime_cli.stylize import Stylizer
+
+    st = Stylizer.from_style("hayao", threads=2)
+    pics = [load_rgb(photos / "chelsea.png")[:160, :200], load_rgb(photos / "rocket.jpg")[:128, :176]]
+    alone = [st.stylize(p) for p in pics]
+    together = [None, None]
+
+    def lane(k):
+        with st.cores.busy():
+            together[k] = st.stylize(pics[k])
+
+    threads = [threading.Thread(target=lane, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for a, b in zip(alone, together):
+        assert np.array_equal(a, b)
+
+
+def test_cancel_stops_a_run_and_the_engine_stays_usable(generator, bf16, photos):
+    import threading
+
+    rgb = load_rgb(photos / "coffee.png")
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(tiles.Cancelled):
+        bf16.stylize(rgb, cancel=cancel)
+    # set mid-run, from another thread, while a leaner plan streams: the run stops there
+    cancel.clear()
+    threading.Timer(0.3, cancel.set).start()
+    with pytest.raises(tiles.Cancelled):
+        bf16.stylize(rgb, budget_bytes=0, cancel=cancel)
+    assert psnr(bf16.stylize(rgb), untiled(generator, rgb)) >= 40
+
+
+def test_cores_are_shared_among_busy_files():
+    cores = tiles.Cores(4)
+    assert cores.share() == 4
+    with cores.busy(), cores.busy():
+        assert cores.share() == 2
+        with cores.busy(), cores.busy(), cores.busy():
+            assert cores.share() == 1
+    assert cores.share() == 4
+
+
 # -- the planner -----------------------------------------------------------------
 
 
