@@ -379,13 +379,14 @@ class _Lanes:
                     if i > self.limit or conv._halt.is_set():
                         return
                     self.next += 1
-                stop = _Stop(self, i)
-                loaded = conv._open(self.jobs[i])
-                loaded.cancel = stop
+                loaded = grant = None
                 try:
-                    grant = self.ledger.acquire(conv._footprint(loaded), stop) if loaded.image else None
-                except BaseException as e:  # a bug, or stopped while waiting for memory
+                    loaded = conv._open(self.jobs[i])
+                    loaded.cancel = _Stop(self, i)
                     if loaded.image is not None:
+                        grant = self.ledger.acquire(conv._footprint(loaded), loaded.cancel)
+                except BaseException as e:  # stopped while waiting for memory, or a bug: the main thread raises it
+                    if loaded is not None and loaded.image is not None:
                         loaded.image.close()
                     self._put(i, e)
                     return

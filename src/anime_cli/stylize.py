@@ -74,8 +74,8 @@ class Stylizer:
         try:
             return engine.stylize(rgb, budget_bytes, cancel)
         finally:
-            with self._lock:
-                self._idle.append(engine)
+            with self._lock:  # the first engine goes last, so that a lone call runs on self.engine
+                self._idle.insert(len(self._idle) if engine is self.engine else 0, engine)
 
     def plan(self, h: int, w: int, budget_bytes: int | None = None) -> str:
         """How an h x w picture would run (for logs): "strips" or "stream", with
