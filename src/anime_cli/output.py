@@ -76,7 +76,7 @@ def write_atomic(im: Image.Image, dest: Path, fmt: str, quality: int, overwrite:
 
     `abort`: set by the batch when it stops early; a write that sees it set, before
     it starts or before its rename, leaves nothing behind. A fatal error sets it,
-    so that a neighbour already queued behind this write does not slip through."""
+    so that the file in flight beside this one does not slip through."""
     if abort is not None and abort.is_set():
         raise OutputError(f"{dest}: not written (the batch was stopped)")
     try:

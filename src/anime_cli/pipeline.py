@@ -51,7 +51,7 @@ class Options:
     max_file_size: int = probe.DEFAULT_MAX_FILE_SIZE
     max_pixels: int = probe.DEFAULT_MAX_PIXELS
     memory_limit: int = DEFAULT_MEMORY_LIMIT  # bytes of RSS for the whole process; 0: none
-    pipelined: bool = True
+    pipelined: bool = True  # two files in flight (False: --sequential)
 
 
 @dataclass(eq=False)  # identity: a key for the peak tracker
