@@ -4,8 +4,9 @@ Peak RSS per file: Linux keeps the process's high-water mark of resident memory
 (VmHWM in /proc/self/status), and writing "5" to /proc/self/clear_refs resets
 it to the current RSS. Files overlap (a batch has two in flight), so each
 time a file's stage starts or ends the mark is read, credited to every file
-whose stage is running, then reset: a file's peak is the process's peak over exactly the time its own stages ran. Where
-clear_refs cannot be written, a sampling thread reads VmRSS every 5 ms instead.
+whose stage is running, then reset: a file's peak is the process's peak over
+exactly the time its own stages ran. Where clear_refs cannot be written, a
+sampling thread reads VmRSS every 5 ms instead.
 The resets hide earlier peaks from getrusage (and so from `/usr/bin/time -v`):
 `overall` keeps the true peak of the whole run.
 """
