@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import invoke, make_photo, read_log, run_cli
+from conftest import invoke, load_rgb, make_photo, read_log, run_cli
 
 FAST = ("--no-face-enhance",)
 
@@ -195,5 +195,25 @@ def test_help_shows_every_option_with_examples():
     assert code == 0
     for opt in ("--output", "--recursive", "--max-side", "--format", "--quality", "--overwrite",
                 "--no-face-enhance", "--style", "--weights", "--log-file", "--quiet", "--max-file-size",
-                "--max-pixels", "--memory-limit", "--threads", "anime-cli convert photo.jpg"):
+                "--max-pixels", "--memory-limit", "--threads", "--precision", "--sequential",
+                "anime-cli convert photo.jpg"):
         assert opt in out, opt
+
+
+def test_precision_fp32_gives_the_untiled_network_exactly(tmp_path):
+    from anime_cli.model import load_generator
+    from anime_cli.weights import load
+    from test_tiles import untiled
+
+    src = make_photo(tmp_path / "p.png", size=(136, 100), src="astronaut.png")
+    code, _, err = invoke("convert", src, "-o", tmp_path / "out", "--no-face-enhance", "--precision", "fp32")
+    assert code == 0, err
+    ref = untiled(load_generator(load("hayao")), load_rgb(src))
+    assert np.abs(load_rgb(tmp_path / "out" / "p.png").astype(int) - ref).max() <= 1
+
+
+def test_unknown_precision_is_one_line_and_exit_2(tmp_path):
+    src = make_photo(tmp_path / "p.png")
+    code, _, err = run_cli("convert", src, "-o", tmp_path / "out", "--precision", "int8")
+    assert code == 2
+    assert err.strip() == "anime-cli: --precision must be one of auto, bf16, fp32 (got 'int8')"

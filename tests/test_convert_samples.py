@@ -7,7 +7,7 @@ from PIL import Image
 from conftest import SAMPLES, load_rgb, psnr, read_log, run_cli
 
 KEYS = {"input", "output", "status", "input_bytes", "input_size", "decode_size", "output_size",
-        "faces", "timings", "seconds", "peak_rss_mb"}
+        "faces", "timings", "seconds", "peak_rss_mb", "plan"}
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +60,7 @@ def test_log_records_carry_every_key_with_sane_values(converted, photos):
         assert all(v >= 0 for v in r["timings"].values())
         assert r["seconds"] >= r["timings"]["stylize"] > 0
         assert 50 < r["peak_rss_mb"] < 4000
+        assert r["plan"].startswith("strips (~")  # small photos: one pass at the default limit
 
 
 def test_runs_are_deterministic(converted, photos, tmp_path):

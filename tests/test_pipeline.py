@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conftest import invoke, load_rgb, make_photo, psnr, read_log
+from conftest import invoke, load_rgb, make_photo, psnr, read_log, run_cli
 
 
 def test_pipelined_and_sequential_runs_give_identical_outputs(tmp_path):
@@ -105,3 +105,21 @@ def test_two_files_in_flight_share_the_memory_limit(tmp_path):
             assert psnr(picture, outs["sequential"][name]) >= 45
         else:
             assert np.array_equal(picture, outs["sequential"][name]), name
+
+
+def test_a_tight_memory_limit_streams_and_holds(tmp_path):
+    """A limit that leaves too little for one pass: the log says the network
+    streamed, the logged peak is under the limit, and the picture is still
+    the network's (the fastest plan's, within rounding)."""
+    src = make_photo(tmp_path / "in" / "p.jpg", size=(2400, 1800), src="astronaut.png", quality=92)
+    runs = {}
+    for name, limit in (("tight", "450MB"), ("default", "1GiB")):
+        log = tmp_path / f"{name}.jsonl"
+        code, _, err = run_cli("convert", src, "-o", tmp_path / name, "--max-side", "1024", "--no-face-enhance",
+                               "--memory-limit", limit, "--log-file", log)
+        assert code == 0, err
+        (runs[name],) = read_log(log)
+    assert runs["tight"]["plan"].startswith("stream"), runs["tight"]["plan"]
+    assert runs["tight"]["peak_rss_mb"] <= 450, runs["tight"]
+    assert runs["default"]["plan"].startswith("strips"), runs["default"]["plan"]
+    assert psnr(load_rgb(tmp_path / "tight" / "p.jpg"), load_rgb(tmp_path / "default" / "p.jpg")) >= 40

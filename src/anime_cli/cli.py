@@ -80,6 +80,7 @@ def convert(
     max_pixels: str = typer.Option("150M", "--max-pixels", metavar="N", help="Refuse images whose header declares more pixels (decompression bombs)."),
     memory_limit: str = typer.Option("1GiB", "--memory-limit", metavar="SIZE", help="Peak RSS budget for the whole process; big images are processed in pieces to stay inside. 0: no limit."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for the network. [default: the cores this process may use]"),
+    precision: str = typer.Option("auto", "--precision", help="Network arithmetic: auto (bf16 where the CPU has native bfloat16, else fp32), bf16 (about twice as fast, ~53 dB from fp32) or fp32 (exact)."),
     sequential: bool = typer.Option(False, "--sequential", help="One file at a time, on all threads. By default two files are in flight, sharing the cores and the memory budget."),
 ):
     """Convert photos into anime style.
@@ -99,6 +100,8 @@ def convert(
 
     if fmt.lower() not in CHOICES:
         fail(f"--format must be one of auto, png, jpg, webp (got '{fmt}')")
+    if precision.lower() not in ("auto", "bf16", "fp32"):
+        fail(f"--precision must be one of auto, bf16, fp32 (got '{precision}')")
     to_stdout = output == "-"
     out_dir = None if to_stdout else Path(output).expanduser()
     try:
@@ -130,7 +133,7 @@ def convert(
         memory_limit=parse_bytes(memory_limit), pipelined=not sequential,
     )
     try:
-        converter = Converter(_stylizer(style, weights_path, threads), options,
+        converter = Converter(_stylizer(style, weights_path, threads, precision.lower()), options,
                               _detector() if face_enhance else None)
     except AnimeCliError as e:
         log.close()
@@ -138,16 +141,16 @@ def convert(
     sys.exit(_run_batch(converter, jobs, log, quiet))
 
 
-def _stylizer(style: str, weights_path: Optional[Path], threads: Optional[int]):
+def _stylizer(style: str, weights_path: Optional[Path], threads: Optional[int], precision: str = "auto"):
     from . import weights
     from .stylize import Stylizer
 
     if weights_path is not None:
-        return Stylizer.from_weights(weights_path, threads=threads)
+        return Stylizer.from_weights(weights_path, threads=threads, precision=precision)
     if style not in {w.name for w in weights.styles()}:
         names = ", ".join(w.name for w in weights.styles())
         raise AnimeCliError(f"unknown style '{style}' (installed styles: {names}; or use --weights PATH)")
-    return Stylizer.from_style(style, threads=threads)
+    return Stylizer.from_style(style, threads=threads, precision=precision)
 
 
 def _detector():

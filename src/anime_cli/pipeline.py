@@ -176,6 +176,7 @@ class Converter:
         try:
             with rec.stage("stylize"):
                 out = self.stylizer.stylize(d.rgb, budget_bytes=self._budget(loaded), cancel=loaded.cancel)
+            rec.plan = getattr(self.stylizer, "last_plan", None)
             if self.options.face_enhance and self.detector is not None:
                 with rec.stage("faces"):
                     out, rec.faces = self._faces(loaded, out)

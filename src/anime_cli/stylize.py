@@ -35,6 +35,7 @@ class Stylizer:
         self.engine = Engine(generator, precision=precision, cores=self.cores)
         self._idle = [self.engine]  # engines not running a picture now
         self._lock = threading.Lock()
+        self._local = threading.local()
 
     @classmethod
     def from_style(cls, name: str = "hayao", threads: int | None = None, precision: str = "auto") -> "Stylizer":
@@ -72,10 +73,18 @@ class Stylizer:
         with self._lock:
             engine = self._idle.pop() if self._idle else self.engine.clone()
         try:
-            return engine.stylize(rgb, budget_bytes, cancel)
+            out = engine.stylize(rgb, budget_bytes, cancel)
+            self._local.plan = engine.last_plan
+            return out
         finally:
             with self._lock:  # the first engine goes last, so that a lone call runs on self.engine
                 self._idle.insert(len(self._idle) if engine is self.engine else 0, engine)
+
+    @property
+    def last_plan(self) -> str | None:
+        """How this thread's last stylize() call ran (see tiles.Plan.describe)."""
+        plan = getattr(self._local, "plan", None)
+        return plan.describe() if plan is not None else None
 
     def plan(self, h: int, w: int, budget_bytes: int | None = None) -> str:
         """How an h x w picture would run (for logs): "strips" or "stream", with

@@ -122,6 +122,7 @@ class Record:
     timings: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     peak_rss_mb: float | None = None
+    plan: str | None = None  # how the network ran: "strips (~269 MiB)", "stream (..., 3.67 passes)"
     notes: list[str] = field(default_factory=list)
 
     @contextmanager
