@@ -17,6 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
+from anime_cli import plan as planning
 from anime_cli import tiles
 from anime_cli.model import load_generator
 from anime_cli.stylize import pad_to_multiple
@@ -60,8 +61,8 @@ def tensor(rgb: np.ndarray) -> torch.Tensor:
 
 def random_plans(engine, h, w, count, seed=0):
     """The two extremes and `count` random checkpoint sets the planner allows."""
-    geo = tiles.Geometry(engine.layers, h, w, engine.precision, engine.threads)
-    planner, n = tiles.Planner(geo), len(engine.layers)
+    geo = planning.Geometry(engine.layers, h, w, engine.precision, engine.threads)
+    planner, n = planning.Planner(geo), len(engine.layers)
     sets = [set(range(n - 1)), set()]
     rng = random.Random(seed)
     for _ in range(count):
@@ -71,7 +72,7 @@ def random_plans(engine, h, w, count, seed=0):
                 chosen.append(k)
                 last = k
         sets.append(set(chosen))
-    return [tiles.Plan("forced", frozenset(s), 0, 0.0, True) for s in sets]
+    return [planning.Plan("forced", frozenset(s), 0, 0.0, True) for s in sets]
 
 
 # -- exactness (float32) --------------------------------------------------------
@@ -79,7 +80,7 @@ def random_plans(engine, h, w, count, seed=0):
 
 def test_fp32_every_plan_is_exact(generator, fp32, monkeypatch, photos):
     """Any set of stored layers, with strips of a few rows, gives the untiled result."""
-    monkeypatch.setattr(tiles, "STRIP_BYTES", 48 << 10)  # many strips, many band edges
+    monkeypatch.setattr(planning, "STRIP_BYTES", 48 << 10)  # many strips, many band edges
     rgb = load_rgb(photos / "coffee.png")[100:172, 200:304]  # 72 x 104
     x = tensor(rgb)
     with torch.inference_mode():
@@ -92,7 +93,7 @@ def test_fp32_every_plan_is_exact(generator, fp32, monkeypatch, photos):
 @pytest.mark.parametrize("h,w", [(8, 1000), (1000, 8), (8, 8), (100, 36)])
 def test_fp32_odd_shapes_are_exact(generator, fp32, monkeypatch, h, w):
     """Thin and tiny pictures; heights that are no multiple of any strip."""
-    monkeypatch.setattr(tiles, "STRIP_BYTES", 40 << 10)
+    monkeypatch.setattr(planning, "STRIP_BYTES", 40 << 10)
     x = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(h * w)) * 2 - 1
     with torch.inference_mode():
         ref = generator(x)
@@ -124,7 +125,7 @@ def test_every_strategy_is_faithful_on_a_portrait(generator, photos, monkeypatch
     """The budget picks the plan; each one keeps the portrait untouched: exact
     in float32 with layers stored in float32, ~55-60 dB where they are stored
     in 8 bits; down to a budget nothing fits (the least-memory plan)."""
-    monkeypatch.setattr(tiles, "STRIP_BYTES", 256 << 10)  # small strips: stored layers dominate, as on big pictures
+    monkeypatch.setattr(planning, "STRIP_BYTES", 256 << 10)  # small strips: stored layers dominate, as on big pictures
     rgb = portrait(photos, 384)
     ref = untiled(generator, rgb)
     engine = tiles.Engine(generator, threads=2, precision="fp32")
@@ -148,8 +149,8 @@ def test_8bit_storage_on_real_photos(generator, bf16, photos):
     for name in ("coffee.png", "astronaut.png"):
         rgb = load_rgb(photos / name)
         ref = untiled(generator, rgb)
-        h, w = tiles.padded_size(*rgb.shape[:2])
-        plan = tiles.Plan("forced", frozenset(range(len(bf16.layers) - 1)), 0, 1.0, True, compact=True)
+        h, w = planning.padded_size(*rgb.shape[:2])
+        plan = planning.Plan("forced", frozenset(range(len(bf16.layers) - 1)), 0, 1.0, True, compact=True)
         out = np.empty_like(rgb)
         bf16.stream(tiles.ArraySource(rgb), tiles.ArraySink(out), plan=plan)
         assert psnr(out, ref) >= 45, name

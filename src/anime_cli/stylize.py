@@ -19,7 +19,8 @@ import torch.nn.functional as F
 
 from . import weights
 from .model import Generator, load_generator
-from .tiles import Cores, Engine, padded_size
+from .plan import padded_size
+from .tiles import Cores, Engine
 
 
 class Stylizer:
@@ -82,7 +83,7 @@ class Stylizer:
 
     @property
     def last_plan(self) -> str | None:
-        """How this thread's last stylize() call ran (see tiles.Plan.describe)."""
+        """How this thread's last stylize() call ran (see plan.Plan.describe)."""
         plan = getattr(self._local, "plan", None)
         return plan.describe() if plan is not None else None
 

@@ -1,0 +1,365 @@
+"""The engine's plan: the network as a flat list of layers, the sizes and the
+memory model of one run, and the planner that decides which layers are stored
+whole and which are recomputed, for a memory budget.
+
+The engine (tiles.py) computes one layer at a time in strips; the plan is its
+only choice. "strips" stores every layer: one pass of compute, the most memory.
+"stream" stores some layers (checkpoints) and recomputes the others from the
+last checkpoint, once for every GroupNorm whose statistics are still unknown:
+less memory, more passes. Geometry prices both (bytes held at the peak, FLOPs
+of every pass) and Planner finds the cheapest set of checkpoints that fits.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .model import Generator, InvertedResBlock
+
+STRIP_BYTES = 4 << 20  # target size of a pass's strips (input or output block): cache-sized
+STREAM_BYTES = 1 << 20  # the same for layers that stream: their windows add up along a chain
+BLOCK_BYTES = 2 << 20  # stored layers are kept in blocks of about this size (BlockPool)
+WINDOW_BYTES = 256 << 10  # ... and streaming windows in blocks of about this size
+OVERHEAD = 40 << 20  # what the memory model leaves out: oneDNN, the allocator, Python objects
+# What 8-bit storage costs, per value, in convolution FLOPs of the same time (measured):
+ENCODE_FLOPS = 200  # once, when a layer is stored
+DECODE_FLOPS = 150  # each pass that reads it, beyond the plain normalisation
+MIN_SIZE = 8  # the quarter-resolution layers need 2 pixels for reflection padding
+
+
+# --------------------------------------------------------------------------
+# The network as a flat list of layers
+
+
+@dataclass(eq=False)
+class Layer:
+    """One convolution and what follows it, up to the next convolution."""
+
+    name: str
+    weight: torch.Tensor  # float32 OIHW, as in the model
+    bias: torch.Tensor | None
+    kernel: int
+    stride: int
+    pad: tuple[int, int, int, int]  # reflection padding: left, right, top, bottom
+    groups: int
+    gamma: torch.Tensor | None  # GroupNorm(1) affine; None for the output layer
+    beta: torch.Tensor | None
+    eps: float
+    lrelu: bool
+    upsample: bool = False  # the input is the bilinear x2 of the previous output
+    residual: int | None = None  # layer whose output is added after the norm
+    tanh: bool = False
+
+    @property
+    def cin(self) -> int:
+        return self.weight.shape[1] * self.groups
+
+    @property
+    def cout(self) -> int:
+        return self.weight.shape[0]
+
+
+def flatten(g: Generator) -> list[Layer]:
+    """The generator's layers in execution order (index -1 is the image)."""
+    layers: list[Layer] = []
+
+    def add(name, conv, gn, pad=(0, 0, 0, 0), lrelu=True, **kw):
+        layers.append(Layer(
+            name=name, weight=conv.weight.detach(),
+            bias=None if conv.bias is None else conv.bias.detach(),
+            kernel=conv.kernel_size[0], stride=conv.stride[0], pad=tuple(pad), groups=conv.groups,
+            gamma=None if gn is None else gn.weight.detach(),
+            beta=None if gn is None else gn.bias.detach(),
+            eps=1e-5 if gn is None else gn.eps, lrelu=lrelu, **kw,
+        ))
+
+    def cnl(name, seq, **kw):  # ConvNormLReLU: pad, conv, norm, LeakyReLU
+        pad, conv, gn, _ = seq
+        add(name, conv, gn, pad.padding if isinstance(pad, nn.ReflectionPad2d) else (0, 0, 0, 0), **kw)
+
+    def blocks(prefix, seq, upsample_first=False):
+        for i, m in enumerate(seq):
+            name = f"{prefix}.{i}"
+            if isinstance(m, InvertedResBlock):
+                block_input = len(layers) - 1
+                expand, dw, proj, gn = m.layers
+                cnl(name + ".expand", expand)
+                cnl(name + ".dw", dw)
+                add(name + ".project", proj, gn, lrelu=False, residual=block_input if m.residual else None)
+            else:
+                cnl(name, m, upsample=upsample_first and i == 0)
+
+    blocks("a", g.block_a)
+    blocks("b", g.block_b)
+    blocks("c", g.block_c)
+    blocks("d", g.block_d, upsample_first=True)
+    blocks("e", g.block_e, upsample_first=True)
+    conv, _ = g.out_layer
+    add("out", conv, None, lrelu=False, tanh=True)
+    return layers
+
+
+@lru_cache(maxsize=1)
+def skeleton() -> tuple[Layer, ...]:
+    """The layer list of an untrained generator: shapes only, for estimates."""
+    return tuple(flatten(Generator()))
+
+
+@dataclass
+class Shape:
+    h: int
+    w: int
+    c: int
+
+
+class Geometry:
+    """Sizes of everything for one input size and precision: shapes, strip
+    heights, and the memory model the planner uses."""
+
+    def __init__(self, layers, h: int, w: int, precision: str, workers: int = 1):
+        self.layers, self.h, self.w, self.workers = layers, h, w, workers
+        self.dtypes = [layer_dtype(precision, i, L) for i, L in enumerate(layers)]
+        # rows are kept (stored or streamed) in the layer's own precision
+        self.store = list(self.dtypes)
+        self.shapes, self.in_shapes = [], []
+        prev = Shape(h, w, 3)
+        for L in layers:
+            ih, iw = (prev.h * 2, prev.w * 2) if L.upsample else (prev.h, prev.w)
+            pl, pr, pt, pb = L.pad
+            out = Shape((ih + pt + pb - L.kernel) // L.stride + 1, (iw + pl + pr - L.kernel) // L.stride + 1, L.cout)
+            self.in_shapes.append(Shape(ih, iw, L.cin))
+            self.shapes.append(out)
+            prev = out
+        self.strip = [self._strip_rows(i, STRIP_BYTES) for i in range(len(layers))]
+        self.stream_strip = [self._strip_rows(i, STREAM_BYTES) for i in range(len(layers))]
+
+    def _strip_rows(self, i, nbytes) -> int:
+        s, si, L = self.shapes[i], self.in_shapes[i], self.layers[i]
+        item = self.dtypes[i].itemsize
+        per_row = max(s.w * s.c, L.stride * si.w * si.c) * item
+        return max(1, min(s.h, nbytes // per_row))
+
+    def flops(self, i) -> float:
+        L, s = self.layers[i], self.shapes[i]
+        return 2.0 * s.h * s.w * s.c * (L.cin // L.groups) * L.kernel**2
+
+    def size(self, i, compact: bool = False) -> int:
+        """Bytes of layer i stored whole (0 for the image: the caller owns it)."""
+        if i < 0:
+            return 0
+        s = self.shapes[i]
+        if compact and self.compactable(i):  # a byte a value, and a float32 range per row and channel
+            row, extra = s.w * s.c, 2 * 4 * s.h * s.c
+        else:
+            row, extra = self.row_bytes(i), 0
+        per_block = max(1, BLOCK_BYTES // row)
+        return -(-s.h // per_block) * max(BLOCK_BYTES, row) + extra  # whole blocks (Pages)
+
+    def compactable(self, i) -> bool:
+        """Whether layer i may be stored in 8 bits: not a residual layer (its
+        fold adds the skip in place) nor the output."""
+        L = self.layers[i]
+        return L.residual is None and not L.tanh
+
+    def row_bytes(self, i) -> int:
+        s = self.shapes[i]
+        return s.w * s.c * self.store[i].itemsize
+
+    def in_rows(self, i, rows) -> int:
+        """Rows of layer i-1 that one strip of `rows` rows of layer i reads."""
+        L = self.layers[i]
+        n = (rows - 1) * L.stride + L.kernel
+        return n // 2 + 3 if L.upsample else n
+
+    def window(self, i, feeds_target: bool = False) -> int:
+        """Bytes a streaming layer keeps: the rows its reader's next strip
+        reads (big strips if the reader is the pass's target), one strip of
+        its own made ahead, and for a block's input the rows between the
+        block's first layer and the skip that reads them last."""
+        if i + 1 >= len(self.layers):  # the output layer: its rows go straight to the sink
+            return 0
+        reader = self.strip[i + 1] if feeds_target else self.stream_strip[i + 1]
+        rows = self.stream_strip[i] - 1 + self.in_rows(i + 1, reader)
+        for j, L in enumerate(self.layers):
+            if L.residual == i:
+                rows += sum(self.stream_strip[k] for k in range(i + 1, j + 1))
+        row = self.row_bytes(i)
+        per_block = max(1, WINDOW_BYTES // row)
+        return (rows // per_block + 1) * max(WINDOW_BYTES, row)  # whole blocks (Pages)
+
+    def scratch(self, i) -> int:
+        """A worker's scratch for one strip of layer i (see Scratch)."""
+        L, s, si = self.layers[i], self.shapes[i], self.in_shapes[i]
+        item, rows = self.dtypes[i].itemsize, self.strip[i]
+        in_rows = (rows - 1) * L.stride + L.kernel
+        total = in_rows * (si.w + L.pad[0] + L.pad[1]) * si.c * item  # padded input block
+        if L.upsample:  # source rows, and their x2
+            src_rows = min(in_rows // 2 + 4, si.h // 2)
+            total += src_rows * (si.w // 2) * si.c * item + 2 * src_rows * si.w * si.c * item
+        out = rows * s.w * s.c
+        total += out * 4  # float32 copy for the statistics
+        if L.residual is not None:
+            total += out * self.store[i].itemsize
+        return total + 5 * 64
+
+    def work(self, i, target: bool = True) -> int:
+        """Heap temporaries while one strip of layer i is computed: the
+        convolution's output (and its normalised copy when it streams)."""
+        s, rows = self.shapes[i], self.strip[i] if target else self.stream_strip[i]
+        return rows * s.w * s.c * (self.dtypes[i].itemsize + self.store[i].itemsize)
+
+
+def layer_dtype(precision: str, i: int, L: Layer):
+    # The output layer (3 channels, 0.02 % of the work) stays in float32 so that
+    # the picture is not rounded to bfloat16 before it is rounded to 8 bits.
+    # (The first layer in float32 bought nothing measurable: +-1 dB, 6 % slower.)
+    if precision == "fp32" or L.tanh:
+        return torch.float32
+    return torch.bfloat16
+
+
+# --------------------------------------------------------------------------
+# The plan: which layers are stored whole
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str  # "strips" (every layer stored) or "stream"
+    stored: frozenset[int]  # layer indices kept whole; the others are recomputed
+    bytes: int  # the memory model's peak (engine memory only)
+    passes: float  # compute, in units of one pass of the whole network
+    fits: bool  # whether `bytes` is within the budget asked for
+    compact: bool = False  # stored layers in 8 bits (see Stored)
+
+    def describe(self) -> str:
+        extra = "" if self.name == "strips" else f", {len(self.stored)} layers stored, {self.passes:.2f} passes"
+        extra += ", 8-bit storage" if self.compact else ""
+        return f"{self.name} (~{self.bytes / 2**20:.0f} MiB{extra})"
+
+
+class Planner:
+    """Chooses the stored layers for a budget (shortest path over checkpoints).
+
+    Between two stored layers c < k, every layer i in (c, k] needs a pass that
+    streams c+1..i (to learn layer i's statistics), so that segment costs
+    sum_i flops(c+1..i); the last segment ends at the output layer. A residual
+    block's skip input must be stored if any layer inside the block is (its
+    fold and its readers need the skip's rows after they have streamed by).
+    """
+
+    def __init__(self, geo: Geometry, compact: bool = False):
+        self.geo, self.compact = geo, compact
+        layers = geo.layers
+        self.n = len(layers)
+        self.size = [geo.size(i, compact) for i in range(self.n)] + [0]  # size[-1]: the image
+        # values held in 8 bits, per layer (what encoding and decoding cost scales with)
+        self.values = [s.h * s.w * s.c if compact and geo.compactable(i) else 0 for i, s in enumerate(geo.shapes)] + [0]
+        self.blocks = [(L.residual, j) for j, L in enumerate(layers) if L.residual is not None]
+        cum = np.concatenate([[0.0], np.cumsum([geo.flops(i) for i in range(self.n)])])
+        self.cum = cum  # cum[i + 1] = flops of layers 0..i
+        self.total = cum[-1]
+        self.work = [geo.work(i) for i in range(self.n)]
+        self.stream_work = [geo.work(i, target=False) for i in range(self.n)]
+        self.scratch = geo.workers * max(geo.scratch(i) for i in range(self.n))  # made once a run
+        window = [geo.window(i) for i in range(self.n)]
+        self.feeder = [geo.window(i, feeds_target=True) for i in range(self.n)]
+        self.windows = np.concatenate([[0], np.cumsum(window)])  # windows[j] = sum of window[:j]
+        self.slack = [2 * geo.strip[i] * geo.row_bytes(i) for i in range(self.n)]
+        self.segments = {
+            (c, k): self.segment(c, k)
+            for c in range(-1, self.n - 1)
+            for k in list(range(c + 1, self.n - 1)) + [None]
+            if k is None or self.allowed(c, k)
+        }
+
+    def _chain_flops(self, c, i):
+        return self.cum[i + 1] - self.cum[c + 1]
+
+    def segment(self, c: int, k: int | None):
+        """(cost, bytes) of the passes after stored c up to storing k (None: to the end)."""
+        geo, end = self.geo, (self.n - 1 if k is None else k)
+        cost = sum(self._chain_flops(c, i) for i in range(c + 1, end + 1))
+        if self.compact:  # 8-bit codes: made once, read by every pass of the segment
+            cost += DECODE_FLOPS * self.values[c] * (end - c) + (0 if k is None else ENCODE_FLOPS * self.values[k])
+        # Pass i streams layers c+1 .. i-1 (the last of them feeding the target i);
+        # every worker has its own windows and temporaries.
+        kept = 0
+        for i in range(c + 1, end + 1):
+            windows = self.windows[max(i - 1, c + 1)] - self.windows[c + 1] + (self.feeder[i - 1] if i - 1 > c else 0)
+            temps = max([self.work[i]] + [self.stream_work[j] for j in range(c + 1, i)])
+            kept = max(kept, geo.workers * int(windows + temps))
+        target = 0 if k is None else self.size[k]
+        skip = None
+        for r, j in self.blocks:
+            if r < c < j:  # c is inside a residual block: its skip input is alive
+                kept += self.size[r]
+            if c == r and k is not None and k <= j:
+                skip = r  # c stays alive after this segment: no freeing as we go
+        held = self.size[c] + target if skip is not None else max(self.size[c], target)
+        slack = geo.workers * max(self.slack[i] for i in range(max(c, 0), end + 1))
+        decode = geo.workers * 4 * BLOCK_BYTES if self.compact else 0  # float32 rows decoded from 8 bits
+        return cost, held + kept + slack + decode + self.scratch + OVERHEAD
+
+    def allowed(self, c: int, k: int) -> bool:
+        return all(c >= r for r, j in self.blocks if r < k <= j)
+
+    def plan(self, budget: int | None) -> Plan:
+        if budget is None:
+            return self._best(math.inf)
+        plan = self._best(budget)
+        if plan is not None:
+            return plan
+        # Nothing fits: the least memory we can do, at the least cost.
+        lo, hi = budget, max(budget, 1 << 20)
+        while self._best(hi) is None:
+            hi *= 2
+        while hi - lo > max(hi // 64, 1 << 20):
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if self._best(mid) is not None else (mid, hi)
+        best = self._best(hi)
+        return Plan(best.name, best.stored, best.bytes, best.passes, fits=False, compact=self.compact)
+
+    def _best(self, budget) -> Plan | None:
+        n = self.n
+        best: dict[int, tuple[float, int, tuple[int, ...]]] = {-1: (0.0, 0, ())}
+        for k in range(n - 1):  # candidate stored layers, in order
+            options = []
+            for c, (cost, peak, path) in best.items():
+                if (c, k) in self.segments:
+                    seg_cost, seg_bytes = self.segments[c, k]
+                    if seg_bytes <= budget:
+                        options.append((cost + seg_cost, max(peak, seg_bytes), path + (k,)))
+            if options:
+                best[k] = min(options)
+        finals = []
+        for c, (cost, peak, path) in best.items():
+            seg_cost, seg_bytes = self.segments[c, None]
+            if seg_bytes <= budget:
+                finals.append((cost + seg_cost, max(peak, seg_bytes), path))
+        if not finals:
+            return None
+        cost, peak, path = min(finals)
+        name = "strips" if len(path) == n - 1 else "stream"
+        return Plan(name, frozenset(path), int(peak), cost / self.total, fits=True, compact=self.compact)
+
+
+def best_plan(geo: Geometry, budget: int | None) -> Plan:
+    """The plan with the least compute that fits: stored layers in their own
+    precision, or in 8 bits where that saves passes (half the memory, ~60 dB
+    from the float32 network). Nothing fits: the least memory."""
+    plans = [Planner(geo, compact).plan(budget) for compact in (False, True)]
+    fitting = [p for p in plans if p.fits]
+    if fitting:
+        return min(fitting, key=lambda p: (round(p.passes, 6), p.compact))
+    return min(plans, key=lambda p: p.bytes)
+
+
+def padded_size(h: int, w: int) -> tuple[int, int]:
+    """The size the network runs at: multiples of 4 (it halves twice), at least MIN_SIZE."""
+    return max(MIN_SIZE, -(-h // 4) * 4), max(MIN_SIZE, -(-w // 4) * 4)
