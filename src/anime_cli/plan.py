@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 import torch
@@ -103,12 +102,6 @@ def flatten(g: Generator) -> list[Layer]:
     conv, _ = g.out_layer
     add("out", conv, None, lrelu=False, tanh=True)
     return layers
-
-
-@lru_cache(maxsize=1)
-def skeleton() -> tuple[Layer, ...]:
-    """The layer list of an untrained generator: shapes only, for estimates."""
-    return tuple(flatten(Generator()))
 
 
 @dataclass

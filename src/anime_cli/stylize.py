@@ -14,8 +14,6 @@ import threading
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from . import weights
 from .model import Generator, load_generator
@@ -87,24 +85,8 @@ class Stylizer:
         plan = getattr(self._local, "plan", None)
         return plan.describe() if plan is not None else None
 
-    def plan(self, h: int, w: int, budget_bytes: int | None = None) -> str:
-        """How an h x w picture would run (for logs): "strips" or "stream", with
-        the engine's memory estimate."""
-        return self.engine.make_plan(*padded_size(h, w), budget_bytes).describe()
-
     def fastest_bytes(self, h: int, w: int) -> int:
         """What stylize() adds to the process for an h x w picture when nothing
         holds it back: the fastest plan's memory and the output array."""
         return self.engine.make_plan(*padded_size(h, w), None).bytes + 3 * h * w
 
-
-def pad_to_multiple(x: torch.Tensor, m: int) -> torch.Tensor:
-    """Pad right and bottom so H and W are multiples of m (the network halves
-    twice). Reflection keeps the border continuous; the padding is cropped off.
-    (The engine pads the same way without copying; this is the reference.)"""
-    h, w = x.shape[-2:]
-    ph, pw = -h % m, -w % m
-    if ph == 0 and pw == 0:
-        return x
-    mode = "reflect" if ph < h and pw < w else "replicate"
-    return F.pad(x, (0, pw, 0, ph), mode=mode)

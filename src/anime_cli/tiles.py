@@ -62,10 +62,9 @@ import torch.nn.functional as F
 
 from .model import Generator
 from .plan import (BLOCK_BYTES, MIN_SIZE, WINDOW_BYTES, Geometry, Plan, Shape, best_plan, flatten, layer_dtype,
-                   padded_size, skeleton)
+                   padded_size)
 
 LEAK = 0.2
-FLOPS_PER_PIXEL = 0.80e6  # the generator's cost per output pixel, for reports
 CL = torch.channels_last
 
 
@@ -133,23 +132,6 @@ def resolve_precision(precision: str) -> str:
 
 
 # --------------------------------------------------------------------------
-# Memory estimates
-
-
-def estimate_bytes(h: int, w: int, strategy: str = "strips", precision: str = "auto", threads: int | None = None) -> int:
-    """Engine memory (beyond the input and output arrays) for an h x w image:
-    "strips" is the fastest plan; "stream" the least memory the engine can
-    run in (it is then slower: see Plan.passes)."""
-    h, w = padded_size(h, w)
-    geo = Geometry(skeleton(), h, w, resolve_precision(precision), threads or default_threads())
-    if strategy == "strips":
-        return best_plan(geo, None).bytes
-    if strategy == "stream":
-        return best_plan(geo, 0).bytes
-    raise ValueError(f"unknown strategy {strategy!r}")
-
-
-# --------------------------------------------------------------------------
 # Image sources and sinks
 
 
@@ -165,9 +147,8 @@ class TensorSource:
 
 class ArraySource:
     """Rows of an h x w x 3 uint8 RGB array as [-1, 1] floats, padded (without
-    copying the array) to the network's size: reflection, like
-    stylize.pad_to_multiple, or replication where the picture is too small
-    to reflect."""
+    copying the array) to the network's size, on the right and at the bottom:
+    reflection, or replication where the picture is too small to reflect."""
 
     def __init__(self, rgb: np.ndarray):
         self.rgb = rgb
@@ -744,10 +725,6 @@ class Engine:
 
     def make_plan(self, h: int, w: int, budget_bytes: int | None) -> Plan:
         return best_plan(Geometry(self.layers, h, w, self.precision, self.threads), budget_bytes)
-
-    def plan(self, h: int, w: int, budget_bytes: int | None) -> str:
-        """The strategy for an h x w input: "strips" or "stream"."""
-        return self.make_plan(h, w, budget_bytes).name
 
     def run(self, x: torch.Tensor, budget_bytes: int | None = None, plan: Plan | None = None) -> torch.Tensor:
         """x: (1, 3, H, W) float32 in [-1, 1], H and W multiples of 4 (at
