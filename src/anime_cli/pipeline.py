@@ -219,14 +219,10 @@ class Converter:
         rec.output_size = [image.shape[1], image.shape[0]]
 
     def _process(self, loaded: _Loaded) -> Record:
-        """Stylize and write one loaded file in this thread: the sequential path."""
-        return self._settle(loaded, lambda: self._write(loaded, self._stylize(loaded)))
-
-    def _settle(self, loaded: _Loaded, write: Callable[[], None]) -> Record:
-        """The file's record once `write` has run; a write error is the file's
-        error, and a fatal one (disk full) stops the batch."""
+        """Stylize and write one loaded file; its record. A write error is the
+        file's error, and a fatal one (disk full) stops the batch."""
         try:
-            write()
+            self._write(loaded, self._stylize(loaded))
         except OutputError as e:
             loaded.record.status, loaded.record.error, loaded.record.reason = "error", str(e), "output"
             if getattr(e, "fatal", False):
@@ -329,7 +325,7 @@ class _Lanes:
         self.limit = len(jobs) - 1  # the last file that may be written: lowered by a disk-full error
         self.done: dict[int, tuple[_Loaded, bool] | BaseException] = {}
         limit = conv.options.memory_limit
-        self.ledger = _Ledger(limit - rss_bytes() - _RESERVE if limit else None, conv._halt)
+        self.ledger = _Ledger(limit - rss_bytes() - _RESERVE if limit else None)
 
     def records(self) -> Iterator[Record]:
         lanes = [threading.Thread(target=self._lane, name=f"lane-{k}", daemon=True) for k in range(self.n)]
@@ -397,10 +393,9 @@ class _Lanes:
                     loaded.share = grant.bytes
                 with conv.stylizer.cores.busy():
                     conv._process(conv._decode(loaded))
-            except _Fatal:
+            except _Fatal:  # disk full: no file after this one may be written
                 fatal = True
-                with self.cond:
-                    self.limit = min(self.limit, i)
+                loaded.cancel.set()
             except BaseException as e:  # Cancelled (never reported), or a bug: the main thread raises it
                 self._put(i, e)
                 return
@@ -444,9 +439,8 @@ class _Ledger:
     is alone and then has the whole budget to itself (the network then plans
     within it, streaming if it must). Nothing runs beside it."""
 
-    def __init__(self, total: int | None, halt: threading.Event):
-        self.total, self.halt = total, halt
-        self.free = total
+    def __init__(self, total: int | None):
+        self.total = self.free = total
         self.holders = 0
         self.cond = threading.Condition()
 
