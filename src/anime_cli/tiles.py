@@ -204,6 +204,17 @@ def _empty(c: int, h: int, w: int, dtype) -> torch.Tensor:
     return torch.empty((1, c, h, w), dtype=dtype, memory_format=CL)
 
 
+def _norm(t: torch.Tensor, affine, lrelu: bool, out: torch.Tensor | None = None) -> torch.Tensor:
+    """GroupNorm with its statistics folded into (scale, shift), then the
+    LeakyReLU where the layer has one: into `out` (default: in place)."""
+    scale, shift = affine
+    out = t if out is None else out
+    torch.addcmul(shift.to(out.dtype), t, scale.to(out.dtype), out=out)
+    if lrelu:
+        F.leaky_relu_(out, LEAK)
+    return out
+
+
 def _skip_key(index: int) -> int:
     """Reader key of residual layer `index` reading its skip input (a conv read uses the index)."""
     return -2 - index
@@ -357,13 +368,10 @@ class Stored:
         out.copy_(t)
 
     def _normalise(self, t, out, r0=None):
-        scale, shift = self.engine.affine[self.index]
         if t.dtype != out.dtype:
             out.copy_(t)
             t = out
-        torch.addcmul(shift.to(out.dtype), t, scale.to(out.dtype), out=out)
-        if self.layer.lrelu:
-            F.leaky_relu_(out, LEAK)
+        _norm(t, self.engine.affine[self.index], self.layer.lrelu, out=out)
 
     def drop(self, live) -> None:
         self.pages.drop(live)
@@ -373,9 +381,8 @@ class Stored:
 
     def fold(self, skip: "Stored") -> None:
         """Norm plus skip, in place, once the statistics are known (residual layers)."""
-        scale, shift = self.engine.affine[self.index]
         for lo, hi, t in self.pages.pieces(0, self.pages.shape.h):
-            torch.addcmul(shift.to(t.dtype), t, scale.to(t.dtype), out=t)
+            _norm(t, self.engine.affine[self.index], False, out=t)
             s = _empty(t.shape[1], hi - lo, t.shape[3], t.dtype)
             skip.read(lo, hi, s)
             t.add_(s)
@@ -583,11 +590,7 @@ class LayerNode:
         """Norm, activation and skip of freshly computed rows."""
         if self.L.gamma is None:
             return y
-        scale, shift = self.engine.affine[self.index]
-        y = y.to(self.store)
-        torch.addcmul(shift.to(y.dtype), y, scale.to(y.dtype), out=y)
-        if self.L.lrelu:
-            F.leaky_relu_(y, LEAK)
+        y = _norm(y.to(self.store), self.engine.affine[self.index], self.L.lrelu)
         if self.L.residual is not None:
             res = self.band.nodes[self.L.residual]
             s = self.band.scratch.take(y.shape[1], r1 - r0, y.shape[3], y.dtype)
