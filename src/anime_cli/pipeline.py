@@ -231,8 +231,9 @@ class Converter:
 
     def _finish(self, loaded: _Loaded) -> Record:
         rec = loaded.record
-        loaded.decoded = None  # release the pixels now, not when the batch ends
-        trim_malloc()  # and give them back: kept by the allocator they would count against the next files
+        if loaded.decoded is not None:
+            loaded.decoded = None  # release the pixels now, not when the batch ends
+            trim_malloc()  # and give them back: kept by the allocator they would count against the next files
         rec.seconds = round(sum(rec.timings.values()), 4)
         rec.peak_rss_mb = round(self.peaks.take(loaded) / 1e6, 1)
         if rec.status != "ok":

@@ -35,6 +35,7 @@ class Stylizer:
         self._idle = [self.engine]  # engines not running a picture now
         self._lock = threading.Lock()
         self._local = threading.local()
+        self._fastest: dict[tuple[int, int], int] = {}
 
     @classmethod
     def from_style(cls, name: str = "hayao", threads: int | None = None, precision: str = "auto") -> "Stylizer":
@@ -87,6 +88,9 @@ class Stylizer:
 
     def fastest_bytes(self, h: int, w: int) -> int:
         """What stylize() adds to the process for an h x w picture when nothing
-        holds it back: the fastest plan's memory and the output array."""
-        return self.engine.make_plan(*padded_size(h, w), None).bytes + 3 * h * w
+        holds it back: the fastest plan's memory and the output array. (Asked
+        once a file, and for the face size every time: the planner runs once a size.)"""
+        if (h, w) not in self._fastest:
+            self._fastest[h, w] = self.engine.make_plan(*padded_size(h, w), None).bytes + 3 * h * w
+        return self._fastest[h, w]
 
