@@ -15,6 +15,7 @@ import random
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from anime_cli import engine as tiles
@@ -330,3 +331,71 @@ def test_the_stylizer_is_a_style_model():
     assert set(names) >= {"render", "stylize", "fastest_bytes", "min_bytes", "work", "threads"}
     for n in names + ["name", "cores"]:
         assert hasattr(st, n), n
+
+
+# -- operations of the other families ----------------------------------------------
+
+
+def tf_legacy_x2_reference(x: torch.Tensor) -> torch.Tensor:
+    """TensorFlow 1's legacy bilinear x2, as the weights README defines it: output
+    i samples input i/2; i0 = floor, i1 = min(i0 + 1, n - 1), weight pos - i0."""
+    for d in (2, 3):
+        n = x.shape[d]
+        pos = torch.arange(2 * n) / 2
+        i0 = pos.floor().long()
+        i1 = (i0 + 1).clamp(max=n - 1)
+        shape = [1, 1, 1, 1]
+        shape[d] = -1
+        a, b = x.index_select(d, i0), x.index_select(d, i1)
+        x = a + (b - a) * (pos - i0).view(shape)
+    return x
+
+
+def family_layers(seed=0):
+    """A small network of the v1/v3 kind: instance norms, a stride-2 conv padded
+    on the top and left only, a legacy x2, a skip across the two resolutions."""
+    from anime_cli.engine.layers import Layer
+
+    g = torch.Generator().manual_seed(seed)
+
+    def layer(name, cin, cout, k, pad, stride=1, norm=True, **kw):
+        w = torch.randn(cout, cin, k, k, generator=g) * (2 / (cin * k * k)) ** 0.5
+        gamma = torch.rand(cout, generator=g) + 0.5 if norm else None
+        beta = torch.randn(cout, generator=g) * 0.1 if norm else None
+        return Layer(name, w, None, k, stride, pad, 1, gamma, beta, 1e-5, kw.pop("lrelu", norm), norm="instance", **kw)
+
+    return [layer("c0", 3, 8, 7, (3, 3, 3, 3)),
+            layer("down", 8, 16, 3, (1, 0, 1, 0), stride=2),
+            layer("up", 16, 8, 3, (1, 1, 1, 1), upsample="tf", residual=0, lrelu=False),
+            layer("out", 8, 3, 1, (0, 0, 0, 0), norm=False, tanh=True)]
+
+
+def family_eager(layers, x):
+    def conv(L, x):
+        return F.conv2d(F.pad(x, L.pad, mode="reflect"), L.weight, stride=L.stride)
+
+    def inorm(L, y):
+        y = F.instance_norm(y, eps=L.eps) * L.gamma.view(1, -1, 1, 1) + L.beta.view(1, -1, 1, 1)
+        return F.leaky_relu(y, 0.2) if L.lrelu else y
+
+    c0, down, up, out = layers
+    x0 = inorm(c0, conv(c0, x))
+    x1 = inorm(down, conv(down, x0))
+    x2 = inorm(up, conv(up, tf_legacy_x2_reference(x1))) + x0
+    return torch.tanh(conv(out, x2))
+
+
+@pytest.mark.parametrize("h,w", [(36, 52), (100, 36), (8, 8)])
+def test_instance_norm_legacy_resize_and_one_sided_stride_are_exact(monkeypatch, h, w):
+    """Every plan (every layer stored, or recomputed from any checkpoints), in
+    strips of a few rows, gives the eager network's output in float32."""
+    monkeypatch.setattr(planning, "STRIP_BYTES", 4 << 10)
+    monkeypatch.setattr(planning, "STREAM_BYTES", 2 << 10)
+    layers = family_layers()
+    engine = tiles.Engine(layers, threads=2, precision="fp32")
+    x = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(h + w)) * 2 - 1
+    with torch.inference_mode():
+        ref = family_eager(layers, x)
+    for plan in random_plans(engine, h, w, count=4):
+        assert (engine.run(x, plan=plan) - ref).abs().max().item() < 1e-4, sorted(plan.stored)
+    assert (engine.run(x, 0) - ref).abs().max().item() < 1e-4  # the least-memory plan

@@ -114,7 +114,10 @@ class LayerNode:
             t = scratch.take(ins.c, s1 - s0, self.src_shape.w, self.dtype)
             src.read(s0, s1, t)
             up = scratch.take(ins.c, 2 * (s1 - s0), ins.w, self.dtype)
-            torch._C._nn.upsample_bilinear2d(t, [up.shape[2], up.shape[3]], False, 2.0, 2.0, out=up)
+            if L.upsample == "tf":
+                tf_legacy_x2(t, up)
+            else:
+                torch._C._nn.upsample_bilinear2d(t, [up.shape[2], up.shape[3]], False, 2.0, 2.0, out=up)
             inner.copy_(up[:, :, va - 2 * s0 : vb - 2 * s0])
         else:
             src.read(va, vb, inner)
@@ -126,9 +129,14 @@ class LayerNode:
         """Add the strip to the statistics; returns its float32 copy (scratch)."""
         # Per strip in float32 (torch sums blockwise); across strips in float64.
         y32 = self.band.scratch.take(y.shape[1], y.shape[2], y.shape[3], torch.float32).copy_(y)
-        v = _flat(y32)
-        self.sum += float(v.sum())
-        self.sumsq += float(torch.dot(v, v))
+        if self.L.norm == "instance":  # per channel: sums over the rows and columns of NHWC memory
+            v = y32.permute(0, 2, 3, 1).reshape(-1, y32.shape[1])
+            self.sum += v.sum(dim=0).double()
+            self.sumsq += torch.linalg.vector_norm(v, dim=0).double().square()
+        else:
+            v = _flat(y32)
+            self.sum += float(v.sum())
+            self.sumsq += float(torch.dot(v, v))
         return y32
 
     def _normalise(self, y, r0, r1):
@@ -143,6 +151,23 @@ class LayerNode:
             res.release(skip_key(self.index), r1)
             y.add_(s)
         return y
+
+
+def tf_legacy_x2(t: torch.Tensor, out: torch.Tensor) -> None:
+    """TensorFlow 1's legacy bilinear x2 (align_corners and half-pixel centres
+    off) of rows t into out (twice the rows and columns): output 2i is input
+    i, output 2i+1 the mean of inputs i and i+1 (the last input repeated at
+    the edge). At a strip's last row the edge is repeated too: the caller
+    reads one source row more than it keeps (plan.source_rows)."""
+    pairs = out.unflatten(2, (t.shape[2], 2))  # (N, C, H, 2, 2W): rows 2i and 2i+1
+    even, odd = pairs[:, :, :, 0], pairs[:, :, :, 1]
+    even[..., 0::2].copy_(t)
+    if t.shape[3] > 1:
+        torch.add(t[..., :-1], t[..., 1:], out=even[..., 1:-1:2]).mul_(0.5)
+    even[..., -1].copy_(t[..., -1])
+    if t.shape[2] > 1:
+        torch.add(even[:, :, :-1], even[:, :, 1:], out=odd[:, :, :-1]).mul_(0.5)
+    odd[:, :, -1].copy_(even[:, :, -1])
 
 
 def _reflect_rows(x: torch.Tensor, top: int, bottom: int) -> None:

@@ -205,7 +205,8 @@ class Run:
             total, total_sq = self._run_pass(i, kind, chain, leaves, sink)
             if i < n - 1:
                 s = geo.shapes[i]
-                self.affine[i] = norm_affine(self.layers[i], s.h * s.w * s.c, total, total_sq)
+                count = s.h * s.w * (s.c if self.layers[i].norm == "group" else 1)
+                self.affine[i] = norm_affine(self.layers[i], count, total, total_sq)
             if folds:
                 self.stored[i].fold(self.stored[skip])
             for s in [s for s in self.stored if s >= 0 and last_use[s] == i]:

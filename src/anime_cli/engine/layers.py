@@ -23,13 +23,14 @@ class Layer:
     stride: int
     pad: tuple[int, int, int, int]  # reflection padding: left, right, top, bottom
     groups: int
-    gamma: torch.Tensor | None  # GroupNorm(1) affine; None for the output layer
+    gamma: torch.Tensor | None  # the norm's per-channel affine; None: no norm (the output layer)
     beta: torch.Tensor | None
     eps: float
     lrelu: bool
-    upsample: bool = False  # the input is the bilinear x2 of the previous output
+    upsample: str | None = None  # the input is the x2 of the previous output: "torch" bilinear, or "tf" legacy
     residual: int | None = None  # layer whose output is added after the norm
     tanh: bool = False
+    norm: str = "group"  # "group": GroupNorm(1, C), statistics over C, H, W; "instance": per channel over H, W
 
     @property
     def cin(self) -> int:
@@ -68,7 +69,7 @@ def flatten(g: Generator) -> list[Layer]:
                 cnl(name + ".dw", dw)
                 add(name + ".project", proj, gn, lrelu=False, residual=block_input if m.residual else None)
             else:
-                cnl(name, m, upsample=upsample_first and i == 0)
+                cnl(name, m, upsample="torch" if upsample_first and i == 0 else None)
 
     blocks("a", g.block_a)
     blocks("b", g.block_b)

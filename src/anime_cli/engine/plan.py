@@ -149,12 +149,14 @@ class Geometry(Sizes):
 
     def source_rows(self, j: int, va: int, vb: int) -> tuple[int, int]:
         """Source rows behind input rows [va, vb): the same, or for the x2
-        upsampling one more source row on each side (bilinear blends rows
-        floor(u/2)-1 .. floor(u/2)+1; at the image's edges interpolate's
+        upsampling one more source row on each side (torch's bilinear blends
+        rows floor(u/2)-1 .. floor(u/2)+1; at the image's edges interpolate's
         clamping is the true behaviour)."""
-        if not self.layers[j].upsample:
+        up = self.layers[j].upsample
+        if not up:
             return va, vb
-        return max(va // 2 - 1, 0), min((vb - 1) // 2 + 2, self.src_shape(j).h)
+        # TensorFlow's legacy x2 reads source rows floor(u/2) and the one after
+        return max(va // 2 - (up != "tf"), 0), min((vb - 1) // 2 + 2, self.src_shape(j).h)
 
     def needs(self, j: int, r0: int, r1: int) -> tuple[int, int]:
         """Source rows that output rows [r0, r1) of layer j read."""

@@ -19,13 +19,16 @@ if TYPE_CHECKING:
 LEAK = 0.2
 
 
-def norm_affine(L, count: int, total: float, total_sq: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """GroupNorm(1)'s (scale, shift) per channel, from the sum and the sum of
-    squares of a layer's `count` values (float64, summed strip by strip)."""
+def norm_affine(L, count: int, total, total_sq) -> tuple[torch.Tensor, torch.Tensor]:
+    """The norm's (scale, shift) per channel, from the sum and the sum of
+    squares (float64, summed strip by strip) of a layer's `count` values:
+    numbers for GroupNorm(1), per-channel tensors for an instance norm."""
     mean = total / count
-    var = max(total_sq / count - mean * mean, 0.0)
-    inv = 1.0 / math.sqrt(var + L.eps)
     g, b = L.gamma.double(), L.beta.double()
+    if L.norm == "instance":
+        inv = torch.rsqrt((total_sq / count - mean * mean).clamp_min(0.0) + L.eps)
+    else:
+        inv = 1.0 / math.sqrt(max(total_sq / count - mean * mean, 0.0) + L.eps)
     return (g * inv).float().view(1, -1, 1, 1), (b - mean * inv * g).float().view(1, -1, 1, 1)
 
 
