@@ -362,7 +362,8 @@ def family_layers(seed=0):
         w = torch.randn(cout, cin, k, k, generator=g) * (2 / (cin * k * k)) ** 0.5
         gamma = torch.rand(cout, generator=g) + 0.5 if norm else None
         beta = torch.randn(cout, generator=g) * 0.1 if norm else None
-        return Layer(name, w, None, k, stride, pad, 1, gamma, beta, 1e-5, kw.pop("lrelu", norm), norm="instance", **kw)
+        return Layer(name, w, None, k, stride, pad, 1, gamma, beta, 1e-5, kw.pop("lrelu", norm),
+                     norm="instance" if norm else None, **kw)
 
     return [layer("c0", 3, 8, 7, (3, 3, 3, 3)),
             layer("down", 8, 16, 3, (1, 0, 1, 0), stride=2),
@@ -399,3 +400,86 @@ def test_instance_norm_legacy_resize_and_one_sided_stride_are_exact(monkeypatch,
     for plan in random_plans(engine, h, w, count=4):
         assert (engine.run(x, plan=plan) - ref).abs().max().item() < 1e-4, sorted(plan.stored)
     assert (engine.run(x, 0) - ref).abs().max().item() < 1e-4  # the least-memory plan
+
+
+# -- AnimeGANv3 tiny ("cute") ---------------------------------------------------------
+
+
+def v3_tiny_eager(sd, x):
+    """AnimeGANv3 tiny written out from the weights README, whole picture, float32."""
+    def c(key, x, s=1):
+        w = sd[key + ".weight"]
+        k = w.shape[-1]
+        total = max(k - s, 0)
+        pad = (-(-total // 2), total // 2) * 2  # the odd pixel on the top and left
+        return F.conv2d(F.pad(x, pad, mode="reflect") if total else x, w, sd.get(key + ".bias"), stride=s)
+
+    def L(x):
+        return F.leaky_relu(x, 0.2)
+
+    up = tf_legacy_x2_reference
+    x0 = L(c("base.0", x))
+    x1 = L(c("base.2", L(c("base.1", x0, 2))))
+    x2 = L(c("base.4", L(c("base.3", x1, 2))))
+    x3 = L(c("base.6", L(c("base.5", x2, 2))))
+    x4 = L(c("base.8", L(c("base.7", x3, 2))))
+    x4 = L(c("base.11", L(c("base.10", L(c("base.9", x4))))) + x4)
+    x4 = L(c("base.14", L(c("base.13", L(c("base.12", x4))))) + x4)
+    y = L(c("main.0", up(x4))) + x3
+    y = L(c("main.2", L(c("main.1", y))))
+    y = L(c("main.3", up(y))) + x2
+    y = L(c("main.5", L(c("main.4", y))))
+    y = L(c("main.6", up(y))) + x1
+    y = L(c("main.8", L(c("main.7", y))))
+    y = L(c("main.9", up(y))) + x0
+    y = c("main.10", y)
+    tx = c("main.11", y)
+    mean, var = y.mean((2, 3), keepdim=True), y.var((2, 3), keepdim=True, unbiased=False)
+    tmean, tvar = tx.mean((2, 3), keepdim=True), tx.var((2, 3), keepdim=True, unbiased=False)
+    y = L((y - mean) / torch.sqrt(var + 1e-5) * torch.sqrt(tvar + 1e-5) + tmean)
+    return torch.tanh(c("main.12", y))
+
+
+@pytest.fixture(scope="module")
+def cute():
+    from anime_cli.engine.families import v3_tiny_layers
+    from conftest import SHARED
+
+    path = SHARED / "weights" / "animeganv3_tiny_cute.pt"
+    if not path.is_file():
+        pytest.fail(f"{path} not found")
+    sd = torch.load(path, weights_only=True)
+    return sd, v3_tiny_layers(sd)
+
+
+def test_v3_tiny_is_exact_on_every_plan(cute, monkeypatch, photos):
+    """float32: the engine equals the eager network whatever is stored or
+    recomputed, in strips of a few rows (~100 dB and more)."""
+    monkeypatch.setattr(planning, "STRIP_BYTES", 32 << 10)
+    monkeypatch.setattr(planning, "STREAM_BYTES", 16 << 10)
+    sd, layers = cute
+    engine = tiles.Engine(layers, threads=2, precision="fp32")
+    x = tensor(load_rgb(photos / "astronaut.png")[40:136, 100:180])  # 96 x 80
+    with torch.inference_mode():
+        ref = v3_tiny_eager(sd, x)
+    plans = random_plans(engine, 96, 80, count=3) + [engine.make_plan(96, 80, 0)]
+    for plan in plans:
+        assert (engine.run(x, plan=plan) - ref).abs().max().item() < 1e-4, sorted(plan.stored)
+
+
+@pytest.mark.parametrize("name", ["portrait", "chelsea.png"])
+def test_v3_tiny_bf16_and_odd_sizes(cute, photos, name):
+    """Any size (padded at the right and bottom to multiples of 16, then
+    cropped), bf16 within 45 dB of the eager float32 network, no seams."""
+    sd, layers = cute
+    rgb = portrait(photos, 200)[:197, :183] if name == "portrait" else load_rgb(photos / name)[:205, :301]
+    h, w = rgb.shape[:2]
+    x = tensor(rgb)
+    padded = torch.nn.functional.pad(x, (0, -w % 16, 0, -h % 16), mode="reflect")
+    with torch.inference_mode():
+        y = v3_tiny_eager(sd, padded)[0, :, :h, :w]
+    ref = y.add(1.0).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    for precision, db in (("fp32", 80), ("bf16", 45)):
+        out = tiles.Engine(layers, threads=2, precision=precision).stylize(rgb)
+        assert psnr(out, ref) >= db, precision
+        assert_no_seam(out, ref)

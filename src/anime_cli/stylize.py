@@ -20,7 +20,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from . import weights
-from .engine import Cores, Engine, Rendered, padded_size
+from .engine import Cores, Engine, Rendered
 from .model import Generator, load_generator
 
 Progress = Callable[[int], None]
@@ -119,7 +119,7 @@ class Stylizer:
         the face size every time: the planner runs once a size)."""
         key = (h, w, budget)
         if key not in self._bytes:
-            self._bytes[key] = self.engine.make_plan(*padded_size(h, w), budget).bytes
+            self._bytes[key] = self.engine.make_plan(*self.engine.padded(h, w), budget).bytes
         return self._bytes[key]
 
     def fastest_bytes(self, h: int, w: int) -> int:

@@ -91,7 +91,7 @@ class LayerNode:
         w, bias = self.run.weights[self.index]
         y = F.conv2d(x, w, bias, stride=self.L.stride, groups=self.L.groups)
         y32 = None
-        if self.kind != "stream" and self.L.gamma is not None:
+        if self.kind != "stream" and self.L.norm is not None:
             y32 = self._accumulate(y)
         if self.kind == "emit":
             self.band.sink(r0, r1, torch.tanh(y.float()) if self.L.tanh else y)
@@ -129,10 +129,13 @@ class LayerNode:
         """Add the strip to the statistics; returns its float32 copy (scratch)."""
         # Per strip in float32 (torch sums blockwise); across strips in float64.
         y32 = self.band.scratch.take(y.shape[1], y.shape[2], y.shape[3], torch.float32).copy_(y)
-        if self.L.norm == "instance":  # per channel: sums over the rows and columns of NHWC memory
-            v = y32.permute(0, 2, 3, 1).reshape(-1, y32.shape[1])
-            self.sum += v.sum(dim=0).double()
-            self.sumsq += torch.linalg.vector_norm(v, dim=0).double().square()
+        if self.L.norm in ("instance", "lade"):  # per channel: sums over the rows and columns of NHWC memory
+            parts = [y32]
+            if self.L.norm == "lade":  # and of the 1x1 conv's output, whose statistics are the affine
+                parts.append(F.conv2d(y32, self.run.lade[self.index]))
+            v = [p.permute(0, 2, 3, 1).reshape(-1, p.shape[1]) for p in parts]
+            self.sum += torch.cat([p.sum(dim=0) for p in v]).double()
+            self.sumsq += torch.cat([torch.linalg.vector_norm(p, dim=0) for p in v]).double().square()
         else:
             v = _flat(y32)
             self.sum += float(v.sum())
@@ -141,15 +144,16 @@ class LayerNode:
 
     def _normalise(self, y, r0, r1):
         """Norm, activation and skip of freshly computed rows."""
-        if self.L.gamma is None:
-            return y
-        y = _norm(y.to(self.store), self.run.affine[self.index], self.L.lrelu)
-        if self.L.residual is not None:
-            res = self.band.nodes[self.L.residual]
+        L = self.L
+        y = _norm(y.to(self.store), self.run.affine[self.index], L.lrelu and not L.act_after_skip)
+        if L.residual is not None:
+            res = self.band.nodes[L.residual]
             s = self.band.scratch.take(y.shape[1], r1 - r0, y.shape[3], y.dtype)
             res.read(r0, r1, s)
             res.release(skip_key(self.index), r1)
             y.add_(s)
+            if L.lrelu and L.act_after_skip:
+                F.leaky_relu_(y, 0.2)
         return y
 
 

@@ -8,6 +8,7 @@ pictures on one engine at once; each call makes its own Run.
 
 from __future__ import annotations
 
+import math
 import threading
 from typing import NamedTuple
 
@@ -18,7 +19,7 @@ from .bands import Band
 from .cpu import Cores, bound_malloc, resolve_precision, trim_malloc
 from .layers import Layer, flatten, layer_dtype
 from .pictures import PictureSink, PictureSource, TensorSource
-from .plan import MIN_SIZE, Geometry, Plan, best_plan, padded_size, pass_units
+from .plan import Geometry, Plan, best_plan, padded_size, pass_units
 from .rows import CL, BlockPool, Scratch
 from .stored import Image, Stored, Tracker, norm_affine
 
@@ -72,6 +73,10 @@ class Engine:
             dt = layer_dtype(self.precision, i, L)
             w = L.weight.to(dt).contiguous(memory_format=CL)
             self.weights.append((w, None if L.bias is None else L.bias.to(dt)))
+        # LADE's 1x1 conv runs on the float32 copy the statistics are taken from
+        self.multiple = math.prod(L.stride for L in self.layers)
+        self.min_size = 2 * self.multiple  # two rows at the lowest resolution, for its reflection padding
+        self.lade = {i: L.lade.float().contiguous(memory_format=CL) for i, L in enumerate(self.layers) if L.lade is not None}
 
     @property
     def threads(self) -> int:
@@ -86,23 +91,29 @@ class Engine:
         """The plan for an h x w network input (see geometry) and a budget of engine memory."""
         return best_plan(self.geometry(h, w), budget_bytes)
 
+    def padded(self, h: int, w: int) -> tuple[int, int]:
+        """The size the network runs an h x w picture at (padded at the right and bottom)."""
+        return padded_size(h, w, self.multiple, self.min_size)
+
     def picture_plan(self, h: int, w: int, budget_bytes: int | None) -> Plan:
         """The plan stylize() uses for an h x w picture (its budget includes the output array)."""
         if budget_bytes is not None:
             budget_bytes = max(0, budget_bytes - 3 * h * w)
-        return self.make_plan(*padded_size(h, w), budget_bytes)
+        return self.make_plan(*self.padded(h, w), budget_bytes)
 
     def work(self, h: int, w: int, budget_bytes: int | None = None) -> int:
         """The work units stylize() of an h x w picture reports for this budget."""
-        ph, pw = padded_size(h, w)
+        ph, pw = self.padded(h, w)
         return sum(pass_units(self.geometry(ph, pw), self.picture_plan(h, w, budget_bytes), h * w))
 
     def run(self, x: torch.Tensor, budget_bytes: int | None = None, plan: Plan | None = None) -> torch.Tensor:
-        """x: (1, 3, H, W) float32 in [-1, 1], H and W multiples of 4 (at
-        least 8). Returns network(x) as a new (1, 3, H, W) float32 tensor."""
+        """x: (1, 3, H, W) float32 in [-1, 1], H and W multiples of
+        self.multiple, at least self.min_size (AnimeGANv2: 4 and 8). Returns
+        network(x) as a new (1, 3, H, W) float32 tensor."""
         n, c, h, w = x.shape
-        if n != 1 or c != 3 or h % 4 or w % 4 or h < MIN_SIZE or w < MIN_SIZE:
-            raise ValueError(f"expected (1, 3, H, W) with H, W multiples of 4 and >= {MIN_SIZE}; got {tuple(x.shape)}")
+        m, least = self.multiple, self.min_size
+        if n != 1 or c != 3 or h % m or w % m or h < least or w < least:
+            raise ValueError(f"expected (1, 3, H, W) with H, W multiples of {m} and >= {least}; got {tuple(x.shape)}")
         out = torch.empty((1, 3, h, w), dtype=torch.float32)
 
         def sink(r0, r1, y):
@@ -118,7 +129,8 @@ class Engine:
         cropped off. The budget includes the output array."""
         out = np.empty(rgb.shape, dtype=np.uint8)
         plan = self.picture_plan(rgb.shape[0], rgb.shape[1], budget_bytes)
-        self.stream(PictureSource(rgb), PictureSink(out), plan=plan, cancel=cancel, progress=progress)
+        src = PictureSource(rgb, self.padded(rgb.shape[0], rgb.shape[1]))
+        self.stream(src, PictureSink(out), plan=plan, cancel=cancel, progress=progress)
         return Rendered(out, plan)
 
     def stylize(self, rgb: np.ndarray, budget_bytes: int | None = None, cancel=None, progress=None) -> np.ndarray:
@@ -149,7 +161,9 @@ class Run:
         self.stored: dict[int, Stored] = {-1: Image(self, src)}
         self.pool = BlockPool()
         self.scratches: list[Scratch] = []
-        self.affine: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.affine: dict[int, tuple[torch.Tensor, torch.Tensor] | None] = {
+            i: None for i, L in enumerate(self.layers) if L.norm is None}
+        self.lade = engine.lade
         self.units = pass_units(geo, plan, src.pixels)  # per pass
         self._progress_lock = threading.Lock()
         self._pass = (0, 1, 0, 0)  # units of the current pass, its target's height, rows done, units given
@@ -186,14 +200,15 @@ class Run:
 
     def _passes(self, sink) -> None:
         n, stored, geo = len(self.layers), self.plan.stored, self.geo
-        passes = [geo.pass_layers(i, stored) for i in range(n)]
+        # a layer without statistics has a pass only to be stored (or emitted)
+        passes = {i: geo.pass_layers(i, stored) for i in range(n) if geo.has_pass(i, stored)}
         last_use = {}
-        for i, (chain, leaves) in enumerate(passes):
+        for i, (chain, leaves) in passes.items():
             for s in leaves:
                 last_use[s] = i
             if i in stored and self.layers[i].residual is not None:
                 last_use[self.layers[i].residual] = i  # the fold reads the skip
-        for i, (chain, leaves) in enumerate(passes):
+        for i, (chain, leaves) in passes.items():
             skip = self.layers[i].residual
             folds = i in stored and skip is not None
             for s, st in self.stored.items():  # a stored residual layer's skip must outlive the pass, for the fold
@@ -203,7 +218,7 @@ class Run:
                 self.stored[i] = Stored(self, i, self.plan.compact and geo.compactable(i))  # the pass writes into it
             self._pass = (self.units[i], geo.shapes[i].h, 0, 0)
             total, total_sq = self._run_pass(i, kind, chain, leaves, sink)
-            if i < n - 1:
+            if self.layers[i].norm is not None:
                 s = geo.shapes[i]
                 count = s.h * s.w * (s.c if self.layers[i].norm == "group" else 1)
                 self.affine[i] = norm_affine(self.layers[i], count, total, total_sq)

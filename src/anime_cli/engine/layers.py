@@ -30,7 +30,12 @@ class Layer:
     upsample: str | None = None  # the input is the x2 of the previous output: "torch" bilinear, or "tf" legacy
     residual: int | None = None  # layer whose output is added after the norm
     tanh: bool = False
-    norm: str = "group"  # "group": GroupNorm(1, C), statistics over C, H, W; "instance": per channel over H, W
+    # The norm after the conv: "group" (GroupNorm(1, C): statistics over C, H and W), "instance" (per
+    # channel over H and W), "lade" (per channel, with the statistics of a 1x1 conv `lade` of the output
+    # as the affine), or None (bias and activation only: no statistics, no pass of its own).
+    norm: str | None = "group"
+    lade: torch.Tensor | None = None  # LADE's 1x1 conv, OIHW
+    act_after_skip: bool = False  # add the skip between the norm and the activation
 
     @property
     def cin(self) -> int:
@@ -77,7 +82,7 @@ def flatten(g: Generator) -> list[Layer]:
     blocks("d", g.block_d, upsample_first=True)
     blocks("e", g.block_e, upsample_first=True)
     conv, _ = g.out_layer
-    add("out", conv, None, lrelu=False, tanh=True)
+    add("out", conv, None, lrelu=False, tanh=True, norm=None)
     return layers
 
 

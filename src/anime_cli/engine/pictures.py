@@ -26,10 +26,10 @@ class PictureSource:
     copying the array) to the network's size, on the right and at the bottom:
     reflection, or replication where the picture is too small to reflect."""
 
-    def __init__(self, rgb: np.ndarray):
+    def __init__(self, rgb: np.ndarray, size: tuple[int, int] | None = None):
         self.rgb = rgb
         self.ih, self.iw = rgb.shape[:2]
-        self.h, self.w = padded_size(self.ih, self.iw)
+        self.h, self.w = size or padded_size(self.ih, self.iw)
         self.pixels = self.ih * self.iw  # the picture's, not the padded size: progress counts these
         ph, pw = self.h - self.ih, self.w - self.iw
         self.reflect = ph < self.ih and pw < self.iw

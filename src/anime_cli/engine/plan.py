@@ -66,7 +66,12 @@ class Sizes:
 
     def flops(self, i) -> float:
         L, s = self.layers[i], self.shapes[i]
-        return 2.0 * s.h * s.w * s.c * (L.cin // L.groups) * L.kernel**2
+        lade = 0 if L.lade is None else s.c  # its 1x1 conv, in the passes that take statistics
+        return 2.0 * s.h * s.w * s.c * ((L.cin // L.groups) * L.kernel**2 + lade)
+
+    def has_pass(self, i: int, stored) -> bool:
+        """Whether layer i has a pass of its own: to learn its statistics, to be stored, or to be emitted."""
+        return self.layers[i].norm is not None or i in stored or i == len(self.layers) - 1
 
     def size(self, i, compact: bool = False) -> int:
         """Bytes of layer i stored whole (0 for the image: the caller owns it)."""
@@ -280,13 +285,14 @@ class Planner:
     def segment(self, c: int, k: int | None):
         """(cost, bytes) of the passes after stored c up to storing k (None: to the end)."""
         geo, end = self.geo, (self.n - 1 if k is None else k)
-        cost = sum(self._chain_flops(c, i) for i in range(c + 1, end + 1))
+        passes = [i for i in range(c + 1, end + 1) if i == end or self.geo.layers[i].norm is not None]
+        cost = sum(self._chain_flops(c, i) for i in passes)
         if self.compact:  # 8-bit codes: made once, read by every pass of the segment
-            cost += DECODE_FLOPS * self.values[c] * (end - c) + (0 if k is None else ENCODE_FLOPS * self.values[k])
+            cost += DECODE_FLOPS * self.values[c] * len(passes) + (0 if k is None else ENCODE_FLOPS * self.values[k])
         # Pass i streams layers c+1 .. i-1 (the last of them feeding the target i);
         # every worker has its own windows and temporaries.
         kept = 0
-        for i in range(c + 1, end + 1):
+        for i in passes:
             windows = self.windows[max(i - 1, c + 1)] - self.windows[c + 1] + (self.feeder[i - 1] if i - 1 > c else 0)
             temps = max([self.work[i]] + [self.stream_work[j] for j in range(c + 1, i)])
             kept = max(kept, geo.workers * int(windows + temps))
@@ -364,10 +370,11 @@ def pass_units(geo: Geometry, plan: Plan, pixels: int) -> list[int]:
     units = []
     for i in range(len(geo.layers)):
         chain, _ = geo.pass_layers(i, plan.stored)
-        units.append(round(pixels * sum(geo.flops(j) for j in chain) / total))
+        units.append(round(pixels * sum(geo.flops(j) for j in chain) / total) if geo.has_pass(i, plan.stored) else 0)
     return units
 
 
-def padded_size(h: int, w: int) -> tuple[int, int]:
-    """The size the network runs at: multiples of 4 (it halves twice), at least MIN_SIZE."""
-    return max(MIN_SIZE, -(-h // 4) * 4), max(MIN_SIZE, -(-w // 4) * 4)
+def padded_size(h: int, w: int, multiple: int = 4, least: int = MIN_SIZE) -> tuple[int, int]:
+    """The size a network runs at: multiples of `multiple` (the product of its
+    strides; AnimeGANv2 halves twice), at least `least`."""
+    return max(least, -(-h // multiple) * multiple), max(least, -(-w // multiple) * multiple)

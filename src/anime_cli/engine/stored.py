@@ -24,6 +24,11 @@ def norm_affine(L, count: int, total, total_sq) -> tuple[torch.Tensor, torch.Ten
     squares (float64, summed strip by strip) of a layer's `count` values:
     numbers for GroupNorm(1), per-channel tensors for an instance norm."""
     mean = total / count
+    if L.norm == "lade":  # normalise with the output's statistics, scale and shift by those of its 1x1 conv
+        c = mean.numel() // 2
+        var = (total_sq / count - mean * mean).clamp_min(0.0)
+        scale = torch.sqrt(var[c:] + L.eps) / torch.sqrt(var[:c] + L.eps)
+        return scale.float().view(1, -1, 1, 1), (mean[c:] - mean[:c] * scale).float().view(1, -1, 1, 1)
     g, b = L.gamma.double(), L.beta.double()
     if L.norm == "instance":
         inv = torch.rsqrt((total_sq / count - mean * mean).clamp_min(0.0) + L.eps)
@@ -33,11 +38,15 @@ def norm_affine(L, count: int, total, total_sq) -> tuple[torch.Tensor, torch.Ten
 
 
 def _norm(t: torch.Tensor, affine, lrelu: bool, out: torch.Tensor | None = None) -> torch.Tensor:
-    """GroupNorm with its statistics folded into (scale, shift), then the
-    LeakyReLU where the layer has one: into `out` (default: in place)."""
-    scale, shift = affine
+    """The norm with its statistics folded into (scale, shift) (None: a layer
+    without a norm), then the LeakyReLU where the layer has one: into `out`
+    (default: in place)."""
     out = t if out is None else out
-    torch.addcmul(shift.to(out.dtype), t, scale.to(out.dtype), out=out)
+    if affine is not None:
+        scale, shift = affine
+        torch.addcmul(shift.to(out.dtype), t, scale.to(out.dtype), out=out)
+    elif out is not t:
+        out.copy_(t)
     if lrelu:
         F.leaky_relu_(out, LEAK)
     return out
@@ -92,10 +101,14 @@ class Stored:
     def _decode(self, codes, out, r0: int) -> None:
         """Rows r0.. back from their codes, normalised and activated."""
         rows = codes.shape[2]
-        scale, shift = self.run.affine[self.index]
         low, step = self.low[:, :, r0 : r0 + rows], self.step[:, :, r0 : r0 + rows]
         t = codes.float()
-        torch.addcmul(low * scale + shift, t, step * scale, out=t)
+        affine = self.run.affine[self.index]
+        if affine is None:
+            torch.addcmul(low, t, step, out=t)
+        else:
+            scale, shift = affine
+            torch.addcmul(low * scale + shift, t, step * scale, out=t)
         if self.layer.lrelu:
             F.leaky_relu_(t, LEAK)
         out.copy_(t)
@@ -114,11 +127,14 @@ class Stored:
 
     def fold(self, skip: "Stored") -> None:
         """Norm plus skip, in place, once the statistics are known (residual layers)."""
+        L = self.layer
         for lo, hi, t in self.pages.pieces(0, self.pages.shape.h):
-            _norm(t, self.run.affine[self.index], False, out=t)
+            _norm(t, self.run.affine[self.index], L.lrelu and not L.act_after_skip, out=t)
             s = _empty(t.shape[1], hi - lo, t.shape[3], t.dtype)
             skip.read(lo, hi, s)
             t.add_(s)
+            if L.lrelu and L.act_after_skip:
+                F.leaky_relu_(t, LEAK)
         self.raw = False
 
 
