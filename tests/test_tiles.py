@@ -483,3 +483,17 @@ def test_v3_tiny_bf16_and_odd_sizes(cute, photos, name):
         out = tiles.Engine(layers, threads=2, precision=precision).stylize(rgb)
         assert psnr(out, ref) >= db, precision
         assert_no_seam(out, ref)
+
+
+def test_a_stylizer_runs_v3_tiny_from_its_weights_file(cute, photos):
+    from anime_cli.stylize import Stylizer
+    from conftest import SHARED
+
+    sd, layers = cute
+    st = Stylizer.from_weights(SHARED / "weights" / "animeganv3_tiny_cute.pt", threads=2)
+    rgb = load_rgb(photos / "chelsea.png")[:160, :224]
+    with torch.inference_mode():
+        y = v3_tiny_eager(sd, tensor(rgb))[0]
+    ref = y.add(1.0).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    assert psnr(st.stylize(rgb), ref) >= 45
+    assert st.engine.multiple == 16 and st.min_bytes(3000, 4000) < st.fastest_bytes(3000, 4000)

@@ -21,7 +21,7 @@ import numpy as np
 
 from . import weights
 from .engine import Cores, Engine, Rendered
-from .model import Generator, load_generator
+from .model import load_generator
 
 Progress = Callable[[int], None]
 
@@ -63,11 +63,13 @@ class Stylizer:
     has native bfloat16, ~50 dB from float32, about twice as fast), "bf16" or
     "fp32" (exact)."""
 
-    def __init__(self, generator: Generator, name: str, threads: int | None = None, precision: str = "auto"):
+    def __init__(self, network, name: str, threads: int | None = None, precision: str = "auto"):
+        """network: an AnimeGANv2 Generator, or another family's module or
+        state dict that the engine runs (engine.families.layers_for)."""
         self.name = name
-        self.generator = generator
+        self.generator = network
         self.cores = Cores(threads)
-        self.engine = Engine(generator, precision=precision, cores=self.cores)
+        self.engine = Engine(network, precision=precision, cores=self.cores)
         self._bytes: dict[tuple[int, int, int | None], int] = {}  # (h, w, None or 0) -> engine bytes of that plan
         self._local = threading.local()  # only for last_plan, below
 
@@ -78,6 +80,11 @@ class Stylizer:
     @classmethod
     def from_weights(cls, path: str | Path, threads: int | None = None, precision: str = "auto") -> "Stylizer":
         sd = weights.load_state_dict(Path(path))
+        if "main.12.weight" in sd:  # AnimeGANv3 tiny
+            try:
+                return cls(sd, Path(path).stem, threads=threads, precision=precision)
+            except (KeyError, ValueError) as e:
+                raise weights.WeightsError(f"{path}: not an AnimeGANv3 tiny generator ({e})") from None
         try:
             generator = load_generator(sd)
         except RuntimeError as e:  # wrong keys or shapes

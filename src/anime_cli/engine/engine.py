@@ -17,7 +17,8 @@ import torch
 
 from .bands import Band
 from .cpu import Cores, bound_malloc, resolve_precision, trim_malloc
-from .layers import Layer, flatten, layer_dtype
+from .families import layers_for
+from .layers import Layer, layer_dtype
 from .pictures import PictureSink, PictureSource, TensorSource
 from .plan import Geometry, Plan, best_plan, padded_size, pass_units
 from .rows import CL, BlockPool, Scratch
@@ -40,7 +41,8 @@ class Rendered(NamedTuple):
 
 
 class Engine:
-    """Runs a network (a Generator, or its flat list of layers) in strips,
+    """Runs a network (a generator of a family families.layers_for knows, or
+    a flat list of layers) in strips,
     within a memory budget, faithful to the untiled network (exact up to
     float rounding in "fp32").
 
@@ -67,7 +69,7 @@ class Engine:
         bound_malloc()
         self.precision = resolve_precision(precision)
         self.cores = cores or Cores(threads)
-        self.layers: list[Layer] = network if isinstance(network, list) else flatten(network)
+        self.layers: list[Layer] = layers_for(network)
         self.weights = []
         for i, L in enumerate(self.layers):
             dt = layer_dtype(self.precision, i, L)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .layers import Layer
+from .layers import Layer, flatten
 
 
 def _same(k: int, s: int) -> tuple[int, int, int, int]:
@@ -45,3 +45,28 @@ def v3_tiny_layers(sd: dict[str, torch.Tensor]) -> list[Layer]:
     layers.append(_conv(sd, "main.10", norm="lade", lade=sd["main.11.weight"]))
     layers.append(_conv(sd, "main.12", lrelu=False, tanh=True))
     return layers
+
+
+def v3_tiny_keys(layers: list[Layer]) -> set[str]:
+    keys = {L.name + ".weight" for L in layers} | {L.name + ".bias" for L in layers if L.bias is not None}
+    return keys | {"main.11.weight"}
+
+
+def layers_for(network) -> list[Layer]:
+    """The engine's layers for a network: a list of layers as it is, an
+    AnimeGANv2 Generator, or a module or state dict of another family the
+    engine runs (recognised from its keys). ValueError for anything else."""
+    from ..model import Generator
+
+    if isinstance(network, list):
+        return network
+    if isinstance(network, Generator):
+        return flatten(network)
+    sd = network.state_dict() if isinstance(network, torch.nn.Module) else network
+    if "main.12.weight" in sd:
+        layers = v3_tiny_layers(sd)
+        extra = set(sd) - v3_tiny_keys(layers)
+        if extra:
+            raise ValueError(f"not an AnimeGANv3 tiny generator: unexpected keys {sorted(extra)[:3]}")
+        return layers
+    raise ValueError(f"{type(network).__name__}: not a generator family the strip engine runs")
