@@ -497,3 +497,74 @@ def test_a_stylizer_runs_v3_tiny_from_its_weights_file(cute, photos):
     ref = y.add(1.0).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
     assert psnr(st.stylize(rgb), ref) >= 45
     assert st.engine.multiple == 16 and st.min_bytes(3000, 4000) < st.fastest_bytes(3000, 4000)
+
+
+# -- AnimeGANv3 (hayao-v3, shinkai) ---------------------------------------------------
+
+
+def v3_eager(sd, x):
+    """AnimeGANv3 written out from the weights README, whole picture, float32."""
+    def conv(w, x, s=1, bias=None):
+        k = w.shape[-1]
+        total = max(k - s, 0)
+        pad = (-(-total // 2), total // 2) * 2
+        return F.conv2d(F.pad(x, pad, mode="reflect") if total else x, w, bias, stride=s)
+
+    def stats(t):
+        return t.mean((2, 3), keepdim=True), t.var((2, 3), keepdim=True, unbiased=False)
+
+    def lade(key, x, s=1):
+        y = conv(sd[key + ".conv.weight"], x, s)
+        (m, v), (tm, tv) = stats(y), stats(F.conv2d(y, sd[key + ".lade.weight"]))
+        return F.leaky_relu((y - m) / torch.sqrt(v + 1e-5) * torch.sqrt(tv + 1e-5) + tm, 0.2)
+
+    x0 = lade("b0", x)
+    x1 = lade("b2", lade("b1", x0, 2))
+    x2 = lade("b4", lade("b3", x1, 2))
+    x3 = lade("b6", lade("b5", x2, 2))
+    a = F.conv2d(F.conv2d(x3, sd["ea.conv_in.weight"]), sd["ea.mk.weight"])
+    a = torch.softmax(a.flatten(2), dim=2).view_as(a)
+    a = a / (1e-9 + a.sum(dim=1, keepdim=True))
+    y = F.conv2d(F.conv2d(a, sd["ea.mv.weight"]), sd["ea.conv_out.weight"], sd["ea.conv_out.bias"])
+    m = F.leaky_relu(y + x3, 0.2)
+    up = tf_legacy_x2_reference
+    m = lade("d1", lade("d0", up(m)) + x2)
+    m = lade("d3", lade("d2", up(m)) + x1)
+    m = lade("d5", lade("d4", up(m)) + x0)
+    return torch.tanh(conv(sd["out.weight"], m))
+
+
+@pytest.fixture(scope="module", params=["animeganv3_shinkai37", "animeganv3_hayao36"])
+def v3(request):
+    from anime_cli.engine.families import layers_for
+    from conftest import SHARED
+
+    sd = torch.load(SHARED / "weights" / f"{request.param}.pt", weights_only=True)
+    return sd, layers_for(sd)
+
+
+def test_v3_is_exact_on_every_plan(v3, monkeypatch, photos):
+    monkeypatch.setattr(planning, "STRIP_BYTES", 64 << 10)
+    monkeypatch.setattr(planning, "STREAM_BYTES", 32 << 10)
+    sd, layers = v3
+    engine = tiles.Engine(layers, threads=2, precision="fp32")
+    x = tensor(load_rgb(photos / "astronaut.png")[40:120, 100:204])  # 80 x 104
+    with torch.inference_mode():
+        ref = v3_eager(sd, x)
+    for plan in random_plans(engine, 80, 104, count=3):
+        assert (engine.run(x, plan=plan) - ref).abs().max().item() < 1e-4, sorted(plan.stored)
+
+
+@pytest.mark.parametrize("name", ["portrait", "coffee.png"])
+def test_v3_bf16_and_odd_sizes(v3, photos, name):
+    sd, layers = v3
+    rgb = portrait(photos, 200)[:197, :183] if name == "portrait" else load_rgb(photos / name)[:205, :301]
+    h, w = rgb.shape[:2]
+    padded = torch.nn.functional.pad(tensor(rgb), (0, -w % 8, 0, -h % 8), mode="reflect")
+    with torch.inference_mode():
+        y = v3_eager(sd, padded)[0, :, :h, :w]
+    ref = y.add(1.0).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    for precision, db in (("fp32", 80), ("bf16", 45)):
+        out = tiles.Engine(layers, threads=2, precision=precision).stylize(rgb)
+        assert psnr(out, ref) >= db, precision
+        assert_no_seam(out, ref)

@@ -47,6 +47,10 @@ def v3_tiny_layers(sd: dict[str, torch.Tensor]) -> list[Layer]:
     return layers
 
 
+V3_KEYS = ({f"{b}.{part}.weight" for b in [f"b{i}" for i in range(7)] + [f"d{i}" for i in range(6)] for part in ("conv", "lade")}
+           | {f"ea.{n}.weight" for n in ("conv_in", "mk", "mv", "conv_out")} | {"ea.conv_out.bias", "out.weight"})
+
+
 def v3_tiny_keys(layers: list[Layer]) -> set[str]:
     keys = {L.name + ".weight" for L in layers} | {L.name + ".bias" for L in layers if L.bias is not None}
     return keys | {"main.11.weight"}
@@ -69,4 +73,36 @@ def layers_for(network) -> list[Layer]:
         if extra:
             raise ValueError(f"not an AnimeGANv3 tiny generator: unexpected keys {sorted(extra)[:3]}")
         return layers
+    if "ea.mk.weight" in sd:
+        layers = v3_layers(sd)
+        extra = set(sd) - V3_KEYS
+        if extra:
+            raise ValueError(f"not an AnimeGANv3 generator: unexpected keys {sorted(extra)[:3]}")
+        return layers
     raise ValueError(f"{type(network).__name__}: not a generator family the strip engine runs")
+
+
+def _lade(sd, key, stride=1, **kw) -> Layer:
+    """ConvLADE: pad, conv (no bias), LADE with the 1x1 conv `lade`, LeakyReLU."""
+    layer = _conv(sd, key + ".conv", stride, norm="lade", lade=sd[key + ".lade.weight"], **kw)
+    layer.name = key
+    return layer
+
+
+def v3_layers(sd: dict[str, torch.Tensor]) -> list[Layer]:
+    """AnimeGANv3 (hayao-v3, shinkai): ConvLADE down to 1/8, external
+    attention, ConvLADE back up through the legacy x2 with a skip at each
+    resolution, a 7x7 output conv. The attention is four 1x1 layers; the
+    softmax over all positions is mk's norm."""
+    layers = [_lade(sd, f"b{i}", s) for i, s in enumerate([1, 2, 1, 2, 1, 2, 1])]  # x0, x1, x2, x3: b0, b2, b4, b6
+    # the attention, in float32: conv_in; mk, whose output (the logits) the softmax normalises; mv; conv_out
+    # with the skip from x3 and the activation. (mk and conv_in folded into one conv were ~2 dB further
+    # from the eager network in float32: the softmax's exp() magnifies the logits' rounding.)
+    layers += [_conv(sd, "ea.conv_in", lrelu=False, exact=True),
+               _conv(sd, "ea.mk", lrelu=False, norm="softmax", exact=True),
+               _conv(sd, "ea.mv", lrelu=False, exact=True),
+               _conv(sd, "ea.conv_out", residual=6, act_after_skip=True, exact=True)]
+    for d, skip in ((0, 4), (2, 2), (4, 0)):  # m = d(k+1)(dk(up(m)) + x)
+        layers += [_lade(sd, f"d{d}", upsample="tf", residual=skip), _lade(sd, f"d{d + 1}")]
+    layers.append(_conv(sd, "out", lrelu=False, tanh=True))
+    return layers

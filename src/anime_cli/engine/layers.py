@@ -32,10 +32,13 @@ class Layer:
     tanh: bool = False
     # The norm after the conv: "group" (GroupNorm(1, C): statistics over C, H and W), "instance" (per
     # channel over H and W), "lade" (per channel, with the statistics of a 1x1 conv `lade` of the output
-    # as the affine), or None (bias and activation only: no statistics, no pass of its own).
+    # as the affine), "softmax" (external attention: a softmax over all positions per channel, then
+    # each position divided by its sum over channels), or None (bias and activation only: no
+    # statistics, no pass of its own).
     norm: str | None = "group"
     lade: torch.Tensor | None = None  # LADE's 1x1 conv, OIHW
     act_after_skip: bool = False  # add the skip between the norm and the activation
+    exact: bool = False  # float32 whatever the precision (attention logits: exp() magnifies rounding)
 
     @property
     def cin(self) -> int:
@@ -90,6 +93,6 @@ def layer_dtype(precision: str, i: int, L: Layer):
     # The output layer (3 channels, 0.02 % of the work) stays in float32 so that
     # the picture is not rounded to bfloat16 before it is rounded to 8 bits.
     # (The first layer in float32 bought nothing measurable: +-1 dB, 6 % slower.)
-    if precision == "fp32" or L.tanh:
+    if precision == "fp32" or L.tanh or L.exact:
         return torch.float32
     return torch.bfloat16

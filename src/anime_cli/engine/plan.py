@@ -87,9 +87,9 @@ class Sizes:
 
     def compactable(self, i) -> bool:
         """Whether layer i may be stored in 8 bits: not a residual layer (its
-        fold adds the skip in place) nor the output."""
+        fold adds the skip in place), the output, nor attention logits."""
         L = self.layers[i]
-        return L.residual is None and not L.tanh
+        return L.residual is None and not L.tanh and L.norm != "softmax"
 
     def row_bytes(self, i) -> int:
         s = self.shapes[i]
