@@ -1,9 +1,9 @@
-"""The strip engine: the AnimeGANv2 generator in horizontal strips, exactly,
-within a memory budget.
+"""The strip engine: a generator in horizontal strips, exactly, within a
+memory budget.
 
-Why strips. Every convolution is followed by GroupNorm(1, C), whose mean and
-variance run over the whole image, so tiles normalised on their own leave
-seams. Everything else in the network is local (convolutions, the x2
+Why strips. AnimeGANv2 follows every convolution with GroupNorm(1, C), whose
+mean and variance run over the whole image, so tiles normalised on their own
+leave seams. Everything else in the network is local (convolutions, the x2
 upsamplings), so the engine computes one layer at a time in strips of rows: a
 strip of layer k needs only a few rows of layer k-1 (the halo), and GroupNorm
 needs only two numbers from layer k, its sum and its sum of squares,
@@ -11,6 +11,16 @@ accumulated strip by strip. Once a layer is complete its normalisation is known
 and is applied, with the LeakyReLU, the reflection padding and the upsampling,
 when the next layer reads its rows: the glue runs on strips that are still in
 cache, and the result equals the untiled network up to float rounding.
+
+The other families' whole-image operations are per-channel statistics of one
+layer too, learnt the same way (layers.Layer.norm): an instance norm (AnimeGAN
+v1), LADE (AnimeGANv3: the statistics of the conv's output and of a 1x1 conv
+of it), and external attention's softmax over all positions (per channel, the
+sum of exp() over every position). Layers without a norm (v3 tiny's convs:
+bias and activation) need no pass of their own. A family is a layer list
+(families.py): convolutions with one-sided (TensorFlow) padding, stride 2,
+torch's or TensorFlow's legacy bilinear x2, skips added before or after the
+activation at any resolution.
 
 Which layers are kept whole is the plan (plan.py):
 
@@ -45,7 +55,10 @@ The package, by what each file holds:
   plan.py      sizes, rows and passes of a network input (Geometry), the
                memory model, and the planner (Plan, best_plan)
   layers.py    the network as a flat list of layers
+  families.py  each generator family's layer list (v2 from its module, v3 and
+               v3 tiny from their state dicts)
   bands.py     one worker's share of a pass, and the layers computed in it
+  norms.py     the statistics each norm learns strip by strip, and applying them
   stored.py    layers kept whole between passes, and when their rows are freed
   rows.py      memory: mapped blocks (BlockPool), a layer's rows (Pages), scratch
   pictures.py  where rows come from and go to (a tensor, an RGB picture)
@@ -54,8 +67,8 @@ The package, by what each file holds:
 Precision. "bf16" (the default where the CPU has native bfloat16 dot products)
 runs the convolutions in bfloat16 with float32 accumulation, and keeps the
 statistics and the output layer in float32: about twice the speed of float32
-for 53-56 dB PSNR against the float32 network on photos. "fp32" is exact up to
-float rounding.
+for 53-56 dB PSNR against the float32 network on photos (the attention and
+the output layer stay in float32). "fp32" is exact up to float rounding.
 """
 
 from .cpu import Cores, bound_malloc, default_threads, native_bf16, resolve_precision, trim_malloc

@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from .plan import WINDOW_BYTES, skip_key
-from .rows import Pages, _flat
-from .stored import Stored, _norm
+from .rows import Pages
+from .norms import LEAK, _norm, strip_statistics
+from .stored import Stored
 
 if TYPE_CHECKING:
     from .engine import Run
@@ -127,23 +128,10 @@ class LayerNode:
 
     def _accumulate(self, y) -> torch.Tensor:
         """Add the strip to the statistics; returns its float32 copy (scratch)."""
-        # Per strip in float32 (torch sums blockwise); across strips in float64.
         y32 = self.band.scratch.take(y.shape[1], y.shape[2], y.shape[3], torch.float32).copy_(y)
-        if self.L.norm == "softmax":  # per channel: sum of exp(a), as sum of exp(a - strip max) * exp(strip max)
-            v = y32.permute(0, 2, 3, 1).reshape(-1, y32.shape[1])
-            top = v.amax(dim=0)
-            self.sum += (v - top).exp_().sum(dim=0).double() * top.double().exp()
-        elif self.L.norm in ("instance", "lade"):  # per channel: sums over the rows and columns of NHWC memory
-            parts = [y32]
-            if self.L.norm == "lade":  # and of the 1x1 conv's output, whose statistics are the affine
-                parts.append(F.conv2d(y32, self.run.lade[self.index]))
-            moments = [channel_moments(p.permute(0, 2, 3, 1).reshape(-1, p.shape[1])) for p in parts]
-            self.sum += torch.cat([m[0] for m in moments])
-            self.sumsq += torch.cat([m[1] for m in moments])
-        else:
-            v = _flat(y32)
-            self.sum += float(v.sum())
-            self.sumsq += float(torch.dot(v, v))
+        s, sq = strip_statistics(self.L, y32, self.run.lade.get(self.index))
+        self.sum += s
+        self.sumsq += sq
         return y32
 
     def _normalise(self, y, r0, r1):
@@ -157,21 +145,8 @@ class LayerNode:
             res.release(skip_key(self.index), r1)
             y.add_(s)
             if L.lrelu and L.act_after_skip:
-                F.leaky_relu_(y, 0.2)
+                F.leaky_relu_(y, LEAK)
         return y
-
-
-def channel_moments(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per column of v (positions x channels, float32): the sum and the sum of
-    squares, float64. The squares are summed about the strip's own mean, in
-    float32, and shifted back in float64: summed raw, a channel whose mean is
-    large against its spread lost its variance to float32 rounding (a LADE
-    render was 6e-5 from the float64 network, 40 times the eager float32 run)."""
-    n = v.shape[0]
-    mean = v.mean(dim=0)
-    spread = torch.linalg.vector_norm(v - mean, dim=0).double().square()
-    mean = mean.double()
-    return mean * n, spread + mean.square() * n
 
 
 def tf_legacy_x2(t: torch.Tensor, out: torch.Tensor) -> None:

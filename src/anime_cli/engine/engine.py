@@ -22,7 +22,8 @@ from .layers import Layer, layer_dtype
 from .pictures import PictureSink, PictureSource, TensorSource
 from .plan import Geometry, Plan, best_plan, padded_size, pass_units
 from .rows import CL, BlockPool, Scratch
-from .stored import Image, Stored, Tracker, norm_affine
+from .norms import norm_affine
+from .stored import Image, Stored, Tracker
 
 
 class Cancelled(Exception):
@@ -202,14 +203,7 @@ class Run:
 
     def _passes(self, sink) -> None:
         n, stored, geo = len(self.layers), self.plan.stored, self.geo
-        # a layer without statistics has a pass only to be stored (or emitted)
-        passes = {i: geo.pass_layers(i, stored) for i in range(n) if geo.has_pass(i, stored)}
-        last_use = {}
-        for i, (chain, leaves) in passes.items():
-            for s in leaves:
-                last_use[s] = i
-            if i in stored and self.layers[i].residual is not None:
-                last_use[self.layers[i].residual] = i  # the fold reads the skip
+        passes, last_use = geo.passes(stored)
         for i, (chain, leaves) in passes.items():
             skip = self.layers[i].residual
             folds = i in stored and skip is not None

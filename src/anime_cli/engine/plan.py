@@ -199,6 +199,19 @@ class Geometry(Sizes):
                         todo.append(d)
         return sorted(chain), sorted(leaves)
 
+    def passes(self, stored) -> tuple[dict[int, tuple[list[int], list[int]]], dict[int, int]]:
+        """The passes of a plan storing `stored`, by target: (layers computed,
+        stored layers read); and the last pass that reads each stored layer.
+        A layer without statistics has a pass only to be stored (or emitted)."""
+        passes = {i: self.pass_layers(i, stored) for i in range(len(self.layers)) if self.has_pass(i, stored)}
+        last_use = {}
+        for i, (chain, leaves) in passes.items():
+            for s in leaves:
+                last_use[s] = i
+            if i in stored and self.layers[i].residual is not None:
+                last_use[self.layers[i].residual] = i  # the fold reads the skip
+        return passes, last_use
+
     def band_needs(self, target: int, rows, chain) -> dict[int, tuple[int, int]]:
         """Rows each layer must provide so that the target can compute `rows`."""
         need = {target: tuple(rows)}

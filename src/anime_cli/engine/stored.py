@@ -3,7 +3,6 @@ them (Image), and the tracker that frees their rows during their last pass."""
 
 from __future__ import annotations
 
-import math
 import threading
 from typing import TYPE_CHECKING
 
@@ -11,62 +10,11 @@ import torch
 import torch.nn.functional as F
 
 from .plan import BLOCK_BYTES
+from .norms import LEAK, _norm
 from .rows import Pages, _empty
 
 if TYPE_CHECKING:
     from .engine import Run
-
-LEAK = 0.2
-
-
-def norm_affine(L, count: int, total, total_sq) -> tuple[torch.Tensor, torch.Tensor]:
-    """The norm's (scale, shift) per channel, from the sum and the sum of
-    squares (float64, summed strip by strip) of a layer's `count` values:
-    numbers for GroupNorm(1), per-channel tensors for an instance norm."""
-    if L.norm == "softmax":  # total: per channel, the sum of exp(a) over all positions
-        return Softmax(-torch.log(total).float().view(1, -1, 1, 1))
-    mean = total / count
-    if L.norm == "lade":  # normalise with the output's statistics, scale and shift by those of its 1x1 conv
-        c = mean.numel() // 2
-        var = (total_sq / count - mean * mean).clamp_min(0.0)
-        scale = torch.sqrt(var[c:] + L.eps) / torch.sqrt(var[:c] + L.eps)
-        return scale.float().view(1, -1, 1, 1), (mean[c:] - mean[:c] * scale).float().view(1, -1, 1, 1)
-    g, b = L.gamma.double(), L.beta.double()
-    if L.norm == "instance":
-        inv = torch.rsqrt((total_sq / count - mean * mean).clamp_min(0.0) + L.eps)
-    else:
-        inv = 1.0 / math.sqrt(max(total_sq / count - mean * mean, 0.0) + L.eps)
-    return (g * inv).float().view(1, -1, 1, 1), (b - mean * inv * g).float().view(1, -1, 1, 1)
-
-
-class Softmax:
-    """External attention's normalisation, once the sums of exp() over all
-    positions are known: exp(a - log sum) per channel, then each position
-    divided by (1e-9 + its sum over the channels)."""
-
-    def __init__(self, shift: torch.Tensor):
-        self.shift = shift  # (1, C, 1, 1): minus the log of each channel's sum
-
-    def apply(self, t: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        torch.add(t, self.shift.to(t.dtype), out=out).exp_()
-        return out.div_(out.sum(dim=1, keepdim=True).add_(1e-9))
-
-
-def _norm(t: torch.Tensor, affine, lrelu: bool, out: torch.Tensor | None = None) -> torch.Tensor:
-    """The norm with its statistics folded into (scale, shift) (None: a layer
-    without a norm), then the LeakyReLU where the layer has one: into `out`
-    (default: in place)."""
-    out = t if out is None else out
-    if isinstance(affine, Softmax):
-        return affine.apply(t, out)
-    if affine is not None:
-        scale, shift = affine
-        torch.addcmul(shift.to(out.dtype), t, scale.to(out.dtype), out=out)
-    elif out is not t:
-        out.copy_(t)
-    if lrelu:
-        F.leaky_relu_(out, LEAK)
-    return out
 
 
 class Stored:
