@@ -568,3 +568,20 @@ def test_v3_bf16_and_odd_sizes(v3, photos, name):
         out = tiles.Engine(layers, threads=2, precision=precision).stylize(rgb)
         assert psnr(out, ref) >= db, precision
         assert_no_seam(out, ref)
+
+
+def test_a_stylizer_runs_v3_from_its_weights_file(v3, photos, tmp_path):
+    from anime_cli.stylize import Stylizer
+    from anime_cli.weights import WeightsError
+
+    sd, _ = v3
+    torch.save(sd, tmp_path / "v3.pt")
+    st = Stylizer.from_weights(tmp_path / "v3.pt", threads=2)
+    rgb = load_rgb(photos / "rocket.jpg")[:120, :176]
+    with torch.inference_mode():
+        y = v3_eager(sd, tensor(rgb))[0]
+    ref = y.add(1.0).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    assert psnr(st.stylize(rgb), ref) >= 45 and st.engine.multiple == 8
+    torch.save({**sd, "extra.weight": torch.zeros(1)}, tmp_path / "odd.pt")
+    with pytest.raises(WeightsError, match="unknown layout"):
+        Stylizer.from_weights(tmp_path / "odd.pt")

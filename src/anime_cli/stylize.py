@@ -21,6 +21,7 @@ import numpy as np
 
 from . import weights
 from .engine import Cores, Engine, Rendered
+from .engine.families import FAMILY_MARKERS, layers_for
 from .model import load_generator
 
 Progress = Callable[[int], None]
@@ -75,23 +76,12 @@ class Stylizer:
 
     @classmethod
     def from_style(cls, name: str = "hayao", threads: int | None = None, precision: str = "auto") -> "Stylizer":
-        return cls(load_generator(weights.load(name)), name, threads=threads, precision=precision)
+        return cls(_network(weights.load(name), name), name, threads=threads, precision=precision)
 
     @classmethod
     def from_weights(cls, path: str | Path, threads: int | None = None, precision: str = "auto") -> "Stylizer":
-        sd = weights.load_state_dict(Path(path))
-        if "main.12.weight" in sd:  # AnimeGANv3 tiny
-            try:
-                return cls(sd, Path(path).stem, threads=threads, precision=precision)
-            except (KeyError, ValueError) as e:
-                raise weights.WeightsError(f"{path}: not an AnimeGANv3 tiny generator ({e})") from None
-        try:
-            generator = load_generator(sd)
-        except RuntimeError as e:  # wrong keys or shapes
-            raise weights.WeightsError(
-                f"{path}: not an AnimeGANv2 generator in the PyTorch-port layout ({str(e).splitlines()[0]})"
-            ) from None
-        return cls(generator, Path(path).stem, threads=threads, precision=precision)
+        network = _network(weights.load_state_dict(Path(path)), str(path))
+        return cls(network, Path(path).stem, threads=threads, precision=precision)
 
     @property
     def threads(self) -> int:
@@ -142,3 +132,19 @@ class Stylizer:
     def work(self, h: int, w: int, budget_bytes: int | None = None) -> int:
         """Work units a call on an h x w picture with this budget reports to `progress`."""
         return self.engine.work(h, w, budget_bytes)
+
+
+def _network(sd: dict, source: str):
+    """The network of a state dict: an AnimeGANv2 Generator, or the layers of
+    another family the engine runs (recognised from its keys)."""
+    if any(k in sd for k in FAMILY_MARKERS):
+        try:
+            return layers_for(sd)
+        except (KeyError, ValueError) as e:
+            raise weights.WeightsError(f"{source}: weights of an unknown layout ({e})") from None
+    try:
+        return load_generator(sd)
+    except RuntimeError as e:  # wrong keys or shapes
+        raise weights.WeightsError(
+            f"{source}: not an AnimeGANv2 generator in the PyTorch-port layout ({str(e).splitlines()[0]})"
+        ) from None

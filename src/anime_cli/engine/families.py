@@ -56,6 +56,9 @@ def v3_tiny_keys(layers: list[Layer]) -> set[str]:
     return keys | {"main.11.weight"}
 
 
+FAMILY_MARKERS = ("main.12.weight", "ea.mk.weight")  # keys only AnimeGANv3 tiny's, AnimeGANv3's state dicts have
+
+
 def layers_for(network) -> list[Layer]:
     """The engine's layers for a network: a list of layers as it is, an
     AnimeGANv2 Generator, or a module or state dict of another family the
