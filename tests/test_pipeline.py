@@ -73,7 +73,8 @@ def test_two_files_in_flight_share_the_memory_limit(tmp_path):
     to fit beside another runs alone; the whole batch stays under --memory-limit
     and gives the pictures of a one-at-a-time run."""
     from anime_cli.discover import discover
-    from anime_cli.pipeline import _RESERVE, Converter, Options
+    from anime_cli.budget import RESERVE
+    from anime_cli.pipeline import Converter, Options
     from anime_cli.stylize import Stylizer
     from anime_cli.telemetry import rss_bytes
 
@@ -85,7 +86,7 @@ def test_two_files_in_flight_share_the_memory_limit(tmp_path):
     # What the limit leaves past the process and its reserve (96 MiB), ~300 MB: room for two
     # small photos (~110 MB each with the engine's overhead) but not for the big one (~250 MB)
     # beside a small one.
-    limit = rss_bytes() + _RESERVE + 300 * 10**6
+    limit = rss_bytes() + RESERVE + 300 * 10**6
     outs = {}
     for mode in ("lanes", "sequential"):
         opts = Options(output_dir=tmp_path / mode, face_enhance=False, max_side=0, memory_limit=limit,

@@ -183,3 +183,7 @@ class JsonlLog:
                 f.close()
             except OSError:
                 pass
+
+
+def safe(text: str) -> str:  # TEMP until the ux branch lands
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in str(text))

@@ -103,8 +103,7 @@ class Cores:
                 self._busy -= 1
 
 
-class Cancelled(Exception):
-    """The caller's `cancel` was set during a run."""
+from .errors import Cancelled  # noqa: E402  (the pipeline's signal, raised here)
 
 
 @lru_cache(maxsize=1)

@@ -1,0 +1,117 @@
+"""A whole run as the CLI makes it, for any caller: check everything, load
+the models, then convert, count and summarise.
+
+`start` does every check that can fail before anything touches the disk
+(inputs, stdout, style, weights, the memory limit) and only then creates
+the output folder and opens the log; each failure is a UsageError or a
+WeightsError, one line. `Batch.records` runs the conversion.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from .discover import STDIN, discover
+from .errors import Fatal, UsageError
+from .options import Options, format_bytes
+from .telemetry import JsonlLog, Record
+
+
+def start(inputs: list[str], options: Options, *, recursive: bool = False, log_file: Path | None = None,
+          style: str = "hayao", weights_path: Path | None = None, threads: int | None = None,
+          precision: str = "auto") -> "Batch":
+    from . import budget, output
+    from .pipeline import Converter
+    from .telemetry import rss_bytes
+
+    jobs = discover(inputs, recursive, (options.output_dir, log_file))
+    if inputs.count(STDIN) > 1:
+        raise UsageError("'-' (stdin) can be given only once")
+    if options.output_dir is None and len(jobs) != 1:
+        raise UsageError(f"-o - writes one picture to stdout, but the inputs hold {len(jobs)} files")
+    stylizer = load_stylizer(style, weights_path, threads, precision)
+    detector = None
+    if options.face_enhance:
+        from .faces import FaceDetector
+
+        detector = FaceDetector.load()
+    if options.memory_limit:
+        need = rss_bytes() + budget.RESERVE + getattr(stylizer, 'min_bytes', lambda h, w: 0)(options.face_size, options.face_size)
+        if options.memory_limit < need:
+            raise UsageError(f"--memory-limit {format_bytes(options.memory_limit)} is below what the models "
+                             f"need: at least {need / 1e6:.0f}MB (or 0 for no limit)")
+    if options.output_dir is not None:
+        output.check_output_dir(options.output_dir)
+    try:
+        log = JsonlLog(log_file)  # before any work: an unusable log file is a usage error
+    except OSError as e:
+        raise UsageError(f"{log_file}: cannot open the log file ({e.strerror or e})") from None
+    return Batch(Converter(stylizer, options, detector), jobs, log)
+
+
+def load_stylizer(style: str, weights_path: Path | None, threads: int | None, precision: str):
+    from . import weights
+    from .stylize import Stylizer
+
+    if weights_path is not None:
+        return Stylizer.from_weights(weights_path, threads=threads, precision=precision)
+    if style not in {w.name for w in weights.styles()}:
+        names = ", ".join(w.name for w in weights.styles())
+        raise UsageError(f"unknown style '{style}' (installed styles: {names}; or use --weights PATH)")
+    return Stylizer.from_style(style, threads=threads, precision=precision)
+
+
+@dataclass
+class Batch:
+    converter: object
+    jobs: list
+    log: JsonlLog
+    counts: dict = field(default_factory=lambda: {"ok": 0, "skipped": 0, "error": 0})
+    over_budget: list = field(default_factory=list)  # peak RSS (MB) of files that went over --memory-limit
+    started: float = field(default_factory=time.perf_counter)
+    _log_warned: bool = False
+
+    def records(self) -> Iterator[tuple[Record, str | None]]:
+        """(record, a line to print after it or None), in input order."""
+        try:
+            for rec in self.converter.run(self.jobs):
+                yield rec, None
+        except Fatal as stop:
+            yield stop.record, f"stopping: {stop.record.error}; nothing after it can be written"
+
+    def tally(self, rec: Record) -> None:
+        self.counts[rec.status] += 1
+        self.log.write(rec)
+        limit = self.converter.options.memory_limit
+        if limit and rec.peak_rss_mb and rec.peak_rss_mb * 1e6 > limit:
+            self.over_budget.append(rec.peak_rss_mb)
+
+    def log_error_new(self) -> bool:
+        """True once, when the log has just failed."""
+        if self.log.error and not self._log_warned:
+            self._log_warned = True
+            return True
+        return False
+
+    def exit_code(self) -> int:
+        unfinished = len(self.jobs) > sum(self.counts.values())
+        return 1 if self.counts["error"] or self.log.error or unfinished else 0
+
+    def summary(self, interrupted: bool = False) -> str:
+        c = self.counts
+        left = len(self.jobs) - sum(c.values())
+        rest = f", {left} not started" if left else ""
+        over = ""
+        if self.over_budget:
+            limit = self.converter.options.memory_limit
+            over = (f"; {len(self.over_budget)} over the memory limit (peak {max(self.over_budget):.0f} MB"
+                    f" > {limit / 1e6:.0f} MB)")
+        return (f"{'interrupted' if interrupted else 'done'}: {c['ok']} ok, {c['skipped']} skipped, {c['error']} failed"
+                f"{rest} in {time.perf_counter() - self.started:.1f}s, "
+                f"peak RSS {self.converter.peaks.overall / 1e6:.0f} MB{over}")
+
+    def close(self) -> None:
+        self.log.close()
