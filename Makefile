@@ -11,13 +11,15 @@ PIP     := $(PY) -m pip
 # Where pip has no local CPU wheel, TORCH_INDEX=--index-url=https://download.pytorch.org/whl/cpu
 TORCH   ?= torch==2.13.0
 TORCH_INDEX ?=
+# Optional features are real features: tests cover HEIC input, video and the Ray runner.
+EXTRAS  ?= heic,video,ray
 
 .PHONY: demo test test-fast bench weights install clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --disable-pip-version-check $(TORCH_INDEX) "$(TORCH)"
-	$(PIP) install -q --disable-pip-version-check -e ".[test]"
+	$(PIP) install -q --disable-pip-version-check -e ".[test,$(EXTRAS)]"
 	touch $@
 
 install: $(VENV)/.installed

@@ -217,3 +217,25 @@ def test_unknown_precision_is_one_line_and_exit_2(tmp_path):
     code, _, err = run_cli("convert", src, "-o", tmp_path / "out", "--precision", "int8")
     assert code == 2
     assert err.strip() == "anime-cli: --precision must be one of auto, bf16, fp32 (got 'int8')"
+
+
+@pytest.mark.parametrize("option,value", [("--memory-limit", "lots"), ("--max-file-size", "big"),
+                                          ("--max-pixels", "many"), ("--format", "gif"), ("--precision", "int8"),
+                                          ("--quality", "500"), ("--max-side", "-1")])
+def test_a_bad_option_value_touches_nothing_and_names_the_option(tmp_path, option, value):
+    src = make_photo(tmp_path / "in" / "p.png")
+    code, _, err = run_cli("convert", src.parent, option, value, "--log-file", "run.jsonl", cwd=tmp_path)
+    assert code == 2
+    assert err.startswith(f"anime-cli: {option}") and err.count("\n") == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]  # no anime-out/, no run.jsonl
+
+
+def test_defaults_shown_in_help_come_from_the_library():
+    from anime_cli import options
+
+    code, out, _ = invoke("convert", "--help")
+    assert code == 0
+    flat = " ".join(out.split())
+    for text in (options.format_bytes(options.DEFAULT_MEMORY_LIMIT), options.format_bytes(options.DEFAULT_MAX_FILE_SIZE),
+                 options.format_count(options.DEFAULT_MAX_PIXELS)):
+        assert f"[default: {text}]" in flat

@@ -59,8 +59,8 @@ def wait_for_records(log: Path, n: int, proc: subprocess.Popen, timeout=180) -> 
     pytest.fail(f"no {n} records within {timeout}s")
 
 
-@pytest.mark.parametrize("sig,after", [(signal.SIGINT, 1), (signal.SIGTERM, 3)],
-                         ids=["SIGINT-after-1", "SIGTERM-after-3"])
+@pytest.mark.parametrize("sig,after", [(signal.SIGINT, 1), (signal.SIGTERM, 3), (signal.SIGHUP, 2)],
+                         ids=["SIGINT-after-1", "SIGTERM-after-3", "SIGHUP-after-2"])
 def test_signal_mid_batch_stops_cleanly(tmp_path, sig, after):
     """A signal while files are being stylized and written: exit 130, the summary so
     far, no traceback, no temporary file, and outputs exactly the files logged ok."""

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich.console import Console
 
 try:  # Typer 0.2x carries its own copy of Click
     from typer._click.exceptions import NoArgsIsHelpError, UsageError
@@ -87,7 +88,7 @@ def convert(
     output: str = typer.Option(DEFAULT_OUTPUT, "-o", "--output", metavar="DIR", help="Output folder, mirroring the input tree; '-' writes the one result to stdout."),
     recursive: bool = typer.Option(False, "-r", "--recursive", help="Walk sub-folders of folder inputs."),
     max_side: int = typer.Option(DEFAULT_MAX_SIDE, "--max-side", min=0, help="Longest side of the output in px; never upscales; 0 keeps the native size."),
-    fmt: str = typer.Option("auto", "--format", parser=_parsed(parse_choice(FORMATS, ("jpeg",))), autocompletion=_completer(FORMATS), help="auto (keep the input's format; PNG when it can't be written or has alpha), png, jpg or webp."),
+    fmt: str = typer.Option("auto", "--format", metavar="FORMAT", parser=_parsed(parse_choice(FORMATS, ("jpeg",))), autocompletion=_completer(FORMATS), help="auto (keep the input's format; PNG when it can't be written or has alpha), png, jpg or webp."),
     quality: int = typer.Option(DEFAULT_QUALITY, "--quality", min=1, max=100, help="JPEG/WebP quality."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs (default: skip them, so a rerun resumes)."),
     face_enhance: bool = typer.Option(True, "--face-enhance/--no-face-enhance", help="Re-render each face at --face-size px (face2paint)."),
@@ -97,11 +98,11 @@ def convert(
     weights_path: Optional[Path] = typer.Option(None, "--weights", metavar="PATH", help="A generator state dict of a known family (overrides --style)."),
     log_file: Optional[Path] = typer.Option(None, "--log-file", metavar="FILE", help="Append one JSON object per input file (JSON Lines)."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bar, no per-file lines; errors still print."),
-    max_file_size: int = typer.Option(DEFAULT_MAX_FILE_SIZE, "--max-file-size", parser=_parsed(parse_bytes), show_default=format_bytes(DEFAULT_MAX_FILE_SIZE), help="Refuse files larger than this, before reading them."),
-    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", parser=_parsed(parse_count), show_default=format_count(DEFAULT_MAX_PIXELS), help="Refuse images whose header declares more pixels (decompression bombs)."),
-    memory_limit: int = typer.Option(DEFAULT_MEMORY_LIMIT, "--memory-limit", parser=_parsed(parse_bytes), show_default=format_bytes(DEFAULT_MEMORY_LIMIT), help="Peak RSS budget for the whole process; big images are processed in pieces to stay inside. 0: no limit."),
+    max_file_size: int = typer.Option(format_bytes(DEFAULT_MAX_FILE_SIZE), "--max-file-size", metavar="SIZE", parser=_parsed(parse_bytes), help="Refuse files larger than this, before reading them."),
+    max_pixels: int = typer.Option(format_count(DEFAULT_MAX_PIXELS), "--max-pixels", metavar="N", parser=_parsed(parse_count), help="Refuse images whose header declares more pixels (decompression bombs)."),
+    memory_limit: int = typer.Option(format_bytes(DEFAULT_MEMORY_LIMIT), "--memory-limit", metavar="SIZE", parser=_parsed(parse_bytes), help="Peak RSS budget for the whole process; big images are processed in pieces to stay inside. 0: no limit."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for the network. [default: the cores this process may use]"),
-    precision: str = typer.Option("auto", "--precision", parser=_parsed(parse_choice(PRECISIONS)), autocompletion=_completer(PRECISIONS), help="Network arithmetic: auto (bf16 where the CPU has native bfloat16, else fp32), bf16 (about twice as fast, ~53 dB from fp32) or fp32 (exact)."),
+    precision: str = typer.Option("auto", "--precision", metavar="P", parser=_parsed(parse_choice(PRECISIONS)), autocompletion=_completer(PRECISIONS), help="Network arithmetic: auto (bf16 where the CPU has native bfloat16, else fp32), bf16 (about twice as fast, ~53 dB from fp32) or fp32 (exact)."),
     sequential: bool = typer.Option(False, "--sequential", help="One file at a time, on all threads. By default two files are in flight, sharing the cores and the memory budget."),
 ):
     """Convert photos into anime style.
@@ -135,23 +136,18 @@ def convert(
 
 def _run(batch, quiet: bool) -> int:
     """Run the batch, print each record and the summary; the exit code."""
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from .output import remove_temp_files
     from .telemetry import safe
 
-    console = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
-    stderr_ok = [True]
+    console = _Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
 
     def say(text: str) -> None:
-        # stderr closed (`2>&1 | head -2`) must not stop the work: the JSONL log still gets every record
-        if stderr_ok[0]:
-            try:
-                console.print(safe(text))
-            except OSError:
-                stderr_ok[0] = False
-                _silence(2)
+        try:
+            console.print(safe(text))
+        except OSError:
+            console.on_broken_pipe()
 
     show_bar = console.is_terminal and not quiet
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -190,6 +186,15 @@ def _run(batch, quiet: bool) -> int:
     if not quiet or code:
         say(batch.summary(interrupted=code == 130))
     return code
+
+
+class _Console(Console):
+    """stderr going away (`2>&1 | head -2`) must not stop the work: the JSONL
+    log still gets every record. (Rich's own reaction is to exit.)"""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        _silence(2)
 
 
 def _silence(fd: int) -> None:
