@@ -152,7 +152,7 @@ class Converter:
         rec, rgb = loaded.record, loaded.decoded.rgb
         with rec.stage("stylize"):
             out = self.stylizer.stylize(rgb, budget_bytes=self._budget(loaded), cancel=loaded.cancel)
-        rec.plan = self.stylizer.last_plan  # TEMP until the engine branch lands
+        rec.plan = getattr(self.stylizer, "last_plan", None)  # TEMP until the engine branch lands
         if self.faces_on:
             loaded.stage = "faces"
             with rec.stage("faces"):
