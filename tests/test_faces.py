@@ -343,3 +343,17 @@ def test_cli_enhances_the_astronauts_face(tmp_path):
     (rec,) = read_log(tmp_path / "log.jsonl")
     assert rec["faces"] == 1 and rec["timings"]["faces"] > 0
     assert "faces 1" in err
+
+
+def test_faces_are_found_on_a_copy_no_larger_than_detection_needs(detector, monkeypatch):
+    """A full-resolution picture (--max-side 0) is not run through MTCNN whole: its
+    pyramid over a 24 MP photo held ~1 GB. The boxes come back in the picture's pixels."""
+    from anime_cli.faces import DETECT_SIDE
+
+    big = np.asarray(Image.fromarray(photo("astronaut.png")).resize((2048, 2048), Image.Resampling.LANCZOS))
+    seen = []
+    real = detector.mtcnn.detect
+    monkeypatch.setattr(detector.mtcnn, "detect", lambda rgb, min_face: seen.append(rgb.shape) or real(rgb, min_face=min_face))
+    [face] = detector.detect(big, min_face=4 * DEFAULT_MIN_FACE)
+    assert max(seen[0][:2]) <= DETECT_SIDE
+    assert iou(face.box, tuple(4 * v for v in ASTRONAUT_FACE)) > 0.5
