@@ -4,8 +4,6 @@ The slow parts (loading the nets, two generator runs) happen once per module;
 the mechanics of enhance_faces are checked with a stub stylizer and detector.
 """
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -24,7 +22,7 @@ from anime_cli.faces import (
     match_tone,
 )
 from anime_cli.mtcnn import ONet, PNet, RNet
-from conftest import PHOTOS, invoke, psnr, read_log
+from helpers import PHOTOS, invoke, psnr, read_log
 
 # The astronaut's face, measured by eye on the photo: cheek to cheek, hairline to chin.
 ASTRONAUT_FACE = (180, 72, 268, 180)

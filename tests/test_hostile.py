@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ctypes
 import io
-import json
 import os
 import random
 import struct
@@ -29,29 +28,9 @@ import pytest
 from PIL import Image, ImageCms
 
 from anime_cli.decode import target_size
-from conftest import CLI, PHOTOS, invoke, read_log
+from helpers import CLI, Identity, base, encoded, exif_orientation, invoke, read_log, with_alpha
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def base(size=(64, 48), src="coffee.png") -> Image.Image:
-    with Image.open(PHOTOS / src) as im:
-        return im.convert("RGB").resize(size, Image.Resampling.LANCZOS)
-
-
-def with_alpha(im: Image.Image) -> Image.Image:
-    """RGBA with a real gradient of transparency (libwebp drops an all-opaque alpha)."""
-    w, h = im.size
-    a = np.tile(np.linspace(0, 255, w).astype(np.uint8), (h, 1))
-    out = im.convert("RGBA")
-    out.putalpha(Image.fromarray(a, "L"))
-    return out
-
-
-def encoded(im: Image.Image, fmt: str, **kw) -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, fmt, **kw)
-    return buf.getvalue()
 
 
 def png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -108,12 +87,6 @@ def webp_with_canvas(webp: bytes, w: int, h: int) -> bytes:
 def small_anim(fmt: str, **kw) -> bytes:
     frames = [base((32, 24)), base((32, 24)).rotate(90)]
     return encoded(frames[0], fmt, save_all=True, append_images=frames[1:], **kw)
-
-
-def exif_orientation(o: int) -> bytes:
-    e = Image.Exif()
-    e[0x0112] = o
-    return e.tobytes()
 
 
 def cmyk_icc_profile() -> bytes:
@@ -602,20 +575,6 @@ def test_transparency_is_composited_over_white_and_kept():
         assert d.alpha is not None and np.array_equal(d.alpha == 0, idx == idx[0, 0]), name
 
 
-@pytest.mark.parametrize("orientation", range(1, 9))
-def test_exif_orientation_is_applied(orientation):
-    """A lossless PNG with an eXIf chunk: the decoded picture is exactly the stored one
-    turned upright, whatever Pillow's exif_transpose makes of it."""
-    from PIL import ImageOps
-
-    stored = base((40, 24))
-    _, d = _front(encoded(stored, "PNG", exif=exif_orientation(orientation)), "o.png")
-    with Image.open(io.BytesIO(encoded(stored, "PNG", exif=exif_orientation(orientation)))) as im:
-        upright = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
-    assert np.array_equal(d.rgb, upright)
-    assert d.size == ((24, 40) if orientation >= 5 else (40, 24))
-
-
 def test_orientation_with_reduced_decode():
     """A JPEG that is drafted (DCT-scaled) and turned: the working size is the upright one."""
     _, d = _front(encoded(base((400, 240)), "JPEG", exif=exif_orientation(8)), "o.jpg", max_side=100)
@@ -833,14 +792,6 @@ def test_the_same_file_given_twice_is_one_job(tmp_path):
     assert [(Path(j.input).name, str(j.rel)) for j in jobs] == [("a.jpg", "a.jpg"), ("link.jpg", "link.jpg")]
 
 
-class _Identity:
-    name = "identity"
-    threads = 1  # one file at a time
-
-    def stylize(self, rgb, budget_bytes=None, cancel=None):
-        return rgb
-
-
 def test_an_encoder_refusal_fails_that_file_only(tmp_path):
     """--format webp --max-side 0 on a 17000 px wide picture: WebP stops at 16383.
     That file is an error record (no temp file left), the next one converts."""
@@ -852,7 +803,7 @@ def test_an_encoder_refusal_fails_that_file_only(tmp_path):
     Image.new("RGB", (17000, 4), (90, 120, 150)).save(src / "a_wide.png")
     (src / "b.jpg").write_bytes(encoded(base((32, 24)), "JPEG"))
     opts = Options(output_dir=tmp_path / "out", face_enhance=False, format="webp", max_side=0)
-    recs = list(Converter(_Identity(), opts).run(discover([str(src)], recursive=False)))
+    recs = list(Converter(Identity(), opts).run(discover([str(src)], recursive=False)))
     assert [(r.status, r.reason) for r in recs] == [("error", "output"), ("ok", None)]
     assert "cannot encode as WEBP" in recs[0].error
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["b.webp"]
@@ -873,7 +824,7 @@ def test_heic_through_the_optional_extra(tmp_path):
     (src / "broken.heic").write_bytes(encoded(base((64, 48)), "HEIF", quality=90)[:200])
     pr, d = _front((src / "phone.heic").read_bytes(), "phone.heic")
     assert pr.format == "HEIF" and d.size == (64, 48)
-    recs = list(Converter(_Identity(), Options(output_dir=tmp_path / "out", face_enhance=False)).run(
+    recs = list(Converter(Identity(), Options(output_dir=tmp_path / "out", face_enhance=False)).run(
         discover([str(src)], recursive=False)))
     assert [(Path(r.input).name, r.status) for r in recs] == [("broken.heic", "error"), ("phone.heic", "ok")]
     assert recs[1].output.endswith("phone.png")

@@ -14,8 +14,7 @@ import time
 
 import pytest
 
-from conftest import read_log, run_cli
-from test_hostile import base, encoded
+from helpers import base, encoded, read_log, run_cli
 
 N = 200
 

@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import CLI, read_log
-from test_hostile import base, encoded
+from helpers import CLI, base, encoded, read_log
 
 
 def make_batch(folder: Path, n: int, size=(64, 48)) -> list[Path]:

@@ -4,38 +4,10 @@ under-report it), with the features a user has on by default."""
 
 from __future__ import annotations
 
-import subprocess
-import threading
-import time
-from pathlib import Path
-
 import pytest
 from PIL import Image
 
-from conftest import CLI, PHOTOS, read_log
-
-
-def sampled_peak(cmd: list, timeout: float = 900) -> tuple[int, int, str]:
-    """(exit code, peak VmRSS in bytes sampled every 2 ms, stderr) of a command."""
-    p = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    peak = [0]
-
-    def sample():
-        status = Path(f"/proc/{p.pid}/status")
-        while p.poll() is None:
-            try:
-                for line in status.read_text().splitlines():
-                    if line.startswith("VmRSS:"):
-                        peak[0] = max(peak[0], int(line.split()[1]) * 1024)
-            except (OSError, ValueError):
-                return
-            time.sleep(0.002)
-
-    t = threading.Thread(target=sample, daemon=True)
-    t.start()
-    _, err = p.communicate(timeout=timeout)
-    t.join()
-    return p.returncode, peak[0], err.decode("utf-8", "replace")
+from helpers import CLI, PHOTOS, read_log, sampled_peak
 
 
 @pytest.mark.slow

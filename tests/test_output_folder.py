@@ -10,7 +10,7 @@ import time
 
 from PIL import Image
 
-from conftest import CLI, make_photo, read_log, run_cli
+from helpers import CLI, make_photo, read_log, run_cli
 
 FAST = ("--no-face-enhance", "--max-side", "96")
 

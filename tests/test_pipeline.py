@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conftest import invoke, load_rgb, make_photo, psnr, read_log, run_cli
+from helpers import invoke, load_rgb, make_photo, psnr, read_log, run_cli
 
 
 def test_pipelined_and_sequential_runs_give_identical_outputs(tmp_path):

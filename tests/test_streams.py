@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from conftest import CLI, make_photo, read_log
+from helpers import CLI, make_photo, read_log
 
 FAST = ("--no-face-enhance", "--max-side", "256")
 

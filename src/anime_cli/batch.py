@@ -32,6 +32,8 @@ def start(inputs: list[str], options: Options, *, recursive: bool = False, log_f
         raise UsageError("'-' (stdin) can be given only once")
     if options.output_dir is None and len(jobs) != 1:
         raise UsageError(f"-o - writes one picture to stdout, but the inputs hold {len(jobs)} files")
+    if options.output_dir is not None:
+        _usage(output.check_output_dir, options.output_dir, create=False)  # before the models load: fail fast
     stylizer = load_stylizer(style, weights_path, threads, precision)
     detector = None
     if options.face_enhance:
@@ -44,12 +46,22 @@ def start(inputs: list[str], options: Options, *, recursive: bool = False, log_f
             raise UsageError(f"--memory-limit {format_bytes(options.memory_limit)} is below what the models "
                              f"need: at least {need / 1e6:.0f}MB (or 0 for no limit)")
     if options.output_dir is not None:
-        output.check_output_dir(options.output_dir)
+        _usage(output.check_output_dir, options.output_dir)
     try:
         log = JsonlLog(log_file)  # before any work: an unusable log file is a usage error
     except OSError as e:
         raise UsageError(f"{log_file}: cannot open the log file ({e.strerror or e})") from None
     return Batch(Converter(stylizer, options, detector), jobs, log)
+
+
+def _usage(check, *args, **kw):
+    """An unusable output folder is a usage error: nothing can start."""
+    from .errors import OutputError
+
+    try:
+        check(*args, **kw)
+    except OutputError as e:
+        raise UsageError(str(e)) from None
 
 
 def load_stylizer(style: str, weights_path: Path | None, threads: int | None, precision: str):

@@ -311,8 +311,20 @@ def remove_temp_files() -> None:
         _discard_temp(tmp)
 
 
-def check_output_dir(out: Path) -> None:
-    """Fail early (usage error) if `out` cannot be created or written."""
+def check_output_dir(out: Path, create: bool = True) -> None:
+    """Fail early (a usage error) if `out` cannot be created or written.
+    create=False checks without touching the disk: the folder, or the
+    nearest folder above it that exists, must be a writable folder."""
+    if not create:
+        there = out if out.exists() else next((p for p in out.parents if p.exists() or p.is_symlink()), Path("."))
+        if out.exists() and not out.is_dir():
+            raise OutputError(f"{out}: output exists and is not a folder")
+        if not there.is_dir():
+            raise OutputError(f"{out}: cannot create output folder ({os.strerror(errno.ENOTDIR)})")
+        if not os.access(there, os.W_OK | os.X_OK):
+            what = "output folder is not writable" if there == out else "cannot create output folder"
+            raise OutputError(f"{out}: {what} ({os.strerror(errno.EACCES)})")
+        return
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
