@@ -45,7 +45,7 @@ def start(inputs: list[str], options: Options, *, recursive: bool = False, log_f
         if options.memory_limit < need:
             raise UsageError(f"--memory-limit {format_bytes(options.memory_limit)} is below what the models "
                              f"need: at least {need / 1e6:.0f}MB (or 0 for no limit)")
-    if options.output_dir is not None:
+    if options.output_dir is not None and not options.dry_run:
         _usage(output.check_output_dir, options.output_dir)
     try:
         log = JsonlLog(log_file)  # before any work: an unusable log file is a usage error
@@ -81,7 +81,7 @@ class Batch:
     converter: object
     jobs: list
     log: JsonlLog
-    counts: dict = field(default_factory=lambda: {"ok": 0, "skipped": 0, "error": 0})
+    counts: dict = field(default_factory=lambda: {"ok": 0, "skipped": 0, "error": 0, "planned": 0})
     over_budget: list = field(default_factory=list)  # peak RSS (MB) of files that went over --memory-limit
     started: float = field(default_factory=time.perf_counter)
     _log_warned: bool = False
@@ -121,7 +121,9 @@ class Batch:
             limit = self.converter.options.memory_limit
             over = (f"; {len(self.over_budget)} over the memory limit (peak {max(self.over_budget):.0f} MB"
                     f" > {limit / 1e6:.0f} MB)")
-        return (f"{'interrupted' if interrupted else 'done'}: {c['ok']} ok, {c['skipped']} skipped, {c['error']} failed"
+        planned = f"{c['planned']} planned, " if c["planned"] else ""
+        return (f"{'interrupted' if interrupted else 'done'}: {planned}{c['ok']} ok, {c['skipped']} skipped, "
+                f"{c['error']} failed"
                 f"{rest} in {time.perf_counter() - self.started:.1f}s, "
                 f"peak RSS {self.converter.peaks.overall / 1e6:.0f} MB{over}")
 

@@ -104,6 +104,8 @@ def convert(
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for the network. [default: the cores this process may use]"),
     precision: str = typer.Option("auto", "--precision", metavar="P", parser=_parsed(parse_choice(PRECISIONS)), autocompletion=_completer(PRECISIONS), help="Network arithmetic: auto (bf16 where the CPU has native bfloat16, else fp32), bf16 (about twice as fast, ~53 dB from fp32) or fp32 (exact)."),
     sequential: bool = typer.Option(False, "--sequential", help="One file at a time, on all threads. By default two files are in flight, sharing the cores and the memory budget."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Walk, probe headers and plan: one 'planned' record per file with its output path, size, engine plan and estimated peak memory. Decodes and writes nothing."),
+    json_out: bool = typer.Option(False, "--json", help="One JSON record per file on stdout as each finishes (the --log-file schema); human lines stay on stderr."),
 ):
     """Convert photos into anime style.
 
@@ -121,20 +123,23 @@ def convert(
     from .options import Options
 
     to_stdout = output == "-"
+    if json_out and to_stdout:
+        fail("--json writes the records to stdout, where -o - writes the picture; use --log-file instead")
     options = Options(
         output_dir=None if to_stdout else Path(output).expanduser(), max_side=max_side, format=fmt,
         quality=quality, overwrite=overwrite, face_enhance=face_enhance, min_face=min_face, face_size=face_size,
         max_file_size=max_file_size, max_pixels=max_pixels, memory_limit=memory_limit, pipelined=not sequential,
+        dry_run=dry_run,
     )
     try:
         batch: Batch = start(inputs, options, recursive=recursive, log_file=log_file, style=style,
                              weights_path=weights_path, threads=threads, precision=precision)
     except AnimeCliError as e:
         fail(str(e))
-    sys.exit(_run(batch, quiet))
+    sys.exit(_run(batch, quiet, json_out))
 
 
-def _run(batch, quiet: bool) -> int:
+def _run(batch, quiet: bool, json_out: bool = False) -> int:
     """Run the batch, print each record and the summary; the exit code."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -160,6 +165,8 @@ def _run(batch, quiet: bool) -> int:
 
     def report(rec, line: str | None = None):
         batch.tally(rec)
+        if json_out:
+            _print_json(rec)
         if not quiet or rec.status == "error":
             say(rec.human())
         if line:
@@ -195,6 +202,18 @@ class _Console(Console):
     def on_broken_pipe(self) -> None:
         self.quiet = True
         _silence(2)
+
+
+def _print_json(rec) -> None:
+    """A record on stdout for a script reading as we go; a reader that went
+    away does not stop the work (the log file, if any, still gets it all)."""
+    if sys.stdout is None:
+        return
+    try:
+        sys.stdout.write(rec.to_json() + "\n")
+        sys.stdout.flush()
+    except OSError:
+        _silence(1)
 
 
 def _silence(fd: int) -> None:

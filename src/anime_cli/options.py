@@ -40,6 +40,7 @@ class Options:
     max_pixels: int = DEFAULT_MAX_PIXELS
     memory_limit: int = DEFAULT_MEMORY_LIMIT  # bytes of RSS for the whole process; 0: none
     pipelined: bool = True  # two files in flight (False: --sequential)
+    dry_run: bool = False  # probe and plan only: decode nothing, write nothing
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)b?\s*$", re.I)

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from . import budget, output, probe
-from .decode import Decoded, decode
+from .decode import Decoded, decode, target_size
 from .discover import STDIN, Job
 from .faces import file_identity
 from .errors import Cancelled, Fatal, InputError, OutputError, OutputExists, UnsupportedFormat
@@ -79,7 +79,8 @@ class Converter:
         if stdin is not None:
             self._stdin = stdin
         self.halt.clear()
-        lanes = min(LANES, self.stylizer.threads, len(jobs)) if self.options.pipelined else 1
+        pipelined = self.options.pipelined and not self.options.dry_run
+        lanes = min(LANES, self.stylizer.threads, len(jobs)) if pipelined else 1
         if lanes > 1:
             yield from Lanes(self, jobs, lanes).records()
             return
@@ -124,9 +125,11 @@ class Converter:
         return loaded
 
     def load(self, loaded: Loaded) -> Loaded:
-        """Decode an opened file to its working size."""
+        """Decode an opened file to its working size (a dry run: plan it instead)."""
         if loaded.image is None:
             return loaded
+        if self.options.dry_run:
+            return self._plan(loaded)
         rec = loaded.record
         with self.peaks.active(loaded), self._recorded(loaded, "decode"), loaded.image as im:
             loaded.image = None
@@ -147,6 +150,20 @@ class Converter:
         if loaded.fatal:
             raise Fatal(rec)
         return rec
+
+    def _plan(self, loaded: Loaded) -> Loaded:
+        """What converting would do, from the header alone: the output's path
+        and size, the engine's plan and the peak memory it expects."""
+        rec = loaded.record
+        loaded.image.close()
+        loaded.image = None
+        w, h = target_size(loaded.probe.oriented_size, self.options.max_side)
+        room = self._budget(loaded)
+        rec.plan = self.stylizer.plan(h, w, room)
+        rec.estimated_peak_mb = round((rss_bytes() + self.footprint(loaded)) / 1e6, 1)
+        rec.status, rec.output_size = "planned", [w, h]
+        rec.output = str(loaded.dest) if loaded.dest is not None else STDIN
+        return loaded
 
     def _stylize(self, loaded: Loaded) -> np.ndarray:
         rec, rgb = loaded.record, loaded.decoded.rgb
@@ -191,12 +208,12 @@ class Converter:
         if loaded.decoded is not None:
             loaded.decoded = None  # release the pixels now, not when the batch ends
             trim_malloc()  # and give them back: kept by the allocator they would count against the next files
-        if self.names is None and rec.status == "skipped":
+        if self.names is None and rec.status == "skipped" and not self.options.dry_run:
             # `-o -`: the caller waits for a picture on stdout; none is an error
             rec.status, rec.error = "error", f"{rec.input}: nothing written to stdout ({rec.reason})"
         rec.seconds = round(sum(rec.timings.values()), 4)
         rec.peak_rss_mb = round(self.peaks.take(loaded) / 1e6, 1)
-        if rec.status != "ok":
+        if rec.status not in ("ok", "planned"):
             rec.output = None
         return rec
 

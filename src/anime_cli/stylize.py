@@ -86,6 +86,9 @@ class Stylizer:
         plan = getattr(self._local, "plan", None)
         return plan.describe() if plan is not None else None
 
+    def plan(self, h: int, w: int, budget_bytes: int | None = None) -> str:  # TEMP until the engine branch lands
+        return self.engine.make_plan(*padded_size(h, w), budget_bytes).describe()
+
     def fastest_bytes(self, h: int, w: int) -> int:
         """What stylize() adds to the process for an h x w picture when nothing
         holds it back: the fastest plan's memory and the output array. (Asked

@@ -110,7 +110,7 @@ class Record:
 
     input: str
     output: str | None = None
-    status: str = "error"  # ok | skipped | error
+    status: str = "error"  # ok | skipped | error | planned (--dry-run)
     reason: str | None = None  # for skipped
     error: str | None = None  # for error: the one-line message
     input_bytes: int | None = None
@@ -123,6 +123,7 @@ class Record:
     seconds: float = 0.0
     peak_rss_mb: float | None = None
     plan: str | None = None  # how the network ran: "strips (~269 MiB)", "stream (..., 3.67 passes)"
+    estimated_peak_mb: float | None = None  # --dry-run: the peak RSS the file is expected to reach
     notes: list[str] = field(default_factory=list)
 
     @contextmanager
@@ -148,6 +149,9 @@ class Record:
             faces = f"  faces {self.faces}" if self.faces else ""
             return (f"{head} (decoded {dec}) -> {out}{faces}  {stages}  total {self.seconds:.2f}s"
                     f"  peak {self.peak_rss_mb:.0f} MB  -> {self.output}")
+        if self.status == "planned":
+            out = "x".join(map(str, self.output_size))
+            return f"{head} -> {out}  plan {self.plan}  est. peak {self.estimated_peak_mb:.0f} MB  -> {self.output}"
         why = self.error if self.status == "error" else self.reason
         return f"{head}  {why}"
 
