@@ -32,7 +32,8 @@ XMP = """<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>
  xmp:CreateDate="2024-05-01T09:59:58">
 <exif:GPSLongitude>2,17.67E</exif:GPSLongitude><exif:PixelYDimension>3000</exif:PixelYDimension>
 <xmp:Rating>4</xmp:Rating>
-<xmp:Thumbnails><rdf:Alt><rdf:li rdf:parseType="Resource"><xmpGImg:image>/9j/4AAQSkZJRg==</xmpGImg:image></rdf:li></rdf:Alt></xmp:Thumbnails>
+<xmp:Thumbnails><rdf:Alt><rdf:li rdf:parseType="Resource">
+<xmpGImg:image>/9j/4AAQSkZJRg==</xmpGImg:image></rdf:li></rdf:Alt></xmp:Thumbnails>
 </rdf:Description></rdf:RDF></x:xmpmeta>
 <?xpacket end="w"?>""".encode()
 

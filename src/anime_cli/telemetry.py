@@ -107,12 +107,12 @@ def _sampler(ref: weakref.ref) -> None:
         tracker = ref()
         if tracker is None:
             return
-        with tracker._lock:
+        now = rss_bytes()
+        with tracker._lock:  # the same lock as _mark's reset: no sample lands in the wrong interval
             if tracker._closed or not any(tracker._active.values()):
                 tracker._thread = None
                 return
-        now = rss_bytes()
-        tracker._sampled = max(tracker._sampled, now)
+            tracker._sampled = max(tracker._sampled, now)
         del tracker
         time.sleep(_SAMPLE_S)
 
