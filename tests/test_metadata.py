@@ -233,3 +233,29 @@ def test_xmp_elements_and_other_prefixes_are_edited():
     out = metadata._edit_xmp(xmp, (10, 20), keep_gps=False)
     assert b"<t:Orientation>1</t:Orientation>" in out and b"GPSAltitude" not in out
     assert b"<t:Orientation>1</t:Orientation>" in out and b"100/1" in metadata._edit_xmp(xmp, (10, 20), True)
+
+
+# -- through the CLI: these pass once the CLI has --keep-metadata (the lead's integration) --
+
+
+@pytest.mark.parametrize("fmt", ["jpg", "png", "webp"])
+def test_cli_keep_metadata(tmp_path, fmt):
+    from conftest import run_cli
+
+    src = camera_file(tmp_path / "cam.jpg", "JPEG")  # 96x64 stored, orientation 6
+    for opts, out in (((), "plain"), (("--keep-metadata",), "kept"), (("--keep-metadata", "--keep-gps"), "gps")):
+        code, _, err = run_cli("convert", src, "-o", tmp_path / out, "--format", fmt, "--no-face-enhance", *opts)
+        assert code == 0, err
+    suffix = {"jpg": ".jpg", "png": ".png", "webp": ".webp"}[fmt]
+    with Image.open(tmp_path / "plain" / f"cam{suffix}") as im:
+        im.load()
+        assert im.size == OUT and not (set(im.info) & {"exif", "xmp"}) and MAKE not in im.getexif()
+    for out in ("kept", "gps"):
+        with Image.open(tmp_path / out / f"cam{suffix}") as im:
+            im.load()
+            ex = im.getexif()
+            sub = ex.get_ifd(IFD.Exif)
+            assert im.size == OUT == (sub[PIXEL_X], sub[PIXEL_Y])
+            assert ex[MODEL] == "Canon EOS R5" and sub[DATE_TAKEN] == "2024:05:01 09:59:58"
+            assert ex[ORIENTATION] == 1 and not ex.get_ifd(IFD.IFD1)
+            assert bool(ex.get_ifd(IFD.GPSInfo)) == (out == "gps")

@@ -99,3 +99,33 @@ def test_fit_leaves_room_for_a_collision_suffix():
     assert names.fit("é" * 200, "_2.jpg") == "é" * 124 + "_2.jpg"
     assert len(names.fit("é" * 200, "_2.jpg").encode()) == 254
     assert names.cut("aé日🙂", 6) == "aé日" and names.cut("aé日🙂", 5) == "aé" and names.cut("a", 0) == ""
+
+
+# -- through the CLI: these pass once the CLI has --name (the lead's integration) ------
+
+
+@pytest.mark.parametrize("pattern", ["{nope}", "out/{stem}", "{input_ext}", "{stem.__class__}"])
+def test_cli_refuses_a_bad_pattern_before_any_work(tmp_path, pattern):
+    from conftest import invoke, make_photo
+
+    make_photo(tmp_path / "p.jpg", fmt="JPEG")
+    code, _, err = invoke("convert", tmp_path / "p.jpg", "-o", tmp_path / "out", "--name", pattern,
+                          "--log-file", tmp_path / "run.jsonl", "--no-face-enhance")
+    assert code == 2
+    assert "--name" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists() and not (tmp_path / "run.jsonl").exists()
+
+
+def test_cli_names_outputs_by_the_pattern_and_reruns_skip_them(tmp_path):
+    from conftest import make_photo, read_log, run_cli
+
+    make_photo(tmp_path / "in" / "p.jpg", (96, 64), fmt="JPEG")
+    make_photo(tmp_path / "in" / "q.png", (64, 64))
+    args = ("convert", tmp_path / "in", "-o", tmp_path / "out", "--no-face-enhance",
+            "--name", "{stem}_{style}_{width}x{height}_{input_ext}", "--log-file", tmp_path / "run.jsonl")
+    code, _, err = run_cli(*args)
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["p_hayao_96x64_jpg.jpg", "q_hayao_64x64_png.png"]
+    code, _, err = run_cli(*args)
+    assert code == 0, err
+    assert [r["status"] for r in read_log(tmp_path / "run.jsonl")[2:]] == ["skipped", "skipped"]
