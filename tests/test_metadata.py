@@ -259,3 +259,22 @@ def test_cli_keep_metadata(tmp_path, fmt):
             assert ex[MODEL] == "Canon EOS R5" and sub[DATE_TAKEN] == "2024:05:01 09:59:58"
             assert ex[ORIENTATION] == 1 and not ex.get_ifd(IFD.IFD1)
             assert bool(ex.get_ifd(IFD.GPSInfo)) == (out == "gps")
+
+
+def test_what_a_jpeg_cannot_hold_is_left_out_not_fatal():
+    md = metadata.Metadata({MAKE: "Canon", 0x010E: "d" * 70_000}, {DATE_TAKEN: "2024:05:01 09:59:58"}, {},
+                           b"<x:xmpmeta xmlns:x='adobe:ns:meta/'>" + b" " * 70_000 + b"<y/></x:xmpmeta>")
+    data, im = _saved(md, "JPEG")  # Pillow refuses EXIF or XMP over one 64 KB segment
+    assert "xmp" not in im.info and MAKE not in im.getexif() and "icc_profile" in im.info
+    data, im = _saved(md, "PNG")  # a PNG holds both
+    assert im.getexif()[MAKE] == "Canon" and "xmp" in im.info
+
+
+def test_big_blobs_in_the_exif_ifd_are_not_carried(tmp_path):
+    ex = Image.Exif()
+    ex[MODEL] = "Canon EOS R5"
+    ex[IFD.Exif] = {DATE_TAKEN: "2024:05:01 09:59:58", 0x9286: b"ASCII\0\0\0" + b"c" * 10_000}
+    path = make_photo(tmp_path / "b.jpg", (32, 32), fmt="JPEG", exif=ex.tobytes())
+    with Image.open(path) as im:
+        md = metadata.read(im)
+    assert md.exif == {DATE_TAKEN: "2024:05:01 09:59:58"}

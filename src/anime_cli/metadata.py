@@ -44,6 +44,8 @@ _IFD0_KEEP = {0x010E, 0x010F, 0x0110, 0x011A, 0x011B, 0x0128, 0x0131, 0x0132, 0x
 _ORIENTATION, _XMP_TAG = 0x0112, 700
 _MAKER_NOTE, _COLOR_SPACE, _PIXEL_X, _PIXEL_Y = 0x927C, 0xA001, 0xA002, 0xA003
 _XMP_MAX = 1 << 20
+_BLOB_MAX = 4096  # bytes: an Exif value longer than this is a vendor blob or a comment, not a camera fact
+_JPEG_SEGMENT = 65533 - 29  # what one JPEG APP1 segment holds: longer EXIF or XMP cannot be written
 _PNG_XMP_KEY = b"XML:com.adobe.xmp"
 
 
@@ -77,7 +79,8 @@ def read(im: Image.Image) -> Metadata | None:
         if ex is not None:
             ifd0 = {k: v for k, v in ex.items() if k in _IFD0_KEEP}
             sub = {k: v for k, v in ex.get_ifd(IFD.Exif).items()
-                   if k not in (_MAKER_NOTE, IFD.Interop) and not isinstance(v, dict)}
+                   if k not in (_MAKER_NOTE, IFD.Interop) and not isinstance(v, dict)
+                   and not (isinstance(v, (bytes, str)) and len(v) > _BLOB_MAX)}
             gps = dict(ex.get_ifd(IFD.GPSInfo))
     except Exception:  # a corrupt EXIF block: nothing to carry, the picture is fine
         ifd0, sub, gps = {}, {}, {}
@@ -103,6 +106,10 @@ def save_args(md: Metadata | None, fmt: str, size: tuple[int, int], keep_gps: bo
     args["exif"] = ex.tobytes()
     if fmt == "TIFF":
         return args
+    if fmt == "JPEG" and len(args["exif"]) > _JPEG_SEGMENT:  # no room: the file matters more than its EXIF
+        del args["exif"]
+    if fmt == "JPEG" and xmp and len(xmp) > _JPEG_SEGMENT:
+        xmp = None
     if xmp and fmt == "PNG":
         info = PngImagePlugin.PngInfo()
         info.add_itxt(_PNG_XMP_KEY.decode(), xmp.decode("utf-8"), zip=False)
