@@ -7,6 +7,7 @@ import json
 import threading
 import time
 import unicodedata
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -190,3 +191,20 @@ def test_json_keys_old_kept_new_added_video_only_when_set():
     assert (v["frames"], v["fps"], v["duration"], v["audio"]) == (120, 24.0, 5.0, "copied")
     assert "120 frames at 24 fps, audio copied" in _ok(frames=120, fps=24.0, audio="copied").human()
     assert "cached" in _ok(cached=True).human()
+
+
+def test_cli_escapes_control_characters_in_names(tmp_path):
+    """Issue 10: a name that would clear the screen and set the window title."""
+    from conftest import make_photo, read_log, run_cli
+
+    name = "evil\x1b[2J\x1b]0;pwned\x07\u202egpj.jpg"
+    make_photo(tmp_path / "in" / name, fmt="JPEG")
+    (tmp_path / "in" / "bad\x9b31m.jpg").write_bytes(b"not a jpeg")
+    code, _, err = run_cli("convert", tmp_path / "in", "-o", tmp_path / "out", "--no-face-enhance",
+                           "--log-file", tmp_path / "run.jsonl")
+    assert code == 1, err  # the bad one fails, the batch goes on
+    assert not any(c in err for c in "\x1b\x07\x9b\u202e"), repr(err)
+    assert "evil\\x1b[2J\\x1b]0;pwned\\x07\\u202egpj.jpg" in err and "bad\\x9b31m.jpg" in err
+    logged = {Path(r["input"]).name: r for r in read_log(tmp_path / "run.jsonl")}
+    assert logged[name]["status"] == "ok" and Path(logged[name]["output"]).name == name
+    assert logged["bad\x9b31m.jpg"]["status"] == "error"
