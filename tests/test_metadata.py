@@ -200,6 +200,7 @@ def test_sample_photos_without_metadata_give_none():
             assert metadata.read(im) is None
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.mark.parametrize("bad", [
     b"Exif\0\0MM\0*\0\0\0\x08\xff\xff",  # an IFD that claims 65535 entries
     b"Exif\0\0garbage",
