@@ -27,6 +27,7 @@ from PIL import Image
 from .decode import DRAFTABLE, over_white, to_rgb_or_rgba, upright
 from .mtcnn import MTCNN, Face
 from .options import DEFAULT_FACE_SIZE
+from .telemetry import KEPT_LARGE, KEPT_OUTSIDE
 
 __all__ = ["DEFAULT_MIN_FACE", "DETECT_SIDE", "CropSource", "FileSource", "Face", "FaceDetector", "FaceReport",
            "enhance_faces", "crop_box", "file_identity"]
@@ -248,8 +249,8 @@ def enhance_faces(
         side = right - left
         # only the part of the crop inside the picture is pasted
         cx0, cy0, cx1, cy1 = max(left, 0), max(top, 0), min(right, w), min(bottom, h)
-        why = ("already >= face size" if side >= face_size  # pasting it would only blur it
-               else "outside the picture" if cx1 <= cx0 or cy1 <= cy0 else None)
+        why = (KEPT_LARGE if side >= face_size  # pasting it would only blur it
+               else KEPT_OUTSIDE if cx1 <= cx0 or cy1 <= cy0 else None)
         if why:
             report.kept[why] = report.kept.get(why, 0) + 1
             continue
