@@ -55,6 +55,13 @@ def _parsed(parse):
 
 
 
+def _check_name(pattern: str) -> str:
+    from . import names
+
+    names.check(pattern)  # ValueError: a usage error naming --name, before any work
+    return pattern
+
+
 def _completer(choices):
     return lambda incomplete: [c for c in choices if c.startswith(incomplete.lower())]
 
@@ -104,6 +111,9 @@ def convert(
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for the network. [default: the cores this process may use]"),
     precision: str = typer.Option("auto", "--precision", metavar="P", parser=_parsed(parse_choice(PRECISIONS)), autocompletion=_completer(PRECISIONS), help="Network arithmetic: auto (bf16 where the CPU has native bfloat16, else fp32), bf16 (about twice as fast, ~53 dB from fp32) or fp32 (exact)."),
     sequential: bool = typer.Option(False, "--sequential", help="One file at a time, on all threads. By default two files are in flight, sharing the cores and the memory budget."),
+    name: str = typer.Option("{stem}", "--name", metavar="PATTERN", parser=_parsed(_check_name), help="The output file name, without its suffix (the output format's is added): fields {stem} {ext} {style} {width} {height} {input_ext}; e.g. '{stem}_{style}'."),
+    keep_metadata: bool = typer.Option(False, "--keep-metadata", help="Copy the photo's EXIF and XMP (camera, lens, date taken, exposure) into the output: orientation 1, no thumbnail, no GPS (see --keep-gps), the output's size."),
+    keep_gps: bool = typer.Option(False, "--keep-gps", help="With --keep-metadata, keep the GPS position too."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Walk, probe headers and plan: one 'planned' record per file with its output path, size, engine plan and estimated peak memory. Decodes and writes nothing."),
     json_out: bool = typer.Option(False, "--json", help="One JSON record per file on stdout as each finishes (the --log-file schema); human lines stay on stderr."),
 ):
@@ -129,7 +139,8 @@ def convert(
         output_dir=None if to_stdout else Path(output).expanduser(), max_side=max_side, format=fmt,
         quality=quality, overwrite=overwrite, face_enhance=face_enhance, min_face=min_face, face_size=face_size,
         max_file_size=max_file_size, max_pixels=max_pixels, memory_limit=memory_limit, pipelined=not sequential,
-        dry_run=dry_run,
+        dry_run=dry_run, name=name, keep_metadata=keep_metadata, keep_gps=keep_gps,
+        style=weights_path.stem if weights_path is not None else style,
     )
     try:
         batch: Batch = start(inputs, options, recursive=recursive, log_file=log_file, style=style,
@@ -141,9 +152,8 @@ def convert(
 
 def _run(batch, quiet: bool, json_out: bool = False) -> int:
     """Run the batch, print each record and the summary; the exit code."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     from .output import remove_temp_files
+    from .progress import WorkProgress
     from .telemetry import safe
 
     console = _Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
@@ -154,10 +164,8 @@ def _run(batch, quiet: bool, json_out: bool = False) -> int:
         except OSError:
             console.on_broken_pipe()
 
-    show_bar = console.is_terminal and not quiet
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeRemainingColumn(), console=console, transient=True, disable=not show_bar)
-    task = progress.add_task("converting", total=len(batch.jobs))
+    progress = WorkProgress(console, len(batch.jobs), enabled=console.is_terminal and not quiet)
+    batch.converter.progress = progress
     code = 0
     # During the batch these signals raise KeyboardInterrupt where the main thread is,
     # so the batch unwinds: temp files removed, writes in flight undone, summary printed.
@@ -173,7 +181,6 @@ def _run(batch, quiet: bool, json_out: bool = False) -> int:
             say(line)
         if batch.log_error_new():
             say(f"anime-cli: {batch.log.error}; going on without the log")
-        progress.advance(task)
 
     try:
         with progress:
@@ -318,5 +325,7 @@ def _usage_line(e) -> str:
     if isinstance(e, typer.BadParameter) and param is not None:
         name = param.opts[0] if getattr(param, "opts", None) else param.human_readable_name
         name = max(param.opts, key=len) if getattr(param, "opts", None) else name
+        if msg.startswith(name):
+            return safe(msg)
         return safe(f"{name} {msg}" if msg.startswith("must") else f"{name}: {msg}")
     return safe(msg)

@@ -4,7 +4,7 @@ The pattern names the file without its suffix: the output format's suffix is
 always added (`{stem}_{style}` -> `photo_hayao.jpg`), so a pattern can never
 write a JPEG under `.png`. A pattern that already ends with that suffix
 (`{stem}.{ext}`) does not get it twice. The default pattern `{stem}` gives the
-names anime-cli always gave (output.output_name): the input's suffix is kept
+names anime-cli always gave: the input's suffix is kept
 when it already names the output format (photo.JPEG stays photo.JPEG).
 
 Fields: {stem} the input's name without its suffix; {ext} the output's suffix
@@ -23,7 +23,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from .output import WRITABLE
+from .errors import OutputError
+from .output import WRITABLE, cut_name, real_path, same_file
 from .telemetry import safe
 
 DEFAULT = "{stem}"
@@ -105,17 +106,42 @@ def fit(base: str, suffix: str, limit: int = NAME_MAX) -> str:
     return cut(base, max(limit - _len(suffix), 1)) + suffix
 
 
-def cut(text: str, nbytes: int) -> str:
-    """The longest start of `text` that encodes in at most `nbytes` bytes as the file
-    system sees it (UTF-8, with the bytes of a non-UTF-8 name as they were), cut
-    between characters, never inside one."""
-    total = 0
-    for i, c in enumerate(text):
-        total += len(os.fsencode(c))
-        if total > nbytes:
-            return text[:i]
-    return text
+cut = cut_name
 
 
 def _len(text: str) -> int:
     return len(os.fsencode(text))
+
+
+class Names:
+    """Output paths for one batch. An input's output is its path relative to
+    its input root, named by the pattern with the output format's suffix.
+    Two inputs never share an output: the later one (in walk order) gets its
+    source suffix added (photo.png -> photo_png.jpg), then _2, _3... Names
+    stay under NAME_MAX bytes (the stem is shortened). No output may be an
+    input."""
+
+    def __init__(self, output_dir: Path, inputs: set[Path], pattern: str = DEFAULT, style: str = ""):
+        self.output_dir, self.pattern, self.style = output_dir, pattern, style
+        self.inputs = inputs  # real paths of every input of the batch
+        self.claimed: dict[Path, str] = {}  # output path -> the input that took it
+
+    def claim(self, job, fmt: str, size: tuple[int, int]) -> Path:
+        """The output path of `job`, written as Pillow format `fmt` at `size` (w, h)."""
+        dest = self.output_dir / job.rel.with_name(render(self.pattern, job.rel.name, fmt, self.style, size))
+        if dest in self.claimed and self.claimed[dest] != job.input:
+            dest = next(c for c in self.alternatives(dest, job.rel.suffix) if c not in self.claimed)
+        if real_path(dest) in self.inputs or (job.path is not None and same_file(dest, job.path)):
+            raise OutputError(f"{job.input}: output {dest} would overwrite an input file; choose another -o")
+        self.claimed[dest] = job.input
+        return dest
+
+    @staticmethod
+    def alternatives(dest: Path, src_suffix: str):
+        """Other names for `dest`, in the order they are tried."""
+        stem, suffix = dest.stem, dest.suffix
+        src_ext = src_suffix.lstrip(".").lower()
+        if src_ext and f".{src_ext}" != suffix.lower():
+            yield dest.with_name(fit(stem, f"_{src_ext}{suffix}"))
+        for n in range(2, 100_000):
+            yield dest.with_name(fit(stem, f"_{n}{suffix}"))

@@ -41,6 +41,10 @@ class Options:
     memory_limit: int = DEFAULT_MEMORY_LIMIT  # bytes of RSS for the whole process; 0: none
     pipelined: bool = True  # two files in flight (False: --sequential)
     dry_run: bool = False  # probe and plan only: decode nothing, write nothing
+    name: str = "{stem}"  # the output name pattern (see names.py); checked with names.check
+    keep_metadata: bool = False  # copy EXIF/XMP (camera, date taken...) into the output
+    keep_gps: bool = False  # ... GPS included
+    style: str = DEFAULT_STYLE  # for {style} in names and the records
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)b?\s*$", re.I)

@@ -3,7 +3,6 @@
 Writes are atomic: the picture is encoded into a hidden temporary file in the
 destination folder, flushed, then renamed over the final name, so a crash,
 Ctrl-C or a full disk never leaves a half-written picture under a real name.
-Names: `Names` gives each input its own output path, never an input's.
 """
 
 from __future__ import annotations
@@ -54,66 +53,6 @@ def output_format(input_format: str, has_alpha: bool, choice: str = "auto") -> s
     return "PNG"
 
 
-def output_name(input_name: str, fmt: str) -> str:
-    """Keep the input's stem, and its suffix when that suffix already names `fmt`
-    (photo.JPEG stays photo.JPEG); otherwise use the format's usual suffix."""
-    p = Path(input_name)
-    if p.suffix and Image.registered_extensions().get(p.suffix.lower()) == fmt:
-        return p.name
-    return p.stem + WRITABLE[fmt][0]
-
-
-class Names:
-    """Output paths for one batch. An input's output is its path relative to
-    its input root with the output format's suffix. Two inputs never share an
-    output: the later one (in walk order) gets its source suffix added
-    (photo.png -> photo_png.jpg), then _2, _3... Names stay under 255 bytes
-    (the stem is shortened). No output may be an input."""
-
-    def __init__(self, output_dir: Path, inputs: set[Path]):
-        self.output_dir = output_dir
-        self.inputs = inputs  # real paths of every input of the batch
-        self.claimed: dict[Path, str] = {}  # output path -> the input that took it
-
-    def claim(self, job, fmt: str) -> Path:
-        rel = job.rel.with_name(fit_name(output_name(job.rel.name, fmt)))
-        dest = self.output_dir / rel
-        if dest in self.claimed and self.claimed[dest] != job.input:
-            dest = next(c for c in self.alternatives(dest, job.rel.suffix) if c not in self.claimed)
-        if real_path(dest) in self.inputs or (job.path is not None and same_file(dest, job.path)):
-            raise OutputError(f"{job.input}: output {dest} would overwrite an input file; choose another -o")
-        self.claimed[dest] = job.input
-        return dest
-
-    @staticmethod
-    def alternatives(dest: Path, src_suffix: str):
-        """Other names for `dest`, in the order they are tried."""
-        stem, suffix = dest.stem, dest.suffix
-        src_ext = src_suffix.lstrip(".").lower()
-        if src_ext and f".{src_ext}" != suffix.lower():
-            yield dest.with_name(fit_name(f"{stem}_{src_ext}{suffix}", reserve=len(src_ext) + 1))
-        for n in range(2, 100_000):
-            yield dest.with_name(fit_name(f"{stem}_{n}{suffix}", reserve=len(str(n)) + 1))
-
-
-NAME_MAX = 255
-
-
-def fit_name(name: str, reserve: int = 0) -> str:
-    """`name` shortened to NAME_MAX bytes by cutting its stem (the part before
-    the suffix and the last `reserve` characters of the stem, a collision
-    suffix, are kept), never inside a UTF-8 character."""
-    raw = name.encode("utf-8", "surrogateescape")
-    if len(raw) <= NAME_MAX:
-        return name
-    p = Path(name)
-    stem, suffix = p.stem, p.suffix
-    tail = stem[len(stem) - reserve:] if reserve else ""
-    head = stem[: len(stem) - reserve] if reserve else stem
-    room = NAME_MAX - len((tail + suffix).encode("utf-8", "surrogateescape"))
-    return _cut(head, room) + tail + suffix
-
-
 def encode(rgb: np.ndarray, alpha: np.ndarray | None, fmt: str) -> Image.Image:
     im = Image.fromarray(rgb, "RGB")
     if alpha is not None and WRITABLE[fmt][1]:
@@ -135,8 +74,9 @@ def save_kwargs(fmt: str, quality: int) -> dict:
 
 
 def write_atomic(im: Image.Image, dest: Path, fmt: str, quality: int, overwrite: bool,
-                 abort: threading.Event | None = None) -> None:
-    """Encode `im` into `dest` atomically. Raises OutputError (disk full: fatal),
+                 abort: threading.Event | None = None, extra: dict | None = None) -> None:
+    """Encode `im` into `dest` atomically (`extra`: more arguments for Pillow's
+    save, e.g. metadata). Raises OutputError (disk full: fatal),
     or OutputExists when another process published `dest` first.
 
     Without `overwrite` the picture is published with link(2), which fails
@@ -156,7 +96,7 @@ def write_atomic(im: Image.Image, dest: Path, fmt: str, quality: int, overwrite:
     try:
         with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), 0o666 & ~_UMASK)  # mkstemp's 0600 would stick to the output
-            im.save(f, format=fmt, **save_kwargs(fmt, quality))
+            im.save(f, format=fmt, **save_kwargs(fmt, quality), **(extra or {}))
             f.flush()
             os.fsync(f.fileno())
             if abort is not None and abort.is_set():
@@ -176,7 +116,7 @@ def _temp_file(dest: Path) -> tuple[int, str]:
     process has it open: a later run deletes only the temporaries whose lock
     it can take, so never one a live process is still writing."""
     # the name cut short: a 250-byte output name must not give a temp name over NAME_MAX
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{_cut(dest.name, 40)}.", suffix=TEMP_SUFFIX)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{cut_name(dest.name, 40)}.", suffix=TEMP_SUFFIX)
     with _temp_lock:
         _temp_files.add(tmp)
     if fcntl is not None:
@@ -201,16 +141,16 @@ def _publish(tmp: str, dest: Path, overwrite: bool) -> None:
         os.replace(tmp, dest)
 
 
-def _cut(name: str, limit: int) -> str:
-    """`name` cut to at most `limit` bytes (UTF-8; undecodable bytes of a
-    file name count as one), never inside a character."""
-    out, n = [], 0
-    for ch in name:
-        n += len(ch.encode("utf-8", "surrogateescape"))
-        if n > limit:
-            break
-        out.append(ch)
-    return "".join(out)
+def cut_name(text: str, nbytes: int) -> str:
+    """The longest start of `text` that encodes in at most `nbytes` bytes as the
+    file system sees it (UTF-8, with the bytes of a non-UTF-8 name as they
+    were), cut between characters, never inside one."""
+    total = 0
+    for i, c in enumerate(text):
+        total += len(os.fsencode(c))
+        if total > nbytes:
+            return text[:i]
+    return text
 
 
 def is_temp_name(name: str) -> bool:
@@ -261,14 +201,14 @@ def _os_error(dest: Path, e: OSError, abort: threading.Event | None) -> OutputEr
     return OutputError(f"{dest}: cannot write ({os.strerror(e.errno) if e.errno else e})", fatal=fatal)
 
 
-def write_stdout(im: Image.Image, fmt: str, quality: int) -> None:
+def write_stdout(im: Image.Image, fmt: str, quality: int, extra: dict | None = None) -> None:
     """The whole encoded picture to fd 1, or an OutputError saying why not: a
     reader that went away (`| head -c 100`: broken pipe), a full device
     (`> /dev/full`), a closed stdout. A short write is never `ok`."""
     if sys.stdout is None:  # closed when the process started (see cli._hold_closed_std_fds)
         raise OutputError("stdout: cannot write the picture (stdout is closed)")
     buf = io.BytesIO()
-    im.save(buf, format=fmt, **save_kwargs(fmt, quality))
+    im.save(buf, format=fmt, **save_kwargs(fmt, quality), **(extra or {}))
     data = memoryview(buf.getbuffer())
     try:
         sys.stdout.flush()

@@ -19,12 +19,13 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 from PIL import Image
 
-from . import budget, output, probe
+from . import budget, metadata, output, probe
+from .names import Names
 from .decode import Decoded, decode, target_size
 from .discover import STDIN, Job
 from .faces import file_identity
 from .errors import Cancelled, Fatal, InputError, OutputError, OutputExists, UnsupportedFormat
-from .options import DEFAULT_MAX_SIDE, DEFAULT_MEMORY_LIMIT, Options  # noqa: F401  (the API's names)
+from .options import Options
 from .telemetry import PeakTracker, Record, rss_bytes
 from .tiles import trim_malloc
 
@@ -47,6 +48,7 @@ class Loaded:
     cancel: object | None = None  # is_set(): stop this file (the batch stopped before it)
     stage: str = "probe"
     identity: tuple | None = None  # the input file as probed (see faces.file_identity)
+    metadata: metadata.Metadata | None = None  # with --keep-metadata: what goes into the output
     fatal: bool = False  # its write failed so that no later write can succeed
 
 
@@ -56,7 +58,9 @@ class Converter:
         self.options = options
         self.detector = detector
         self.peaks = PeakTracker()
-        self.names = output.Names(options.output_dir, set()) if options.output_dir is not None else None
+        self.names = (Names(options.output_dir, set(), options.name, options.style)
+                      if options.output_dir is not None else None)
+        self.progress = None  # an observer of work (progress.WorkProgress), set by the caller
         self._stdin = stdin  # the bytes of '-' (None: read sys.stdin when it comes)
         import threading
 
@@ -98,8 +102,9 @@ class Converter:
     def open(self, job: Job) -> Loaded:
         """probe -> output name -> exists? The image stays open for load()
         when there is work to do. Never raises for input problems."""
-        loaded = Loaded(job, Record(input=job.input))
+        loaded = Loaded(job, Record(input=job.input, style=self.options.style))
         rec = loaded.record
+        units = 0
         with self.peaks.active(loaded), self._recorded(loaded):
             with rec.stage("probe"):
                 source, nbytes = self._source(job)
@@ -113,15 +118,21 @@ class Converter:
                 fmt = output.output_format(pr.format, pr.has_alpha or "transparency" in im.info,
                                            self.options.format)
                 loaded.fmt = fmt
+                w, h = target_size(pr.oriented_size, self.options.max_side)
                 if self.names is not None:
-                    loaded.dest = self.names.claim(job, fmt)
+                    loaded.dest = self.names.claim(job, fmt, (w, h))
                     if loaded.dest.is_dir():
                         raise OutputError(f"{loaded.dest}: cannot write (a folder is in the way)")
                     if _taken(loaded.dest) and not self.options.overwrite:
                         im.close()
                         raise OutputExists(f"{loaded.dest}: exists")
                 loaded.reopen = self._reopener(source)
+                if self.options.keep_metadata:
+                    loaded.metadata = metadata.read(im)
+                units = self._work(h, w)
             loaded.image = im
+        if self.progress is not None:
+            self.progress.planned(loaded, job.input, units)
         return loaded
 
     def load(self, loaded: Loaded) -> Loaded:
@@ -193,12 +204,13 @@ class Converter:
         loaded.stage = "write"
         with rec.stage("write"):
             im = output.encode(image, loaded.decoded.alpha, loaded.fmt)
+            extra = metadata.save_args(loaded.metadata, loaded.fmt, im.size, self.options.keep_gps)
             if loaded.dest is None:
-                output.write_stdout(im, loaded.fmt, self.options.quality)
+                output.write_stdout(im, loaded.fmt, self.options.quality, extra)
                 rec.output = STDIN
             else:
                 output.write_atomic(im, loaded.dest, loaded.fmt, self.options.quality, self.options.overwrite,
-                                    abort=loaded.cancel or self.halt)
+                                    abort=loaded.cancel or self.halt, extra=extra)
                 rec.output = str(loaded.dest)
         rec.status = "ok"
         rec.output_size = [image.shape[1], image.shape[0]]
@@ -213,6 +225,9 @@ class Converter:
             rec.status, rec.error = "error", f"{rec.input}: nothing written to stdout ({rec.reason})"
         rec.seconds = round(sum(rec.timings.values()), 4)
         rec.peak_rss_mb = round(self.peaks.take(loaded) / 1e6, 1)
+        rec.rss_method = self.peaks.method
+        if self.progress is not None:
+            self.progress.finished(loaded)
         if rec.status not in ("ok", "planned"):
             rec.output = None
         return rec
@@ -271,6 +286,11 @@ class Converter:
             data = source.getvalue()
             return lambda: Image.open(io.BytesIO(data), formats=probe.FORMATS)
         return lambda: Image.open(source, formats=probe.FORMATS)
+
+    def _work(self, h: int, w: int) -> float:
+        """The work of converting an h x w picture, in the progress bar's units."""
+        work = getattr(self.stylizer, "work", None)
+        return work(h, w, None) if work is not None else float(h * w)
 
     def footprint(self, loaded: Loaded) -> int:
         return budget.footprint(loaded.probe, self.options, self.stylizer, self.faces_on)
