@@ -117,6 +117,6 @@ def render(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def render_rgb(module: nn.Module, rgb: np.ndarray) -> np.ndarray:
     """HxWx3 uint8 RGB -> HxWx3 uint8 RGB through `render` in float32 (the
     reference every faster path is measured against)."""
-    x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float() / 127.5 - 1
+    x = torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1)[None].float() / 127.5 - 1
     y = render(module, x)[0].permute(1, 2, 0)
     return ((y + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()

@@ -111,13 +111,8 @@ class TinyGenerator(nn.Module):
         self.base = _convs(_BASE, _BASE_NO_BIAS)
         self.main = _convs(_MAIN, _MAIN_NO_BIAS)
 
-    def c(self, convs: nn.ModuleList, i: int, x):
-        conv = convs[i]
-        return conv(pad_same(x, conv.kernel_size[0], conv.stride[0]))
-
     def forward(self, x):  # (N, 3, H, W)
-        b = lambda i, x: self.c(self.base, i, x)  # noqa: E731
-        m = lambda i, x: self.c(self.main, i, x)  # noqa: E731
+        b, m = self._b, self._m
         x0 = lrelu(b(0, x))  # (N, 16, H, W)
         x1 = lrelu(b(2, lrelu(b(1, x0))))  # (N, 16, H/2, W/2)
         x2 = lrelu(b(4, lrelu(b(3, x1))))  # (N, 32, H/4, W/4)
@@ -135,3 +130,13 @@ class TinyGenerator(nn.Module):
         y = m(10, y)
         y = lrelu(lade(y, m(11, y)))  # the network's only whole-picture operation
         return torch.tanh(m(12, y))  # (N, 3, H, W)
+
+    def _b(self, i: int, x):
+        return _padded_conv(self.base[i], x)
+
+    def _m(self, i: int, x):
+        return _padded_conv(self.main[i], x)
+
+
+def _padded_conv(conv: nn.Conv2d, x):
+    return conv(pad_same(x, conv.kernel_size[0], conv.stride[0]))
