@@ -77,6 +77,26 @@ def load(state_dict: dict, family: str | None = None) -> nn.Module:
     return module.eval().requires_grad_(False)
 
 
+def load_style(name: str) -> nn.Module:
+    """The module of installed style `name` (sha256-checked). WeightsError, in one
+    line naming the installed styles, when it is unknown or not installed."""
+    from .. import weights
+
+    entry = weights.resolve_style(name)
+    return load(weights.load(name), family=entry.family or None)
+
+
+def load_file(path) -> nn.Module:
+    """The module for a weights file of any known family (`--weights FILE`)."""
+    from .. import weights
+
+    sd = weights.load_state_dict(path)
+    try:
+        return load(sd)
+    except WeightsError as e:
+        raise WeightsError(f"{path}: {e}") from None
+
+
 def family_for(module: nn.Module) -> Family:
     for f in FAMILIES.values():
         if type(module) is f.build:
