@@ -120,7 +120,7 @@ def test_a_folder_url_installs_what_its_manifest_lists(server, tmp_path):
 
 def test_a_transfer_cut_short_resumes_with_a_range_request(server, tmp_path):
     server.cut[f"/w/{CUTE}"] = 1
-    [path] = install(f"{server.url}/w/{CUTE}", tmp_path, progress=False)
+    [path] = install(f"{server.url}/w/{CUTE}", tmp_path, progress=True)  # the bar follows the resume
     assert path.read_bytes() == shared(CUTE)
     (_, first), (_, second) = server.requests
     assert first is None and second == f"bytes={len(shared(CUTE)) // 2}-"

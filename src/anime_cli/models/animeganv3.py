@@ -42,9 +42,8 @@ class ExternalAttention(nn.Module):
         self.conv_out = nn.Conv2d(c, c, 1, bias=True)  # an inference BatchNorm folded in
 
     def forward(self, x):  # (N, 128, H/8, W/8)
-        n, _, h, w = x.shape
-        a = self.mk(self.conv_in(x))  # (N, units, h, w)
-        a = torch.softmax(a.flatten(2), dim=2).view_as(a)  # over the h*w positions, per unit
+        a = self.mk(self.conv_in(x))  # (N, units, H/8, W/8)
+        a = torch.softmax(a.flatten(2), dim=2).view_as(a)  # over the positions, per unit
         a = a / (1e-9 + a.sum(dim=1, keepdim=True))  # per position, over the units
         y = self.conv_out(self.mv(a))
         return lrelu(y + x)
