@@ -15,7 +15,7 @@ from PIL import Image
 from anime_cli import models
 from anime_cli.errors import WeightsError
 from anime_cli.models.tf_ops import lade, resize_legacy, same_padding
-from conftest import PHOTOS, SHARED, psnr
+from helpers import PHOTOS, SHARED, psnr
 
 FILES = {  # file, family, parameters (the README's figures)
     "hayao": ("animeganv2_hayao.pt", "animeganv2", 2_143_552),

@@ -18,7 +18,7 @@ import pytest
 from anime_cli import download, models, weights
 from anime_cli.errors import WeightsError
 from anime_cli.install import install
-from conftest import SHARED, invoke
+from helpers import SHARED, invoke
 
 CUTE = "animeganv3_tiny_cute.pt"
 

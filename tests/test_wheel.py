@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, SHARED, make_photo
+from helpers import ROOT, SHARED, make_photo
 
 pytestmark = pytest.mark.slow
 
