@@ -257,29 +257,44 @@ def _interrupted_before_work(signum, frame):
 
 @app.command()
 def styles():
-    """List the installed styles and detectors: name, sha256 check, licence."""
+    """List the styles and the face detector: name, family, installed and sha256
+    check (ok, not installed, sha256 mismatch), licence and a description."""
     from . import weights
 
     try:
-        for w in weights.manifest().values():
-            typer.echo(f"{w.name:<12} {w.kind:<14} {weights.status(w.name):<16} {w.licence}")
+        entries = list(weights.manifest().values())
     except AnimeCliError as e:
         fail(str(e))
+    typer.echo(f"{'name':<10} {'family':<16} {'status':<15} description. licence")
+    for w in entries:
+        family = w.family or w.kind
+        typer.echo(f"{w.name:<10} {family:<16} {weights.status(w.name):<15} {w.description}. "
+                   f"Licence: {w.licence}")
 
 
 @app.command("install-weights")
 def install_weights(
-    source: Path = typer.Argument(..., help="Folder holding the weight files named in the manifest."),
+    source: str = typer.Argument(..., help="A folder holding weight files, one weights file, or an http(s):// URL "
+                                           "of a file or of a folder holding manifest.json."),
     dest: Optional[Path] = typer.Option(None, "--dest", help="Where to install. [default: $ANIME_CLI_WEIGHTS, the checkout's weights/, or the user data folder]"),
+    timeout: Optional[float] = typer.Option(None, "--timeout", min=0.1, show_default=False,
+                                            help="Seconds without data before a download counts as stalled. [default: 30]"),
 ):
-    """Install weights from a folder, checking every sha256 against the manifest."""
-    from . import weights
+    """Install weights from a folder, a file or a URL, checking every sha256 against
+    the manifest. An interrupted download resumes when run again; HTTPS_PROXY is honoured.
+
+    Examples: anime-cli install-weights ../shared/weights;
+    anime-cli install-weights https://example.org/anime-cli/weights/
+    """
+    from .install import install
 
     try:
-        for p in weights.install(source, dest):
+        for p in install(source, dest, timeout=timeout):
             typer.echo(f"installed {p}")
     except AnimeCliError as e:
         fail(str(e))
+    except OSError as e:  # the destination cannot be written
+        fail(f"cannot install into {dest or 'the weights folder'}: {e.strerror or e}")
 
 
 def _hold_closed_std_fds() -> None:
