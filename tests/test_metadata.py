@@ -15,7 +15,7 @@ from PIL.TiffImagePlugin import IFDRational
 
 from anime_cli import metadata
 
-from conftest import PHOTOS, make_photo
+from helpers import PHOTOS, make_photo
 
 MAKE, MODEL, ORIENTATION, DATETIME = 0x010F, 0x0110, 0x0112, 0x0132
 DATE_TAKEN, EXPOSURE, FNUMBER, ISO, LENS = 0x9003, 0x829A, 0x829D, 0x8827, 0xA434
@@ -241,7 +241,7 @@ def test_xmp_elements_and_other_prefixes_are_edited():
 
 @pytest.mark.parametrize("fmt", ["jpg", "png", "webp"])
 def test_cli_keep_metadata(tmp_path, fmt):
-    from conftest import run_cli
+    from helpers import run_cli
 
     src = camera_file(tmp_path / "cam.jpg", "JPEG")  # 96x64 stored, orientation 6
     for opts, out in (((), "plain"), (("--keep-metadata",), "kept"), (("--keep-metadata", "--keep-gps"), "gps")):

@@ -109,7 +109,7 @@ def test_fit_leaves_room_for_a_collision_suffix():
 
 @pytest.mark.parametrize("pattern", ["{nope}", "out/{stem}", "{input_ext}", "{stem.__class__}"])
 def test_cli_refuses_a_bad_pattern_before_any_work(tmp_path, pattern):
-    from conftest import invoke, make_photo
+    from helpers import invoke, make_photo
 
     make_photo(tmp_path / "p.jpg", fmt="JPEG")
     code, _, err = invoke("convert", tmp_path / "p.jpg", "-o", tmp_path / "out", "--name", pattern,
@@ -120,7 +120,7 @@ def test_cli_refuses_a_bad_pattern_before_any_work(tmp_path, pattern):
 
 
 def test_cli_names_outputs_by_the_pattern_and_reruns_skip_them(tmp_path):
-    from conftest import make_photo, read_log, run_cli
+    from helpers import make_photo, read_log, run_cli
 
     make_photo(tmp_path / "in" / "p.jpg", (96, 64), fmt="JPEG")
     make_photo(tmp_path / "in" / "q.png", (64, 64))

@@ -20,7 +20,7 @@ import time
 import pytest
 from PIL import Image
 
-from conftest import CLI, PHOTOS
+from helpers import CLI, PHOTOS
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="no pty on Windows")
 

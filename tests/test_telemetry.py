@@ -123,7 +123,7 @@ def test_the_pipeline_measures_without_proc(no_proc, stylizer, tmp_path, photos)
     from anime_cli.discover import discover
     from anime_cli.pipeline import Converter, Options
 
-    from conftest import make_photo
+    from helpers import make_photo
 
     src = make_photo(tmp_path / "in" / "p.jpg", (320, 240), fmt="JPEG")
     conv = Converter(stylizer, Options(output_dir=tmp_path / "out", max_side=320))
@@ -195,7 +195,7 @@ def test_json_keys_old_kept_new_added_video_only_when_set():
 
 def test_cli_escapes_control_characters_in_names(tmp_path):
     """Issue 10: a name that would clear the screen and set the window title."""
-    from conftest import make_photo, read_log, run_cli
+    from helpers import make_photo, read_log, run_cli
 
     name = "evil\x1b[2J\x1b]0;pwned\x07\u202egpj.jpg"
     make_photo(tmp_path / "in" / name, fmt="JPEG")

@@ -70,9 +70,10 @@ def load_stylizer(style: str, weights_path: Path | None, threads: int | None, pr
 
     if weights_path is not None:
         return Stylizer.from_weights(weights_path, threads=threads, precision=precision)
-    if style not in {w.name for w in weights.styles()}:
-        names = ", ".join(w.name for w in weights.styles())
-        raise UsageError(f"unknown style '{style}' (installed styles: {names}; or use --weights PATH)")
+    try:
+        weights.resolve_style(style)
+    except weights.WeightsError as e:
+        raise UsageError(str(e)) from None
     return Stylizer.from_style(style, threads=threads, precision=precision)
 
 

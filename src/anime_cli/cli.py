@@ -23,6 +23,7 @@ try:  # Typer 0.2x carries its own copy of Click
 except ImportError:
     from click.exceptions import NoArgsIsHelpError, UsageError
 
+from .download import TIMEOUT_S
 from .errors import AnimeCliError
 from .options import (DEFAULT_FACE_SIZE, DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE,
                       DEFAULT_MEMORY_LIMIT, DEFAULT_OUTPUT, DEFAULT_QUALITY, DEFAULT_STYLE, FORMATS, PRECISIONS,
@@ -277,8 +278,8 @@ def install_weights(
     source: str = typer.Argument(..., help="A folder holding weight files, one weights file, or an http(s):// URL "
                                            "of a file or of a folder holding manifest.json."),
     dest: Optional[Path] = typer.Option(None, "--dest", help="Where to install. [default: $ANIME_CLI_WEIGHTS, the checkout's weights/, or the user data folder]"),
-    timeout: Optional[float] = typer.Option(None, "--timeout", min=0.1, show_default=False,
-                                            help="Seconds without data before a download counts as stalled. [default: 30]"),
+    timeout: float = typer.Option(TIMEOUT_S, "--timeout", min=0.1,
+                                  help="Seconds without data before a download counts as stalled."),
 ):
     """Install weights from a folder, a file or a URL, checking every sha256 against
     the manifest. An interrupted download resumes when run again; HTTPS_PROXY is honoured.
