@@ -1,0 +1,214 @@
+"""The input side under attack (issue 10): probing never decodes, truncated data is
+an error, devices and pipes are read within the limit, the log file is never an
+input, temporary files are skipped; and importing the probe changes nothing global.
+
+The big pictures here are real and valid but tiny on disk: their zlib streams are
+one deflated band of zero rows, full-flushed (so it refers to nothing before it)
+and repeated, which makes a 144 MP PNG in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+import subprocess
+import sys
+import textwrap
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from anime_cli import probe
+from anime_cli.decode import decode
+from anime_cli.errors import InputError, UnsupportedFormat
+from conftest import PHOTOS
+
+# ----------------------------------------------------------------------------- makers
+
+
+def zeros_zlib(row: bytes, rows: int, band: int = 64) -> bytes:
+    """A zlib stream of `row` repeated `rows` times, built from one deflated band."""
+    assert rows % band == 0
+    c = zlib.compressobj(9, zlib.DEFLATED, -15)
+    seg = c.compress(row * band) + c.flush(zlib.Z_FULL_FLUSH)
+    end = c.flush(zlib.Z_FINISH)
+    adler, block = 1, row * band
+    for _ in range(rows // band):
+        adler = zlib.adler32(block, adler)
+    return b"\x78\xda" + seg * (rows // band) + end + struct.pack(">I", adler)
+
+
+def chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png(w: int, h: int, idat: bytes, colour: int = 0, before=b"", after=b"") -> bytes:
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, colour, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + before + chunk(b"IDAT", idat) + after
+            + chunk(b"IEND", b""))
+
+
+def big_png(w: int, h: int) -> bytes:
+    return png(w, h, zeros_zlib(b"\0" * (1 + w), h))  # grey: a filter byte + w pixels a row
+
+
+def big_tiff(w: int, h: int) -> bytes:
+    """A grey TIFF, one deflate strip (Compression 8 is a zlib stream)."""
+    strip = zeros_zlib(b"\0" * w, h)
+    tags = [(256, 4, w), (257, 4, h), (258, 3, 8), (259, 3, 8), (262, 3, 1), (273, 4, 0),
+            (277, 3, 1), (278, 4, h), (279, 4, len(strip))]
+    ifd_size = 2 + 12 * len(tags) + 4
+    data_at = 8 + ifd_size
+    ifd = struct.pack("<H", len(tags))
+    for tag, typ, value in tags:
+        value = data_at if tag == 273 else value
+        ifd += struct.pack("<HHI", tag, typ, 1) + (struct.pack("<HH", value, 0) if typ == 3 else struct.pack("<I", value))
+    return b"II*\0" + struct.pack("<I", 8) + ifd + b"\0\0\0\0" + strip
+
+
+def gif_screen(w: int, h: int) -> bytes:
+    """A GIF whose logical screen is w x h around a 1x1 frame."""
+    return (b"GIF89a" + struct.pack("<HH", w, h) + b"\0\0\0"
+            + b",\0\0\0\0\x01\0\x01\0\0\x02\x02D\x01\0;")
+
+
+def webp_canvas(w: int, h: int) -> bytes:
+    """An animated WebP (VP8X) declaring a w x h canvas around two small frames."""
+    frames = [Image.new("RGB", (32, 24), (200, 30, 30)), Image.new("RGB", (32, 24), (30, 30, 200))]
+    buf = io.BytesIO()
+    frames[0].save(buf, "WEBP", save_all=True, append_images=frames[1:])
+    data = bytearray(buf.getvalue())
+    i = data.find(b"VP8X")
+    data[i + 12:i + 15] = (w - 1).to_bytes(3, "little")
+    data[i + 15:i + 18] = (h - 1).to_bytes(3, "little")
+    return bytes(data)
+
+
+def encoded(im: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def exif_bytes(orientation: int) -> bytes:
+    e = Image.Exif()
+    e[0x0112] = orientation
+    return e.tobytes()
+
+
+def pattern(size=(60, 40)) -> Image.Image:
+    """An asymmetric picture: every flip and turn of it is a different picture."""
+    with Image.open(PHOTOS / "coffee.png") as im:
+        return im.convert("RGB").resize(size, Image.Resampling.LANCZOS)
+
+
+def front(data: bytes, name: str, max_pixels=probe.DEFAULT_MAX_PIXELS):
+    src, n = probe.read_bytes(data, name, 10**9)
+    return probe.open_image(src, n, name, max_pixels)
+
+
+# ----------------------------------------------------------------------------- 10.1 probing never decodes
+
+BIG = {  # each declares ~144-256 MP; the PNG and TIFF hold every row (144 MB of pixels)
+    "PNG": lambda: big_png(12_000, 12_032),
+    "TIFF": lambda: big_tiff(12_000, 12_032),
+    "WEBP": lambda: webp_canvas(16_000, 16_000),
+    "GIF": lambda: gif_screen(16_000, 16_000),
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(BIG))
+def test_probing_a_big_picture_decodes_nothing(fmt):
+    im, pr = front(BIG[fmt](), "big", max_pixels=300_000_000)
+    with im:
+        assert pr.format == fmt and pr.size[0] * pr.size[1] > 140e6
+        assert im._im is None  # no pixel buffer: only the header was read
+
+
+_MEASURE = textwrap.dedent("""
+    import json, resource, sys, time
+    from anime_cli import probe
+    from anime_cli.errors import InputError
+    path, max_pixels = sys.argv[1], int(sys.argv[2])
+    peak, t = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter()
+    try:
+        src, n = probe.read_source(path, probe.DEFAULT_MAX_FILE_SIZE)
+        probe.open_image(src, n, path, max_pixels)[0].close()
+        reason = None
+    except InputError as e:
+        reason = e.reason
+    took = time.perf_counter() - t
+    print(json.dumps([reason, took, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak) * 1024]))
+""")
+
+
+@pytest.mark.parametrize("fmt", sorted(BIG))
+@pytest.mark.parametrize("max_pixels", [100_000_000, 300_000_000])  # refused, and let through
+def test_probe_time_and_memory_are_bounded(tmp_path, fmt, max_pixels):
+    """In a fresh process: the peak RSS grows by less than a tenth of the pixels'
+    size whether the picture is refused (over --max-pixels) or let through."""
+    path = tmp_path / f"big.{fmt.lower()}"
+    path.write_bytes(BIG[fmt]())
+    out = subprocess.run([sys.executable, "-c", _MEASURE, str(path), str(max_pixels)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    reason, took, grew = json.loads(out.stdout)
+    assert reason == ("too many pixels" if max_pixels < 140e6 else None)
+    assert grew < 15e6, f"the probe's peak RSS grew by {grew / 1e6:.0f} MB"
+    assert took < 1.0  # milliseconds on a quiet machine; the old PNG path took seconds
+
+
+# ----------------------------------------------------------------------------- orientation, from the header
+
+
+def _stored(upright: Image.Image, orientation: int) -> Image.Image:
+    """The pixels a camera stores so that applying `orientation` shows `upright`."""
+    inverse = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+               4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+               6: Image.Transpose.ROTATE_90, 7: Image.Transpose.TRANSVERSE,
+               8: Image.Transpose.ROTATE_270}
+    return upright.transpose(inverse[orientation]) if orientation in inverse else upright
+
+
+@pytest.mark.parametrize("fmt,kw,tol", [("JPEG", {"quality": 100, "subsampling": 0}, 3),
+                                        ("PNG", {}, 0), ("WEBP", {"lossless": True}, 0), ("TIFF", {}, 0)])
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied_once(fmt, kw, tol, orientation):
+    upright = pattern()
+    data = encoded(_stored(upright, orientation), fmt, exif=exif_bytes(orientation), **kw)
+    im, pr = front(data, "o." + fmt.lower())
+    with im:
+        assert im._im is None
+        assert pr.oriented_size == (60, 40)
+        d = decode(im, pr, 0, "o")
+    assert d.size == (60, 40)
+    assert np.abs(d.rgb.astype(int) - np.asarray(upright)).mean() <= tol
+
+
+def test_png_exif_after_the_image_data_is_found_without_decoding():
+    """ImageMagick writes eXIf after IDAT: found by walking the chunks."""
+    upright = pattern()
+    plain = encoded(_stored(upright, 6), "PNG")
+    iend = plain.rindex(b"IEND") - 4
+    data = plain[:iend] + chunk(b"eXIf", exif_bytes(6)[6:] if exif_bytes(6).startswith(b"Exif") else exif_bytes(6)) + plain[iend:]
+    im, pr = front(data, "late.png")
+    with im:
+        assert im._im is None and pr.orientation == 6
+        d = decode(im, pr, 0, "late.png")
+    assert np.array_equal(d.rgb, np.asarray(upright))
+
+
+def test_png_xmp_orientation_is_read():
+    xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:Description tiff:Orientation="8"/></x:xmpmeta>'
+    data = encoded(_stored(pattern(), 8), "PNG")
+    i = data.index(b"IDAT") - 4
+    data = data[:i] + chunk(b"iTXt", b"XML:com.adobe.xmp\0\0\0\0\0" + xmp) + data[i:]
+    im, pr = front(data, "xmp.png")
+    with im:
+        assert im._im is None and pr.orientation == 8
