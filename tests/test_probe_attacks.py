@@ -212,3 +212,47 @@ def test_png_xmp_orientation_is_read():
     im, pr = front(data, "xmp.png")
     with im:
         assert im._im is None and pr.orientation == 8
+
+
+# ----------------------------------------------------------------------------- 10.8 truncated data
+
+
+def _rebuilt_png(data: bytes, keep_rows) -> bytes:
+    """`data` (a Pillow-written PNG, one IDAT) with its IDAT re-deflated to hold
+    only the first `keep_rows` rows, in a correctly ended zlib stream, CRC right."""
+    i = data.index(b"IDAT") - 4
+    (n,) = struct.unpack(">I", data[i:i + 4])
+    raw = zlib.decompress(data[i + 8:i + 8 + n])
+    w, h = struct.unpack(">II", data[16:24])
+    row = len(raw) // h
+    return data[:i] + chunk(b"IDAT", zlib.compress(raw[:row * keep_rows])) + data[i + 12 + n:]
+
+
+def test_png_whose_data_ends_cleanly_halfway_is_truncated():
+    whole = encoded(pattern((64, 48)), "PNG")
+    im, pr = front(_rebuilt_png(whole, 24), "half.png")
+    with im, pytest.raises(InputError) as e:
+        decode(im, pr, 0, "half.png")
+    assert e.value.reason == "truncated data"
+    assert "ends after 50% of its rows" in str(e.value)
+    im, pr = front(_rebuilt_png(whole, 48), "whole.png")  # the same rebuild, every row: fine
+    with im:
+        assert decode(im, pr, 0, "whole.png").size == (64, 48)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "WEBP", "PNG"])
+def test_a_file_cut_mid_stream_is_still_an_error(fmt):
+    data = encoded(pattern((64, 48)), fmt)
+    with pytest.raises(InputError):
+        im, pr = front(data[: len(data) * 2 // 3], "cut." + fmt.lower())
+        with im:
+            decode(im, pr, 0, "cut")
+
+
+def test_adam7_raw_size():
+    from anime_cli.pngscan import raw_size
+
+    # 8x8 RGB: passes of 1x1, 1x1, 2x1, 2x2, 4x2, 4x4, 8x4 pixels, each row with a filter byte
+    assert raw_size(8, 8, 8, 2, 1) == 4 + 4 + 7 + 2 * 7 + 2 * 13 + 4 * 13 + 4 * 25
+    assert raw_size(1, 1, 8, 6, 1) == 5  # only the first pass has a pixel
+    assert raw_size(10, 3, 1, 0, 0) == 3 * 3  # 10 one-bit pixels: 2 bytes, plus the filter byte

@@ -71,11 +71,12 @@ def raw_size(width: int, height: int, depth: int, colour: int, interlace: int) -
     return sum(rows((width - x0 + dx - 1) // dx, (height - y0 + dy - 1) // dy) for x0, y0, dx, dy in _ADAM7)
 
 
-def rows_missing(fp, piece: int = 1 << 20) -> bool:
-    """True when IDAT's zlib stream ends (properly terminated) before it has
-    given every row IHDR declares. False when it is whole, and also when it is
-    broken some other way (cut short, bad data): the decoder reports those.
-    Inflates the stream once, keeping at most `piece` bytes of output at a time."""
+def short_stream(fp, piece: int = 1 << 20) -> tuple[int, int] | None:
+    """(bytes inflated, bytes needed) when IDAT's zlib stream ends, properly
+    terminated, before it has given every row IHDR declares. None when it is
+    whole, and also when it is broken some other way (cut short, bad data): the
+    decoder reports those. Inflates the stream once, keeping at most `piece`
+    bytes of output at a time; `fp`'s position is restored."""
     pos = fp.tell()
     try:
         need, got, seen, z = None, 0, False, zlib.decompressobj()
@@ -91,19 +92,19 @@ def rows_missing(fp, piece: int = 1 << 20) -> bool:
                 while left:
                     data = fp.read(min(left, piece))
                     if not data:
-                        return False  # the file ends inside the chunk: cut, not clean
+                        return None  # the file ends inside the chunk: cut, not clean
                     left -= len(data)
                     while data:
                         got += len(z.decompress(data, piece))
                         data = z.unconsumed_tail
                         if got >= need:
-                            return False
+                            return None
                         if z.eof:
-                            return True
+                            return got, need
             elif seen:
-                return False  # IDAT over and the stream not ended: the decoder says "truncated"
-        return False
+                return None  # IDAT over and the stream not ended: the decoder says "truncated"
+        return None
     except zlib.error:
-        return False
+        return None
     finally:
         fp.seek(pos)
