@@ -256,3 +256,74 @@ def test_adam7_raw_size():
     assert raw_size(8, 8, 8, 2, 1) == 4 + 4 + 7 + 2 * 7 + 2 * 13 + 4 * 13 + 4 * 25
     assert raw_size(1, 1, 8, 6, 1) == 5  # only the first pass has a pixel
     assert raw_size(10, 3, 1, 0, 0) == 3 * 3  # 10 one-bit pixels: 2 bytes, plus the filter byte
+
+
+# ----------------------------------------------------------------------------- 10.11 devices, pipes, stdin
+
+
+class _Endless:
+    """A stream that never ends (what /dev/zero or `yes |` give), counting reads."""
+
+    def __init__(self):
+        self.read_bytes = 0
+
+    def read(self, n=-1):
+        assert n > 0, "an unbounded read"
+        self.read_bytes += n
+        return b"\0" * n
+
+
+def test_a_device_is_refused_unread():
+    t = time.perf_counter()
+    with pytest.raises(InputError) as e:
+        probe.read_source("/dev/zero", probe.DEFAULT_MAX_FILE_SIZE)
+    assert e.value.reason == "not a file" and "character device" in str(e.value)
+    assert time.perf_counter() - t < 0.5
+
+
+def test_a_stream_is_read_no_further_than_the_limit_plus_one():
+    s = _Endless()
+    with pytest.raises(InputError) as e:
+        probe.read_stream(s, "pipe", 3_000_000)
+    assert e.value.reason == "file too large"
+    assert s.read_bytes == 3_000_001
+
+
+def test_a_fifo_given_directly_is_read(tmp_path):
+    import threading
+
+    fifo = tmp_path / "photo.fifo"
+    os.mkfifo(fifo)
+    data = encoded(pattern(), "JPEG")
+    writer = threading.Thread(target=lambda: fifo.write_bytes(data))
+    writer.start()
+    src, n = probe.read_source(fifo, probe.DEFAULT_MAX_FILE_SIZE)
+    writer.join()
+    im, pr = probe.open_image(src, n, str(fifo), probe.DEFAULT_MAX_PIXELS)
+    with im:
+        assert (n, pr.format, pr.size) == (len(data), "JPEG", (60, 40))
+
+
+def test_stdin_is_read_no_further_than_the_limit_plus_one():
+    s = _Endless()
+    with pytest.raises(InputError, match="more than --max-file-size"):
+        probe.read_stdin(1000, s)
+    assert s.read_bytes == 1001
+
+
+_STDIN = textwrap.dedent("""
+    from anime_cli import probe
+    from anime_cli.errors import InputError
+    try:
+        probe.read_stdin(1000)
+    except InputError as e:
+        print(e.reason, "|", e)
+""")
+
+
+@pytest.mark.parametrize("how", ["closed", "write-only"])
+def test_a_closed_stdin_is_one_line(how):
+    kw = {"stdin": open(os.devnull, "w")} if how == "write-only" else {"preexec_fn": lambda: os.close(0)}
+    out = subprocess.run([sys.executable, "-c", _STDIN], capture_output=True, text=True, timeout=60, **kw)
+    assert out.returncode == 0 and out.stderr == "", out.stderr
+    assert out.stdout.startswith("stdin closed | -: stdin is closed"), out.stdout
