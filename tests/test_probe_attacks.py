@@ -327,3 +327,86 @@ def test_a_closed_stdin_is_one_line(how):
     out = subprocess.run([sys.executable, "-c", _STDIN], capture_output=True, text=True, timeout=60, **kw)
     assert out.returncode == 0 and out.stderr == "", out.stderr
     assert out.stdout.startswith("stdin closed | -: stdin is closed"), out.stdout
+
+
+# ----------------------------------------------------------------------------- 10.4 the log file is never an input
+
+
+@pytest.fixture
+def photos_dir(tmp_path):
+    d = tmp_path / "x"
+    d.mkdir()
+    (d / "rocket.jpg").write_bytes(encoded(pattern(), "JPEG"))
+    (d / "notes.txt").write_text("my notes\n")
+    return d
+
+
+@pytest.mark.parametrize("as_folder", [False, True], ids=["file", "folder"])
+def test_a_log_file_that_is_an_input_picture_is_refused(photos_dir, as_folder):
+    from anime_cli.discover import LogFileIsInput, discover
+
+    before = (photos_dir / "rocket.jpg").read_bytes()
+    arg = photos_dir if as_folder else photos_dir / "rocket.jpg"
+    with pytest.raises(LogFileIsInput, match="choose another log file"):
+        discover([str(arg)], False, log_file=photos_dir / "rocket.jpg")
+    assert (photos_dir / "rocket.jpg").read_bytes() == before
+
+
+def test_a_log_file_that_is_a_users_file_in_an_input_folder_is_refused(photos_dir):
+    from anime_cli.discover import LogFileIsInput, discover
+
+    with pytest.raises(LogFileIsInput, match="not an anime-cli log"):
+        discover([str(photos_dir)], False, log_file=photos_dir / "notes.txt")
+
+
+def test_an_anime_cli_log_in_an_input_folder_is_left_out_and_said(photos_dir):
+    from anime_cli.discover import discover
+
+    log = photos_dir / "run.jsonl"
+    log.write_text(json.dumps({"input": "x/rocket.jpg", "status": "ok"}) + "\n")
+    jobs = discover([str(photos_dir)], False, log_file=log)
+    assert sorted(Path(j.input).name for j in jobs) == ["notes.txt", "rocket.jpg"]
+    assert jobs.notes == [f"{log}: the log file is in an input folder; it is not converted"]
+    log.write_text("")  # a run stopped before its first record
+    assert len(discover([str(photos_dir)], False, log_file=log)) == 2
+
+
+def test_a_new_log_file_in_an_input_folder_is_fine(photos_dir):
+    from anime_cli.discover import discover
+
+    jobs = discover([str(photos_dir)], False, log_file=photos_dir / "run.jsonl")
+    assert len(jobs) == 2 and jobs.notes == []
+
+
+def test_a_log_file_in_a_sub_folder_that_is_not_walked_is_not_an_input(photos_dir):
+    from anime_cli.discover import discover
+
+    (photos_dir / "sub").mkdir()
+    (photos_dir / "sub" / "a.jpg").write_bytes(encoded(pattern(), "JPEG"))
+    assert len(discover([str(photos_dir)], False, log_file=photos_dir / "sub" / "a.jpg")) == 2
+
+
+# ----------------------------------------------------------------------------- 10.6 temporary files
+
+
+@pytest.mark.parametrize("name,temporary", [(".rocket.jpg.k3j_9xq2.tmp", True),
+                                            (".anime-cli-check.abcd1234.tmp", True),
+                                            (".rocket.jpg", False), ("rocket.tmp", False)])
+def test_our_temporary_files_are_skipped(tmp_path, name, temporary):
+    path = tmp_path / name
+    path.write_bytes(encoded(pattern(), "JPEG"))
+    if temporary:
+        with pytest.raises(UnsupportedFormat) as e:
+            probe.read_source(path, probe.DEFAULT_MAX_FILE_SIZE)
+        assert e.value.reason == "temporary"
+    else:
+        assert probe.read_source(path, probe.DEFAULT_MAX_FILE_SIZE)[1] > 0
+
+
+def test_the_temporary_pattern_matches_what_the_writer_makes(tmp_path, monkeypatch):
+    from anime_cli import output
+
+    seen, real = [], os.replace
+    monkeypatch.setattr(os, "replace", lambda a, b: (seen.append(Path(a).name), real(a, b)))
+    output.write_atomic(pattern(), tmp_path / ("L" * 200 + ".png"), "PNG", 95, False)
+    assert seen and probe.TEMPORARY.match(seen[0]), seen
