@@ -410,3 +410,27 @@ def test_the_temporary_pattern_matches_what_the_writer_makes(tmp_path, monkeypat
     monkeypatch.setattr(os, "replace", lambda a, b: (seen.append(Path(a).name), real(a, b)))
     output.write_atomic(pattern(), tmp_path / ("L" * 200 + ".png"), "PNG", 95, False)
     assert seen and probe.TEMPORARY.match(seen[0]), seen
+
+
+# ----------------------------------------------------------------------------- issue 9: no policy on import
+
+_GLOBALS = textwrap.dedent("""
+    import json, warnings
+    import numpy  # noqa: F401  (numpy adds its own filters on import)
+    from PIL import Image, ImageCms  # noqa: F401
+    def state():
+        return [repr(warnings.filters), Image.MAX_IMAGE_PIXELS, sorted(Image.OPEN)]
+    before = state()
+    from anime_cli import decode, discover, pngscan, probe
+    imported = state()
+    probe.configure_process(400_000_000)
+    print(json.dumps([before == imported, Image.MAX_IMAGE_PIXELS,
+                      any(f[2] is Image.DecompressionBombWarning and f[0] == "ignore" for f in warnings.filters),
+                      ("HEIF" in Image.OPEN) == ("HEIF" in probe.FORMATS)]))
+""")
+
+
+def test_importing_the_probe_changes_no_global_state_and_configure_process_does():
+    out = subprocess.run([sys.executable, "-c", _GLOBALS], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == [True, 400_000_000, True, True]
