@@ -66,7 +66,7 @@ TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
 @dataclass
 class Probe:
     format: str
-    size: tuple[int, int]  # as stored in the file
+    size: tuple[int, int]  # as the decoder gives it: stored, or upright where Pillow turns it (TIFF)
     mode: str
     orientation: int  # EXIF 1..8, 1 when absent
     input_bytes: int
@@ -205,16 +205,16 @@ def open_image(source, nbytes: int, name: str, max_pixels: int) -> tuple[Image.I
     except Exception as e:  # plugins parsing hostile headers raise many types
         raise InputError(f"{name}: corrupt header ({_short(e)})", "corrupt header") from None
     try:
-        try:
-            probe = _probe(im, nbytes)
-        except Exception as e:  # counting frames walks a hostile file's structure
-            raise InputError(f"{name}: corrupt header ({_short(e)})", "corrupt header") from None
-        w, h = probe.size
+        w, h = im.size  # checked first: what follows walks the file's structure
         if w < 1 or h < 1:
             raise InputError(f"{name}: image has no pixels ({w}x{h})", "empty image")
         if w * h > max_pixels:
             raise InputError(f"{name}: {w}x{h} is {w * h / 1e6:.0f} MP, over --max-pixels "
                              f"({max_pixels / 1e6:.0f} MP)", "too many pixels")
+        try:
+            probe = _probe(im, nbytes)
+        except Exception as e:  # counting frames, finding EXIF: a hostile file's structure
+            raise InputError(f"{name}: corrupt header ({_short(e)})", "corrupt header") from None
     except BaseException:
         im.close()
         raise
