@@ -4,7 +4,8 @@ JPEG is decoded reduced: Pillow's draft mode makes libjpeg scale by 1/2, 1/4
 or 1/8 in the DCT, picking the smallest scale still at least the target, so a
 12 MP photo bound for 1280 px never exists at full size in memory. An exact
 Lanczos resize then gives the target size. Orientation is applied last, on
-the small image.
+the small image (a TIFF comes upright from Pillow 13, which turns it as it
+loads; the probe then says orientation 1).
 """
 
 from __future__ import annotations
