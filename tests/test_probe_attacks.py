@@ -434,3 +434,44 @@ def test_importing_the_probe_changes_no_global_state_and_configure_process_does(
     out = subprocess.run([sys.executable, "-c", _GLOBALS], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == [True, 400_000_000, True, True]
+
+
+# ----------------------------------------------------------------------------- through the real CLI
+# The first two pass once cli.py passes log_file= to discover and calls
+# probe.configure_process, and pipeline's _source calls probe.read_stdin.
+
+
+def test_cli_refuses_a_log_file_that_is_an_input(photos_dir, tmp_path):
+    from conftest import invoke
+
+    before = (photos_dir / "rocket.jpg").read_bytes()
+    code, _, err = invoke("convert", photos_dir / "rocket.jpg", "-o", tmp_path / "o",
+                          "--log-file", photos_dir / "rocket.jpg", "--no-face-enhance")
+    assert code == 2 and err.count("\n") == 1 and "choose another log file" in err, err
+    assert (photos_dir / "rocket.jpg").read_bytes() == before
+
+
+def test_cli_closed_stdin_is_an_error_record(tmp_path):
+    from conftest import CLI, read_log
+
+    log = tmp_path / "log.jsonl"
+    p = subprocess.run([*CLI, "convert", "-", "-o", str(tmp_path / "o"), "--log-file", str(log),
+                        "--no-face-enhance", "--quiet"], capture_output=True, text=True, timeout=300,
+                       preexec_fn=lambda: os.close(0))
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
+    (rec,) = read_log(log)
+    assert (rec["status"], rec["reason"]) == ("error", "stdin closed")
+
+
+def test_cli_device_and_truncated_png_are_error_records(tmp_path):
+    from conftest import run_cli, read_log
+
+    half = tmp_path / "half.png"
+    half.write_bytes(_rebuilt_png(encoded(pattern((64, 48)), "PNG"), 24))
+    log = tmp_path / "log.jsonl"
+    code, _, err = run_cli("convert", "/dev/zero", half, "-o", tmp_path / "o", "--log-file", log,
+                           "--no-face-enhance", "--quiet")
+    assert code == 1 and "Traceback" not in err, err
+    assert [(r["status"], r["reason"]) for r in read_log(log)] == [("error", "not a file"),
+                                                                   ("error", "truncated data")]
+    assert not (tmp_path / "o" / "half.png").exists()
