@@ -475,3 +475,15 @@ def test_cli_device_and_truncated_png_are_error_records(tmp_path):
     assert [(r["status"], r["reason"]) for r in read_log(log)] == [("error", "not a file"),
                                                                    ("error", "truncated data")]
     assert not (tmp_path / "o" / "half.png").exists()
+
+
+def test_heic_opens_without_registering_by_hand():
+    """The [heic] extra joins Pillow on the first open_image, not on import."""
+    pytest.importorskip("pillow_heif", reason="the [heic] extra (pillow-heif) is not installed")
+    import pillow_heif
+
+    buf = io.BytesIO()
+    pillow_heif.from_pillow(pattern()).save(buf, quality=90)
+    im, pr = front(buf.getvalue(), "phone.heic")
+    with im:
+        assert (pr.format, pr.size) == ("HEIF", (60, 40))

@@ -190,7 +190,7 @@ def read_bytes(data: bytes, name: str, max_file_size: int) -> tuple[object, int]
 def open_image(source, nbytes: int, name: str, max_pixels: int) -> tuple[Image.Image, Probe]:
     """Open `source` (a path or a binary file object) lazily and probe it.
     Raises UnsupportedFormat (skip) or InputError (fail) with a one-line reason."""
-    _register_plugins()
+    register_plugins()
     allow_pixels(max_pixels)
     try:
         im = Image.open(source, formats=FORMATS)
@@ -232,7 +232,7 @@ def configure_process(max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
       EXIF block just means orientation 1; the file's record tells problems;
     - libtiff's own messages to stderr are silenced (see _quiet_libtiff)."""
     allow_pixels(max_pixels)
-    _register_plugins()
+    register_plugins()
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
     try:
@@ -251,8 +251,9 @@ def allow_pixels(max_pixels: int) -> None:
 
 
 @functools.cache
-def _register_plugins() -> None:
-    """The [heic] extra's opener joins Pillow's on first use, not on import."""
+def register_plugins() -> None:
+    """The [heic] extra's opener joins Pillow's on first use (open_image), not on
+    import; call this first to save or open HEIF with Pillow directly."""
     if pillow_heif is not None:
         pillow_heif.register_heif_opener()
 
