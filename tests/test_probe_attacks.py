@@ -487,3 +487,14 @@ def test_heic_opens_without_registering_by_hand():
     im, pr = front(buf.getvalue(), "phone.heic")
     with im:
         assert (pr.format, pr.size) == ("HEIF", (60, 40))
+
+
+def test_stdin_on_a_terminal_is_refused_not_waited_for():
+    master, slave = os.openpty()
+    try:
+        with open(slave, "rb", buffering=0, closefd=False) as tty, pytest.raises(InputError) as e:
+            probe.read_stdin(1000, tty)
+        assert e.value.reason == "stdin is a terminal"
+    finally:
+        os.close(master)
+        os.close(slave)

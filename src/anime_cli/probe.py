@@ -148,13 +148,17 @@ def read_stream(stream, name: str, max_file_size: int, piece: int = 1 << 20) -> 
 
 def read_stdin(max_file_size: int, stream=None) -> tuple[io.BytesIO, int]:
     """The picture on stdin ('-'), read as read_stream does. A closed stdin
-    (`<&-`, or fd 0 opened write-only) is one line, not a traceback.
+    (`<&-`, or fd 0 opened write-only) or a terminal is one line, not a
+    traceback or a wait.
     `stream`: a binary file to read instead of sys.stdin's."""
     if stream is None:
         stream = getattr(sys.stdin, "buffer", sys.stdin)
     if stream is None:
         raise InputError("-: stdin is closed; nothing to read", "stdin closed")
     try:
+        if getattr(stream, "isatty", bool)():  # reading would wait for a person to type a picture
+            raise InputError("-: stdin is a terminal; pipe a picture in (cat photo.jpg | anime-cli "
+                             "convert - ...)", "stdin is a terminal")
         return read_stream(stream, "-", max_file_size)
     except ValueError:  # "I/O operation on closed file"
         raise InputError("-: stdin is closed; nothing to read", "stdin closed") from None
