@@ -281,6 +281,15 @@ def test_a_device_is_refused_unread():
     assert time.perf_counter() - t < 0.5
 
 
+def test_a_regular_file_over_the_limit_is_refused_from_its_size(tmp_path):
+    big = tmp_path / "huge.jpg"
+    with open(big, "wb") as f:
+        f.truncate(300_000_000)  # sparse: nothing on disk, nothing that could be read quickly
+    with pytest.raises(InputError) as e:
+        probe.read_source(big, probe.DEFAULT_MAX_FILE_SIZE)
+    assert e.value.reason == "file too large" and "300.0 MB" in str(e.value)
+
+
 def test_a_stream_is_read_no_further_than_the_limit_plus_one():
     s = _Endless()
     with pytest.raises(InputError) as e:
