@@ -6,7 +6,7 @@ from PIL import Image
 
 from anime_cli import probe
 from anime_cli.decode import decode, target_size
-from conftest import PHOTOS, invoke, load_rgb, make_photo, psnr, read_log
+from conftest import PHOTOS, invoke, make_photo, psnr, read_log
 
 
 def open_probe(path):

@@ -27,7 +27,7 @@ from PIL import Image
 from anime_cli import probe
 from anime_cli.decode import decode
 from anime_cli.errors import InputError, UnsupportedFormat
-from conftest import PHOTOS
+from conftest import CLI, PHOTOS, invoke, read_log, run_cli
 
 # ----------------------------------------------------------------------------- makers
 
@@ -81,9 +81,7 @@ def gif_screen(w: int, h: int) -> bytes:
 def webp_canvas(w: int, h: int) -> bytes:
     """An animated WebP (VP8X) declaring a w x h canvas around two small frames."""
     frames = [Image.new("RGB", (32, 24), (200, 30, 30)), Image.new("RGB", (32, 24), (30, 30, 200))]
-    buf = io.BytesIO()
-    frames[0].save(buf, "WEBP", save_all=True, append_images=frames[1:])
-    data = bytearray(buf.getvalue())
+    data = bytearray(encoded(frames[0], "WEBP", save_all=True, append_images=frames[1:]))
     i = data.find(b"VP8X")
     data[i + 12:i + 15] = (w - 1).to_bytes(3, "little")
     data[i + 15:i + 18] = (h - 1).to_bytes(3, "little")
@@ -196,7 +194,7 @@ def test_png_exif_after_the_image_data_is_found_without_decoding():
     upright = pattern()
     plain = encoded(_stored(upright, 6), "PNG")
     iend = plain.rindex(b"IEND") - 4
-    data = plain[:iend] + chunk(b"eXIf", exif_bytes(6)[6:] if exif_bytes(6).startswith(b"Exif") else exif_bytes(6)) + plain[iend:]
+    data = plain[:iend] + chunk(b"eXIf", exif_bytes(6)[6:]) + plain[iend:]  # the chunk has no "Exif\0\0"
     im, pr = front(data, "late.png")
     with im:
         assert im._im is None and pr.orientation == 6
@@ -318,6 +316,17 @@ def test_stdin_is_read_no_further_than_the_limit_plus_one():
     with pytest.raises(InputError, match="more than --max-file-size"):
         probe.read_stdin(1000, s)
     assert s.read_bytes == 1001
+
+
+def test_stdin_on_a_terminal_is_refused_not_waited_for():
+    master, slave = os.openpty()
+    try:
+        with open(slave, "rb", buffering=0, closefd=False) as tty, pytest.raises(InputError) as e:
+            probe.read_stdin(1000, tty)
+        assert e.value.reason == "stdin is a terminal"
+    finally:
+        os.close(master)
+        os.close(slave)
 
 
 _STDIN = textwrap.dedent("""
@@ -445,47 +454,6 @@ def test_importing_the_probe_changes_no_global_state_and_configure_process_does(
     assert json.loads(out.stdout) == [True, 400_000_000, True, True]
 
 
-# ----------------------------------------------------------------------------- through the real CLI
-# The first two pass once cli.py passes log_file= to discover and calls
-# probe.configure_process, and pipeline's _source calls probe.read_stdin.
-
-
-def test_cli_refuses_a_log_file_that_is_an_input(photos_dir, tmp_path):
-    from conftest import invoke
-
-    before = (photos_dir / "rocket.jpg").read_bytes()
-    code, _, err = invoke("convert", photos_dir / "rocket.jpg", "-o", tmp_path / "o",
-                          "--log-file", photos_dir / "rocket.jpg", "--no-face-enhance")
-    assert code == 2 and err.count("\n") == 1 and "choose another log file" in err, err
-    assert (photos_dir / "rocket.jpg").read_bytes() == before
-
-
-def test_cli_closed_stdin_is_an_error_record(tmp_path):
-    from conftest import CLI, read_log
-
-    log = tmp_path / "log.jsonl"
-    p = subprocess.run([*CLI, "convert", "-", "-o", str(tmp_path / "o"), "--log-file", str(log),
-                        "--no-face-enhance", "--quiet"], capture_output=True, text=True, timeout=300,
-                       preexec_fn=lambda: os.close(0))
-    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
-    (rec,) = read_log(log)
-    assert (rec["status"], rec["reason"]) == ("error", "stdin closed")
-
-
-def test_cli_device_and_truncated_png_are_error_records(tmp_path):
-    from conftest import run_cli, read_log
-
-    half = tmp_path / "half.png"
-    half.write_bytes(_rebuilt_png(encoded(pattern((64, 48)), "PNG"), 24))
-    log = tmp_path / "log.jsonl"
-    code, _, err = run_cli("convert", "/dev/zero", half, "-o", tmp_path / "o", "--log-file", log,
-                           "--no-face-enhance", "--quiet")
-    assert code == 1 and "Traceback" not in err, err
-    assert [(r["status"], r["reason"]) for r in read_log(log)] == [("error", "not a file"),
-                                                                   ("error", "truncated data")]
-    assert not (tmp_path / "o" / "half.png").exists()
-
-
 def test_heic_opens_without_registering_by_hand():
     """The [heic] extra joins Pillow on the first open_image, not on import."""
     pytest.importorskip("pillow_heif", reason="the [heic] extra (pillow-heif) is not installed")
@@ -498,12 +466,37 @@ def test_heic_opens_without_registering_by_hand():
         assert (pr.format, pr.size) == ("HEIF", (60, 40))
 
 
-def test_stdin_on_a_terminal_is_refused_not_waited_for():
-    master, slave = os.openpty()
-    try:
-        with open(slave, "rb", buffering=0, closefd=False) as tty, pytest.raises(InputError) as e:
-            probe.read_stdin(1000, tty)
-        assert e.value.reason == "stdin is a terminal"
-    finally:
-        os.close(master)
-        os.close(slave)
+# ----------------------------------------------------------------------------- through the real CLI
+# The first two pass once cli.py passes log_file= to discover and calls
+# probe.configure_process, and pipeline's _source calls probe.read_stdin.
+
+
+def test_cli_refuses_a_log_file_that_is_an_input(photos_dir, tmp_path):
+    before = (photos_dir / "rocket.jpg").read_bytes()
+    code, _, err = invoke("convert", photos_dir / "rocket.jpg", "-o", tmp_path / "o",
+                          "--log-file", photos_dir / "rocket.jpg", "--no-face-enhance")
+    assert code == 2 and err.count("\n") == 1 and "choose another log file" in err, err
+    assert (photos_dir / "rocket.jpg").read_bytes() == before
+
+
+def test_cli_closed_stdin_is_an_error_record(tmp_path):
+    log = tmp_path / "log.jsonl"
+    p = subprocess.run([*CLI, "convert", "-", "-o", str(tmp_path / "o"), "--log-file", str(log),
+                        "--no-face-enhance", "--quiet"], capture_output=True, text=True, timeout=300,
+                       preexec_fn=lambda: os.close(0))
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
+    (rec,) = read_log(log)
+    assert (rec["status"], rec["reason"]) == ("error", "stdin closed")
+
+
+def test_cli_device_and_truncated_png_are_error_records(tmp_path):
+    half = tmp_path / "half.png"
+    half.write_bytes(_rebuilt_png(encoded(pattern((64, 48)), "PNG"), 24))
+    log = tmp_path / "log.jsonl"
+    code, _, err = run_cli("convert", "/dev/zero", half, "-o", tmp_path / "o", "--log-file", log,
+                           "--no-face-enhance", "--quiet")
+    assert code == 1 and "Traceback" not in err, err
+    assert [(r["status"], r["reason"]) for r in read_log(log)] == [("error", "not a file"),
+                                                                   ("error", "truncated data")]
+    assert not (tmp_path / "o" / "half.png").exists()
+
