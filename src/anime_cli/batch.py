@@ -27,7 +27,7 @@ def start(inputs: list[str], options: Options, *, recursive: bool = False, log_f
     from .pipeline import Converter
     from .telemetry import rss_bytes
 
-    jobs = discover(inputs, recursive, (options.output_dir, log_file))
+    jobs = discover(inputs, recursive, (options.output_dir,), log_file=log_file)
     if inputs.count(STDIN) > 1:
         raise UsageError("'-' (stdin) can be given only once")
     if options.output_dir is None and len(jobs) != 1:
@@ -51,7 +51,7 @@ def start(inputs: list[str], options: Options, *, recursive: bool = False, log_f
         log = JsonlLog(log_file)  # before any work: an unusable log file is a usage error
     except OSError as e:
         raise UsageError(f"{log_file}: cannot open the log file ({e.strerror or e})") from None
-    return Batch(Converter(stylizer, options, detector), jobs, log)
+    return Batch(Converter(stylizer, options, detector), jobs, log, notes=list(jobs.notes))
 
 
 def _usage(check, *args, **kw):
@@ -84,6 +84,7 @@ class Batch:
     log: JsonlLog
     counts: dict = field(default_factory=lambda: {"ok": 0, "skipped": 0, "error": 0, "planned": 0})
     over_budget: list = field(default_factory=list)  # peak RSS (MB) of files that went over --memory-limit
+    notes: list = field(default_factory=list)  # what the user should hear before the records
     started: float = field(default_factory=time.perf_counter)
     _log_warned: bool = False
 

@@ -132,7 +132,9 @@ def convert(
     """
     from .batch import Batch, start
     from .options import Options
+    from .probe import configure_process
 
+    configure_process(max_pixels)  # warnings, libtiff's stderr, Pillow's bomb guard: the CLI's choices
     to_stdout = output == "-"
     if json_out and to_stdout:
         fail("--json writes the records to stdout, where -o - writes the picture; use --log-file instead")
@@ -183,6 +185,9 @@ def _run(batch, quiet: bool, json_out: bool = False) -> int:
         if batch.log_error_new():
             say(f"anime-cli: {batch.log.error}; going on without the log")
 
+    if not quiet:
+        for note in batch.notes:
+            say(f"anime-cli: {note}")
     try:
         with progress:
             for rec, line in batch.records():

@@ -19,6 +19,11 @@ class MissingInput(UsageError):
     """An input given on the command line does not exist."""
 
 
+class LogFileIsInput(UsageError):
+    """--log-file names an input, or a file a folder walk would convert:
+    appending to it would damage the user's file."""
+
+
 class InputError(AnimeCliError):
     """One input file cannot be converted (bad data, over a limit, unreadable).
     `reason` is the short machine-friendly cause used in logs."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import io
 import os
-import re
 import stat
 import sys
 import tempfile
@@ -22,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import OutputError, OutputExists
+from .probe import TEMPORARY  # one pattern for the temporaries we write and the inputs we skip
 
 try:
     import fcntl
@@ -39,7 +39,6 @@ _temp_files: set[str] = set()
 _temp_lock = threading.Lock()
 _swept: set[str] = set()  # folders whose stale temporaries this process has removed
 TEMP_SUFFIX = ".tmp"
-_TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")  # mkstemp's 8 random characters
 _STALE_SECONDS = 10  # a live writer locks its temporary within microseconds; this covers the gap
 
 
@@ -155,7 +154,7 @@ def cut_name(text: str, nbytes: int) -> str:
 
 def is_temp_name(name: str) -> bool:
     """Whether `name` has the shape of our temporaries (`.NAME.XXXXXXXX.tmp`)."""
-    return _TEMP_NAME.match(name) is not None
+    return TEMPORARY.match(name) is not None
 
 
 def remove_stale_temps(folder: Path) -> int:

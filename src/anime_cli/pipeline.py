@@ -275,9 +275,9 @@ class Converter:
     # -- helpers -------------------------------------------------------------
     def _source(self, job: Job):
         if job.path is None:
-            if self._stdin is None:
-                self._stdin = _read_stdin(self.options.max_file_size)  # TEMP
-            return probe.read_bytes(self._stdin, STDIN, self.options.max_file_size)
+            if self._stdin is not None:
+                return probe.read_bytes(self._stdin, STDIN, self.options.max_file_size)
+            return probe.read_stdin(self.options.max_file_size)
         return probe.read_source(job.path, self.options.max_file_size)
 
     @staticmethod
@@ -325,9 +325,3 @@ def _closed_on_error(im: Image.Image):
         im.close()
         raise
 
-
-def _read_stdin(limit):  # TEMP until the probe branch lands
-    import sys
-    if sys.stdin is None:
-        raise InputError("-: stdin is closed", "unreadable")
-    return sys.stdin.buffer.read(limit + 1)
