@@ -287,10 +287,6 @@ def _has_heif() -> bool:
     return "HEIF" in probe.FORMATS
 
 
-# Pictures under 5 px on a side (at the working size) are too small for the network's
-# reflection padding. Until the stylizer pads them, they may fail, but only as their
-# own error record ("network failed"): never a crash of the batch.
-TINY = {"pixel.png", "tiny.gif", "line.png"}
 ALPHA = {"gray_alpha.png", "rgba.png", "rgba.webp", "rgba.tif", "palette_trns.png", "palette_trns.gif"}
 
 
@@ -343,8 +339,6 @@ def test_every_file_gets_exactly_one_record_with_the_right_status(corpus_run):
     wrong = {}
     for name, (status, reason) in expect.items():
         (rec,) = records[name]  # exactly one
-        if name in TINY and (rec["status"], rec["reason"]) == ("error", "network failed"):
-            continue
         if rec["status"] != status or (reason is not None and rec["reason"] != reason):
             wrong[name] = (rec["status"], rec["reason"], rec["error"])
         if rec["status"] == "error":
