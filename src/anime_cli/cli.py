@@ -17,6 +17,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 try:  # Typer 0.2x carries its own copy of Click
     from typer._click.exceptions import NoArgsIsHelpError, UsageError
@@ -32,7 +33,37 @@ from .options import (DEFAULT_FACE_SIZE, DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_PIXE
 # torch (through weights/stylize) is imported only once a command runs, after main()
 # has taken over the signals: an early Ctrl-C exits 130 instead of a traceback.
 
+class _OneLine(UsageError):
+    """A usage error shown as one line that names the option (Click's own
+    is three lines of usage, hint and error)."""
+
+    def __init__(self, e: UsageError):
+        super().__init__(_usage_line(e), getattr(e, "ctx", None))
+
+    def show(self, file=None) -> None:
+        _echo(f"anime-cli: {self.message}")
+
+
+class _Group(TyperGroup):
+    def make_context(self, *args, **kw):
+        try:
+            return super().make_context(*args, **kw)
+        except NoArgsIsHelpError:
+            raise
+        except UsageError as e:
+            raise _OneLine(e) from None
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (NoArgsIsHelpError, _OneLine):
+            raise
+        except UsageError as e:  # the subcommand's options
+            raise _OneLine(e) from None
+
+
 app = typer.Typer(
+    cls=_Group,
     no_args_is_help=True,
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
@@ -323,16 +354,8 @@ def main():
     for s in _signals():
         signal.signal(s, _interrupted_before_work)
     try:
-        sys.exit(app(standalone_mode=False) or 0)
-    except NoArgsIsHelpError as e:
-        _echo(e.format_message())
-        sys.exit(2)
-    except UsageError as e:
-        _echo(f"anime-cli: {_usage_line(e)}")
-        sys.exit(2)
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
-    except (KeyboardInterrupt, typer.Abort):
+        app()
+    except KeyboardInterrupt:
         sys.exit(130)
 
 
