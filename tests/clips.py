@@ -16,20 +16,20 @@ _FORMATS = {".mp4": "mp4", ".mov": "mov", ".m4v": "mp4", ".mkv": "matroska", ".w
 
 def pan_frames(n: int, size=(64, 48), src="astronaut.png", step=1.0):
     """n frames of a window sliding `step` px a frame across the photo (scaled so
-    the pan stays inside it)."""
+    that the whole pan stays inside it)."""
     w, h = size
     with Image.open(PHOTOS / src) as im:
         im = im.convert("RGB")
-        scale = h / im.height * 1.25
-        im = im.resize((max(w + 2, round(im.width * scale)), round(im.height * scale)), Image.Resampling.LANCZOS)
+        scale = max(h * 1.1 / im.height, (w + (n - 1) * step + 2) / im.width)
+        im = im.resize((round(im.width * scale), round(im.height * scale)), Image.Resampling.LANCZOS)
     arr = np.asarray(im)
-    span = arr.shape[1] - w - 1
+    top = (arr.shape[0] - h) // 2
     for i in range(n):
-        x = (i * step) % span
+        x = i * step
         x0 = int(x)
         frac = x - x0  # sub-pixel pan: blend two neighbouring windows
-        a = arr[:h, x0:x0 + w].astype(np.float32)
-        b = arr[:h, x0 + 1:x0 + 1 + w].astype(np.float32)
+        a = arr[top:top + h, x0:x0 + w].astype(np.float32)
+        b = arr[top:top + h, x0 + 1:x0 + 1 + w].astype(np.float32)
         yield np.clip(np.rint(a * (1 - frac) + b * frac), 0, 255).astype(np.uint8)
 
 

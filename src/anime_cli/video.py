@@ -214,8 +214,8 @@ def _info(c, kind: str, name: str, max_pixels: int, max_frames: int) -> VideoInf
     if w < 1 or h < 1:
         raise InputError(f"{name}: video has no frame size ({w}x{h})", "corrupt video")
     if w * h > max_pixels:
-        raise InputError(f"{name}: {w}x{h} frames are {w * h / 1e6:.0f} MP, over --max-pixels "
-                         f"({max_pixels / 1e6:.0f} MP)", "too many pixels")
+        raise InputError(f"{name}: {w}x{h} frames are {w * h:,} pixels, over --max-pixels ({max_pixels:,})",
+                         "too many pixels")
     rate = v.average_rate or v.guessed_rate
     duration = float(v.duration * v.time_base) if v.duration and v.time_base else (
         c.duration / 1e6 if c.duration and c.duration > 0 else None)
@@ -512,5 +512,7 @@ def _publish(tmp: str, dest: Path, overwrite: bool, cancel) -> None:
 
 
 def _short(e: BaseException) -> str:
+    if getattr(e, "strerror", None):  # FFmpeg's own words, without the errno and the path again
+        return e.strerror
     text = str(e).strip().splitlines()
     return text[0][:120] if text else type(e).__name__
