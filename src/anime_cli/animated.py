@@ -168,7 +168,12 @@ def _gif_frames(frames, alpha_any: bool):
             p = Image.fromarray(idx, "P")
             p.putpalette(palette.getpalette()[:765] + [0, 0, 0])
         images.append(p)
-    return images, ({"transparency": 255} if alpha_any else {})
+    # the palette named in the save call: Pillow then writes it once, as the
+    # global colour table, instead of a copy in every frame
+    extra = {"palette": bytes(images[0].getpalette()[:768])}
+    if alpha_any:
+        extra["transparency"] = 255
+    return images, extra
 
 
 def _rgba(rgb: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
