@@ -1,7 +1,7 @@
 """Video: recognised by content, streamed frame by frame through the style.
 
-`sniff` names a video or an animated picture from its first bytes (a still
-GIF, WebP or PNG stays a photo). `convert_video` decodes one frame at a time
+`sniff` (sniff.py) names a video or an animated picture from its first bytes
+(a still GIF, WebP or PNG stays a photo). `convert_video` decodes one frame at a time
 straight to the working size (FFmpeg's scaler, through PyAV), turns it
 upright, hands it to `stylize_frame`, encodes it and forgets it: memory is
 that of one frame plus the codecs' own look-ahead, whatever the clip's
@@ -19,24 +19,19 @@ from __future__ import annotations
 
 import os
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
 from . import output
 from .decode import target_size
 from .errors import InputError, OutputError, UnsupportedFormat
+from .sniff import ANIMATED_KINDS, VIDEO_KINDS, VIDEO_SUFFIXES, sniff  # noqa: F401  (the API in one place)
 
-VIDEO_KINDS = ("mp4", "mov", "mkv", "webm", "avi")
-ANIMATED_KINDS = ("gif", "webp", "apng")
-# Names that say "this was meant to be a video": unreadable data under one of
-# them is an error (corrupt), not a silent skip.
-VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".qt", ".3gp"}
 EXTRA = "anime-cli[video]"
 
 # x264's CRF 18 is the usual "visually lossless" point; for this content it is
@@ -50,101 +45,6 @@ MIN_SIDE = 16  # the network's reflection padding and 4x downsampling need room
 # so that its sound is still copied unchanged.
 _MP4_AUDIO = {"aac", "mp3", "mp2", "ac3", "eac3", "opus", "flac", "alac"}
 _WEBM_AUDIO = {"opus", "vorbis"}
-_IMAGE_BRANDS = {"heic", "heix", "mif1", "msf1", "heim", "heis", "hevc", "hevx", "avif", "avis"}
-
-
-# -- recognising ------------------------------------------------------------
-def sniff(source: str | os.PathLike | bytes | BinaryIO) -> str | None:
-    """The kind of video or animation in `source` (a path, the first bytes, or a
-    seekable binary file), one of VIDEO_KINDS + ANIMATED_KINDS, or None for
-    anything else (a still picture, text...). Reads a few header bytes; a GIF
-    is walked block by block only as far as its second frame."""
-    if isinstance(source, (str, os.PathLike)):
-        try:
-            with open(source, "rb") as f:
-                return _sniff(f)
-        except OSError:
-            return None
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        import io
-
-        return _sniff(io.BytesIO(bytes(source)))
-    pos = source.tell()
-    try:
-        return _sniff(source)
-    finally:
-        source.seek(pos)
-
-
-def _sniff(f: BinaryIO) -> str | None:
-    head = f.read(64)
-    if head[4:8] == b"ftyp":
-        brand = head[8:12].decode("latin-1")
-        if brand.strip() in _IMAGE_BRANDS:
-            return None
-        return "mov" if brand == "qt  " else "mp4"
-    if head[4:8] in (b"moov", b"mdat", b"wide") and len(head) >= 8:
-        return "mov"  # an old QuickTime file: no ftyp box
-    if head.startswith(b"\x1a\x45\xdf\xa3"):
-        return "webm" if b"webm" in head else "mkv"
-    if head.startswith(b"RIFF") and head[8:12] == b"AVI ":
-        return "avi"
-    if head.startswith(b"RIFF") and head[8:16] == b"WEBPVP8X":
-        return "webp" if len(head) > 20 and head[20] & 0x02 else None
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "apng" if _png_animated(f) else None
-    if head[:6] in (b"GIF87a", b"GIF89a"):
-        return "gif" if _gif_frames(f, stop=2) >= 2 else None
-    return None
-
-
-def _png_animated(f: BinaryIO) -> bool:
-    """An acTL chunk (before the first IDAT) declaring two frames or more."""
-    f.seek(8)
-    for _ in range(64):
-        hdr = f.read(8)
-        if len(hdr) < 8:
-            return False
-        n, kind = int.from_bytes(hdr[:4], "big"), hdr[4:]
-        if kind == b"acTL":
-            return int.from_bytes(f.read(4), "big") >= 2
-        if kind == b"IDAT":
-            return False
-        f.seek(n + 4, 1)  # data and CRC
-    return False
-
-
-def _gif_frames(f: BinaryIO, stop: int) -> int:
-    """Image descriptors in a GIF, counted up to `stop` (a broken GIF: those seen)."""
-    f.seek(6)
-    lsd = f.read(7)
-    if len(lsd) < 7:
-        return 0
-    if lsd[4] & 0x80:
-        f.seek(3 << ((lsd[4] & 7) + 1), 1)
-    frames = 0
-    while frames < stop:
-        b = f.read(1)
-        if b == b"\x2c":
-            desc = f.read(9)
-            if len(desc) < 9:
-                return frames
-            if desc[8] & 0x80:
-                f.seek(3 << ((desc[8] & 7) + 1), 1)
-            f.read(1)  # LZW minimum code size
-            frames += 1
-        elif b == b"\x21":
-            f.read(1)  # extension label
-        else:  # trailer, or garbage
-            return frames
-        while True:  # data sub-blocks
-            n = f.read(1)
-            if not n or n == b"\x00":
-                break
-            f.seek(n[0], 1)
-        if not n:
-            return frames
-    return frames
 
 
 def require_av(name: str):
@@ -231,15 +131,8 @@ def _info(c, kind: str, name: str, max_pixels: int, max_frames: int) -> VideoInf
 
 
 def _stream_rotation(v) -> int:
-    """The display matrix's rotation, read from the first packets' side data
-    by FFmpeg when it decodes; here from the stream's, when PyAV exposes it."""
-    for attr in ("side_data",):
-        sd = getattr(v, attr, None)
-        if isinstance(sd, dict) and "DISPLAYMATRIX" in sd:
-            try:
-                return _quarter(float(sd["DISPLAYMATRIX"]))
-            except (TypeError, ValueError):
-                pass
+    """The old `rotate` tag, where FFmpeg still reports one. The display
+    matrix itself comes with each decoded frame (frame.rotation), used then."""
     tag = v.metadata.get("rotate") if v.metadata else None
     try:
         return _quarter(-float(tag)) if tag else 0  # the old tag turns clockwise
