@@ -14,16 +14,20 @@ from conftest import PHOTOS
 _FORMATS = {".mp4": "mp4", ".mov": "mov", ".m4v": "mp4", ".mkv": "matroska", ".webm": "webm", ".avi": "avi"}
 
 
-def pan_frames(n: int, size=(64, 48), src="astronaut.png", step=1.0):
+def pan_frames(n: int, size=(64, 48), src="astronaut.png", step=1.0, top: int | None = None, tile=False):
     """n frames of a window sliding `step` px a frame across the photo (scaled so
-    that the whole pan stays inside it)."""
+    that the whole pan stays inside it). tile: the photo scaled to the frame's
+    height and repeated side by side instead (its faces stay small)."""
     w, h = size
     with Image.open(PHOTOS / src) as im:
         im = im.convert("RGB")
-        scale = max(h * 1.1 / im.height, (w + (n - 1) * step + 2) / im.width)
+        need = w + (n - 1) * step + 2
+        scale = h / im.height if tile else max(h * 1.1 / im.height, need / im.width)
         im = im.resize((round(im.width * scale), round(im.height * scale)), Image.Resampling.LANCZOS)
     arr = np.asarray(im)
-    top = (arr.shape[0] - h) // 2
+    if tile:
+        arr = np.concatenate([arr] * int(np.ceil(need / arr.shape[1])), axis=1)
+    top = (arr.shape[0] - h) // 2 if top is None else min(top, arr.shape[0] - h)
     for i in range(n):
         x = i * step
         x0 = int(x)
@@ -34,7 +38,7 @@ def pan_frames(n: int, size=(64, 48), src="astronaut.png", step=1.0):
 
 
 def make_clip(path: Path, n=10, size=(64, 48), fps=10, audio=True, rotation=0, codec=None, pts=None,
-              src="astronaut.png", step=1.0, audio_codec=None) -> Path:
+              src="astronaut.png", step=1.0, audio_codec=None, top: int | None = None, tile=False) -> Path:
     """Write a clip; pts: explicit timestamps (in 1/1000 s) for variable frame rate."""
     import av
 
@@ -58,7 +62,7 @@ def make_clip(path: Path, n=10, size=(64, 48), fps=10, audio=True, rotation=0, c
             rate = 48000 if acodec == "libopus" else 16000
             a = out.add_stream(acodec, rate=rate)
             a.layout = "mono"
-        for i, rgb in enumerate(pan_frames(n, size, src, step)):
+        for i, rgb in enumerate(pan_frames(n, size, src, step, top, tile)):
             f = av.VideoFrame.from_ndarray(rgb, format="rgb24")
             f.pts = pts[i] if pts is not None else i
             if pts is not None:
