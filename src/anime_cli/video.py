@@ -69,6 +69,7 @@ class VideoInfo:
     duration: float | None  # seconds
     codec: str
     audio: list[str] = field(default_factory=list)  # codec names of the audio streams
+    estimate: int = 0  # frames declared, or duration x rate: for a progress bar's total
 
     @property
     def upright_size(self) -> tuple[int, int]:
@@ -125,7 +126,7 @@ def _info(c, kind: str, name: str, max_pixels: int, max_frames: int) -> VideoInf
                          "too many frames")
     rotation = _stream_rotation(v)
     info = VideoInfo(kind, (w, h), rotation, Fraction(rate) if rate else None, int(v.frames or 0), duration,
-                     v.codec_context.name, [a.codec_context.name for a in c.streams.audio])
+                     v.codec_context.name, [a.codec_context.name for a in c.streams.audio], claimed)
     _working_size(info, 0, name)  # too small or too thin: refused before any frame
     return info
 
@@ -230,8 +231,8 @@ def convert_video(src: str | os.PathLike, dest: str | os.PathLike, stylize_frame
     """Stylize every frame of `src` into `dest` (its suffix should be
     probe_video(...).suffix: .mp4, .mkv or .webm). stylize_frame: upright
     HxWx3 uint8 -> same shape. If it has a `timings` dict (FrameStylizer), its
-    stages are reported instead of one "stylize" stage. progress(done, total
-    claimed or 0) after each frame. cancel.is_set() is checked between frames
+    stages are reported instead of one "stylize" stage. progress(done, total)
+    after each frame (total: the header's count or its estimate, 0 unknown). cancel.is_set() is checked between frames
     (tiles.Cancelled raised inside stylize_frame passes through too); on any
     exception the temporary file is removed and nothing appears at `dest`."""
     name = name or str(src)
@@ -281,7 +282,7 @@ def _run(c, v, info, size, name, max_frames, stylize_frame, wr, progress, cancel
         first, last = (pts if n == 0 else first), pts
         n += 1
         if progress is not None:
-            progress(n, info.frames)
+            progress(n, max(n, info.estimate))
     if n == 0:
         raise InputError(f"{name}: the video stream holds no frame", "no frames")
     if info.frames and n < info.frames * 0.99 - 2:  # edit lists may drop a few: not a truncation
