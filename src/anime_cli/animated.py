@@ -59,15 +59,7 @@ def convert_animated(src: str | os.PathLike, dest: str | os.PathLike, kind: str,
         raise InputError(f"{name}: not a readable {fmt} animation ({_short(e)})", "corrupt header") from None
     with im:
         n, (w, h) = getattr(im, "n_frames", 1), im.size
-        if w * h > max_pixels:
-            raise InputError(f"{name}: {w}x{h} frames are {w * h:,} pixels, over --max-pixels ({max_pixels:,})",
-                             "too many pixels")
-        if n > max_frames:
-            raise InputError(f"{name}: {n} frames, over --max-frames ({max_frames})", "too many frames")
-        size = target_size((w, h), max_side)
-        if n * size[0] * size[1] > max_total_pixels:
-            raise InputError(f"{name}: {n} frames of {size[0]}x{size[1]} is over the {max_total_pixels:,} pixels "
-                             f"an animation may hold; lower --max-side", "animation too large")
+        size = check_limits(n, (w, h), name, max_side, max_pixels, max_frames, max_total_pixels)
         loop = im.info.get("loop")
         frames, durations, disposals, alpha_any = [], [], [], False
         timings["decode"] += time.perf_counter() - t
@@ -110,6 +102,22 @@ def convert_animated(src: str | os.PathLike, dest: str | os.PathLike, kind: str,
                        round(sum(durations) / 1000, 4), 0, size, (w, h), SUFFIXES[fmt], timings,
                        round(n / total, 3) if total else 0.0, [f"animated {fmt}, loop {loop}" if loop is not None
                                                                else f"animated {fmt}, played once"])
+
+
+def check_limits(n: int, size: tuple[int, int], name: str, max_side: int, max_pixels: int, max_frames: int,
+                 max_total_pixels: int = DEFAULT_MAX_TOTAL_PIXELS) -> tuple[int, int]:
+    """The working size of an n-frame animation, or InputError for a limit it passes."""
+    w, h = size
+    if w * h > max_pixels:
+        raise InputError(f"{name}: {w}x{h} frames are {w * h:,} pixels, over --max-pixels ({max_pixels:,})",
+                         "too many pixels")
+    if n > max_frames:
+        raise InputError(f"{name}: {n} frames, over --max-frames ({max_frames})", "too many frames")
+    tw, th = target_size((w, h), max_side)
+    if n * tw * th > max_total_pixels:
+        raise InputError(f"{name}: {n} frames of {tw}x{th} is over the {max_total_pixels:,} pixels "
+                         f"an animation may hold; lower --max-side", "animation too large")
+    return tw, th
 
 
 def _disposal(im: Image.Image, fmt: str) -> int:
