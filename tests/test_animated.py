@@ -55,7 +55,7 @@ def test_round_trip_keeps_frames_durations_and_loop(tmp_path, stylizer, fmt, kin
     _, _, inputs = _read(src)
     for (_, _, a), (_, _, b) in zip(inputs, frames):  # each frame is the still conversion of the same frame
         want = stylizer.stylize(np.ascontiguousarray(a[..., :3]))
-        assert psnr(want, b[..., :3]) > (22 if fmt == "GIF" else 30)  # GIF: 256 colours for the clip
+        assert psnr(want, b[..., :3]) > 30  # GIF too: 256 colours go far on one small clip
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([src.name, dest.name])
 
 
