@@ -52,6 +52,35 @@ def test_sniff_leaves_photos_and_text_alone(tmp_path, photos):
     assert video.sniff(tmp_path / "text.mp4") is None
 
 
+def test_sniff_never_raises_on_cut_or_random_headers(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    clips = [make_clip(tmp_path / f"c{ext}", n=2, audio=False).read_bytes() for ext in (".mp4", ".mkv", ".avi")]
+    frames = [Image.new("RGB", (32, 32), (i * 60, 0, 0)) for i in range(3)]
+    for fmt in ("GIF", "PNG", "WEBP"):
+        frames[0].save(tmp_path / f"a.{fmt}", format=fmt, save_all=True, append_images=frames[1:], duration=50)
+        clips.append((tmp_path / f"a.{fmt}").read_bytes())
+    for data in clips:
+        for cut in sorted(set(rng.integers(0, len(data), 40))):
+            video.sniff(data[:cut])  # whatever it says, it says it without raising
+            mangled = bytearray(data[:200])
+            mangled[rng.integers(0, len(mangled))] ^= 0xFF
+            video.sniff(bytes(mangled))
+    for _ in range(200):
+        video.sniff(rng.bytes(int(rng.integers(0, 300))))
+
+
+def test_a_video_from_memory(tmp_path):
+    import io
+
+    data = make_clip(tmp_path / "in.mp4", n=3).read_bytes()
+    src = io.BytesIO(data)
+    assert video.sniff(src) == "mp4" and src.tell() == 0
+    res = video.convert_video(src, tmp_path / "out.mp4", lambda x: x, name="-")
+    assert res.frames == 3 and res.audio == 1
+
+
 # -- converting ------------------------------------------------------------------
 def test_clip_through_the_real_model_keeps_frames_time_and_sound(tmp_path, stylizer):
     src = make_clip(tmp_path / "in.mp4", n=12, size=(96, 64), fps=12)

@@ -96,6 +96,9 @@ def probe_video(path: str | os.PathLike, name: str | None = None, kind: str | No
 
 def _opened(av, path, name):
     try:
+        if hasattr(path, "read"):  # stdin or a pipe, read into memory by the pipeline
+            path.seek(0)
+            return av.open(path, metadata_errors="replace")
         return av.open(str(path), metadata_errors="replace")
     except av.error.FileNotFoundError:
         raise InputError(f"{name}: file not found (deleted?)", "file not found") from None
