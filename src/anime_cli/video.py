@@ -125,8 +125,8 @@ def _info(c, kind: str, name: str, max_pixels: int, max_frames: int) -> VideoInf
         c.duration / 1e6 if c.duration and c.duration > 0 else None)
     claimed = int(v.frames or 0) or (round(duration * rate) if duration and rate else 0)
     if claimed > max_frames:
-        raise InputError(f"{name}: the header claims {claimed} frames, over --max-frames ({max_frames})",
-                         "too many frames")
+        said = f"{claimed} frames" if v.frames else f"{duration:.0f} s at {float(rate):.3g} fps, ~{claimed} frames"
+        raise InputError(f"{name}: the header declares {said}, over --max-frames ({max_frames})", "too many frames")
     rotation = _stream_rotation(v)
     info = VideoInfo(kind, (w, h), rotation, Fraction(rate) if rate else None, int(v.frames or 0), duration,
                      v.codec_context.name, [a.codec_context.name for a in c.streams.audio], claimed)
