@@ -41,7 +41,7 @@ def start(inputs: list[str], options: Options, *, recursive: bool = False, log_f
 
         detector = FaceDetector.load()
     if options.memory_limit:
-        need = rss_bytes() + budget.RESERVE + getattr(stylizer, 'min_bytes', lambda h, w: 0)(options.face_size, options.face_size)
+        need = rss_bytes() + budget.RESERVE + getattr(stylizer, 'min_bytes', lambda h, w: 0)(options.face_px(), options.face_px())
         if options.memory_limit < need:
             raise UsageError(f"--memory-limit {format_bytes(options.memory_limit)} is below what the models "
                              f"need: at least {need / 1e6:.0f}MB (or 0 for no limit)")

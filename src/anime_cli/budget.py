@@ -44,7 +44,7 @@ def footprint(probe, options, stylizer, faces: bool) -> int:
     px = 4 * w * h  # bytes of the picture, alpha included
     need = max(decode_bytes(probe, options.max_side), 3 * px + stylizer.fastest_bytes(h, w))
     if faces:
-        side = options.face_size
+        side = options.face_px()
         detect = min(w * h, _DETECT_PIXELS) * _DETECT_BYTES_PER_PIXEL
         crops = 8 * probe.size[0] * probe.size[1]
         need = max(need, 3 * px + max(detect, stylizer.fastest_bytes(side, side) + crops))

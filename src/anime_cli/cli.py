@@ -26,7 +26,7 @@ except ImportError:
 
 from .download import TIMEOUT_S
 from .errors import AnimeCliError
-from .options import (DEFAULT_FACE_SIZE, DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE,
+from .options import (DEFAULT_CRF, DEFAULT_FACE_SIZE, DEFAULT_MAX_FRAMES, VIDEO_FACE_SIZE, DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE,
                       DEFAULT_MEMORY_LIMIT, DEFAULT_OUTPUT, DEFAULT_QUALITY, DEFAULT_STYLE, FORMATS, PRECISIONS,
                       format_bytes, format_count, parse_bytes, parse_choice, parse_count)
 
@@ -132,7 +132,7 @@ def convert(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs (default: skip them, so a rerun resumes)."),
     face_enhance: bool = typer.Option(True, "--face-enhance/--no-face-enhance", help="Re-render each face at --face-size px (face2paint)."),
     min_face: Optional[int] = typer.Option(None, "--min-face", min=1, metavar="PX", help="Smallest face width (px, in the working image) to enhance. [default: the face module's]"),
-    face_size: int = typer.Option(DEFAULT_FACE_SIZE, "--face-size", min=64, max=2048, metavar="PX", help="Size at which faces are re-rendered."),
+    face_size: Optional[int] = typer.Option(None, "--face-size", min=64, max=2048, metavar="PX", help=f"Size at which faces are re-rendered. [default: {DEFAULT_FACE_SIZE} for photos, {VIDEO_FACE_SIZE} for video]"),
     style: str = typer.Option(DEFAULT_STYLE, "--style", autocompletion=_complete_style, help="Installed style to use (see `anime-cli styles`)."),
     weights_path: Optional[Path] = typer.Option(None, "--weights", metavar="PATH", help="A generator state dict of a known family (overrides --style)."),
     log_file: Optional[Path] = typer.Option(None, "--log-file", metavar="FILE", help="Append one JSON object per input file (JSON Lines)."),
@@ -142,6 +142,8 @@ def convert(
     memory_limit: int = typer.Option(format_bytes(DEFAULT_MEMORY_LIMIT), "--memory-limit", metavar="SIZE", parser=_parsed(parse_bytes), help="Peak RSS budget for the whole process; big images are processed in pieces to stay inside. 0: no limit."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for the network. [default: the cores this process may use]"),
     precision: str = typer.Option("auto", "--precision", metavar="P", parser=_parsed(parse_choice(PRECISIONS)), autocompletion=_completer(PRECISIONS), help="Network arithmetic: auto (bf16 where the CPU has native bfloat16, else fp32), bf16 (about twice as fast, ~53 dB from fp32) or fp32 (exact)."),
+    crf: int = typer.Option(DEFAULT_CRF, "--crf", min=0, max=51, metavar="N", help="Video quality (H.264/VP9 constant rate factor): lower is better and bigger; 18 looks lossless on anime."),
+    max_frames: int = typer.Option(DEFAULT_MAX_FRAMES, "--max-frames", min=1, metavar="N", help="Refuse videos and animations with more frames (a bomb cannot run for days)."),
     sequential: bool = typer.Option(False, "--sequential", help="One file at a time, on all threads. By default two files are in flight, sharing the cores and the memory budget."),
     name: str = typer.Option("{stem}", "--name", metavar="PATTERN", parser=_parsed(_check_name), help="The output file name, without its suffix (the output format's is added): fields {stem} {ext} {style} {width} {height} {input_ext}; e.g. '{stem}_{style}'."),
     keep_metadata: bool = typer.Option(False, "--keep-metadata", help="Copy the photo's EXIF and XMP (camera, lens, date taken, exposure) into the output: orientation 1, no thumbnail, no GPS (see --keep-gps), the output's size."),
@@ -173,7 +175,7 @@ def convert(
         output_dir=None if to_stdout else Path(output).expanduser(), max_side=max_side, format=fmt,
         quality=quality, overwrite=overwrite, face_enhance=face_enhance, min_face=min_face, face_size=face_size,
         max_file_size=max_file_size, max_pixels=max_pixels, memory_limit=memory_limit, pipelined=not sequential,
-        dry_run=dry_run, name=name, keep_metadata=keep_metadata, keep_gps=keep_gps,
+        dry_run=dry_run, crf=crf, max_frames=max_frames, name=name, keep_metadata=keep_metadata, keep_gps=keep_gps,
         style=weights_path.stem if weights_path is not None else style,
     )
     try:

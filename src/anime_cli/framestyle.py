@@ -19,7 +19,7 @@ import numpy as np
 
 from .faces import DEFAULT_MIN_FACE, enhance_faces
 
-VIDEO_FACE_SIZE = 256
+from .options import VIDEO_FACE_SIZE  # noqa: F401  (the default's home is options)
 
 
 class FrameStylizer:
@@ -37,7 +37,8 @@ class FrameStylizer:
         self.timings = {"stylize": 0.0}
         if detector is not None:
             self.timings["faces"] = 0.0
-        self.faces = 0
+        self.faces = 0  # found, summed over frames
+        self.faces_enhanced = 0
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         t = time.perf_counter()
@@ -45,8 +46,9 @@ class FrameStylizer:
         t1 = time.perf_counter()
         self.timings["stylize"] += t1 - t
         if self.detector is not None:
-            out, n = enhance_faces(self.stylizer, rgb, out, self.detector, face_size=self.face_size,
-                                   min_face=self.min_face, cancel=self.cancel)
-            self.faces += n
+            out, report = enhance_faces(self.stylizer, rgb, out, self.detector, face_size=self.face_size,
+                                        min_face=self.min_face, cancel=self.cancel)
+            self.faces += report.found
+            self.faces_enhanced += report.enhanced
             self.timings["faces"] += time.perf_counter() - t1
         return out

@@ -82,7 +82,7 @@ class Lanes:
                 try:
                     loaded = conv.open(self.jobs[i])
                     loaded.cancel = Stop(self, i)
-                    if loaded.image is not None:
+                    if loaded.pending:
                         grant = self.ledger.acquire(conv.footprint(loaded), loaded.cancel)
                 except BaseException as e:  # stopped while waiting for memory, or a bug: the main thread raises it
                     if loaded is not None and loaded.image is not None:

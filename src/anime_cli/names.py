@@ -71,13 +71,14 @@ def suffix_for(input_name: str, fmt: str) -> str:
     return WRITABLE[fmt][0]
 
 
-def render(pattern: str, input_name: str, fmt: str, style: str = "", size: tuple[int, int] = (0, 0)) -> str:
+def render(pattern: str, input_name: str, fmt: str | None, style: str = "", size: tuple[int, int] = (0, 0),
+           suffix: str | None = None) -> str:
     """The output file name (suffix included) for the input called `input_name`
-    (a file name, not a path), written as Pillow format `fmt` at `size` (w, h).
-    `pattern` must have passed check(). At most NAME_MAX bytes: a long stem is
-    shortened, the suffix kept."""
+    (a file name, not a path), written as Pillow format `fmt` at `size` (w, h),
+    or with the given `suffix` (a video's .mp4). `pattern` must have passed
+    check(). At most NAME_MAX bytes: a long stem is shortened, the suffix kept."""
     p = Path(input_name)
-    suffix = suffix_for(input_name, fmt)
+    suffix = suffix or suffix_for(input_name, fmt)
     values = {"stem": p.stem, "ext": suffix[1:], "style": style, "width": size[0], "height": size[1],
               "input_ext": p.suffix[1:]}
     base = _base(pattern, values, suffix)
@@ -126,9 +127,11 @@ class Names:
         self.inputs = inputs  # real paths of every input of the batch
         self.claimed: dict[Path, str] = {}  # output path -> the input that took it
 
-    def claim(self, job, fmt: str, size: tuple[int, int]) -> Path:
-        """The output path of `job`, written as Pillow format `fmt` at `size` (w, h)."""
-        dest = self.output_dir / job.rel.with_name(render(self.pattern, job.rel.name, fmt, self.style, size))
+    def claim(self, job, fmt: str | None, size: tuple[int, int], suffix: str | None = None) -> Path:
+        """The output path of `job`, written as Pillow format `fmt` (or with
+        `suffix`, for a video) at `size` (w, h)."""
+        name = render(self.pattern, job.rel.name, fmt, self.style, size, suffix)
+        dest = self.output_dir / job.rel.with_name(name)
         if dest in self.claimed and self.claimed[dest] != job.input:
             dest = next(c for c in self.alternatives(dest, job.rel.suffix) if c not in self.claimed)
         if real_path(dest) in self.inputs or (job.path is not None and same_file(dest, job.path)):

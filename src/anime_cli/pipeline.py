@@ -19,8 +19,9 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 from PIL import Image
 
-from . import budget, metadata, output, probe
+from . import budget, clips, metadata, output, probe
 from .names import Names
+from .sniff import VIDEO_KINDS, sniff
 from .decode import Decoded, decode, target_size
 from .discover import STDIN, Job
 from .faces import file_identity
@@ -49,6 +50,13 @@ class Loaded:
     stage: str = "probe"
     identity: tuple | None = None  # the input file as probed (see faces.file_identity)
     metadata: metadata.Metadata | None = None  # with --keep-metadata: what goes into the output
+    clip: object | None = None  # a video or an animation (media.Clip): converted frame by frame
+    source: object | None = None  # what the clip is read from (a path, or stdin's bytes)
+
+    @property
+    def pending(self) -> bool:
+        """Probed, with work still to do."""
+        return self.image is not None or self.clip is not None
     fatal: bool = False  # its write failed so that no later write can succeed
 
 
@@ -109,38 +117,54 @@ class Converter:
             with rec.stage("probe"):
                 source, nbytes = self._source(job)
                 rec.input_bytes = nbytes
-                im, pr = probe.open_image(source, nbytes, job.input, self.options.max_pixels)
-                loaded.identity = file_identity(job.path) if job.path is not None else None
-            with _closed_on_error(im):
-                loaded.probe = pr
-                rec.input_format = pr.format
-                rec.input_size = list(pr.oriented_size)
-                fmt = output.output_format(pr.format, pr.has_alpha or "transparency" in im.info,
-                                           self.options.format)
-                loaded.fmt = fmt
-                w, h = target_size(pr.oriented_size, self.options.max_side)
-                if self.names is not None:
-                    loaded.dest = self.names.claim(job, fmt, (w, h))
-                    if loaded.dest.is_dir():
-                        raise OutputError(f"{loaded.dest}: cannot write (a folder is in the way)")
-                    if _taken(loaded.dest) and not self.options.overwrite:
-                        im.close()
-                        raise OutputExists(f"{loaded.dest}: exists")
-                loaded.reopen = self._reopener(source)
-                if self.options.keep_metadata:
-                    loaded.metadata = metadata.read(im)
-                units = self._work(h, w)
-            loaded.image = im
+                kind = sniff(source)
+                if kind is not None:  # a video or an animation: frame by frame (clips.py)
+                    units = clips.open_clip(self, loaded, kind, source)
+                    im = None
+                else:
+                    im, pr = probe.open_image(source, nbytes, job.input, self.options.max_pixels)
+                    loaded.identity = file_identity(job.path) if job.path is not None else None
+            if im is not None:
+                units = self._open_photo(loaded, im, pr, source)
         if self.progress is not None:
             self.progress.planned(loaded, job.input, units)
         return loaded
 
+    def _open_photo(self, loaded: Loaded, im, pr, source) -> float:
+        """Output format and name of a probed photo; its work in progress units.
+        The image stays open for load()."""
+        rec, opts = loaded.record, self.options
+        with _closed_on_error(im):
+            loaded.probe = pr
+            rec.input_format = pr.format
+            rec.input_size = list(pr.oriented_size)
+            loaded.fmt = output.output_format(pr.format, pr.has_alpha or "transparency" in im.info, opts.format)
+            w, h = target_size(pr.oriented_size, opts.max_side)
+            if self.names is not None:
+                self.claim(loaded, loaded.fmt, (w, h))
+            loaded.reopen = self._reopener(source)
+            if opts.keep_metadata:
+                loaded.metadata = metadata.read(im)
+        loaded.image = im
+        return self._work(h, w)
+
+    def claim(self, loaded: Loaded, fmt: str | None, size: tuple[int, int], suffix: str | None = None) -> None:
+        """The file's output path (or an OutputExists/OutputError)."""
+        dest = loaded.dest = self.names.claim(loaded.job, fmt, size, suffix)
+        if dest.is_dir():
+            raise OutputError(f"{dest}: cannot write (a folder is in the way)")
+        if _taken(dest) and not self.options.overwrite:
+            raise OutputExists(f"{dest}: exists")
+
     def load(self, loaded: Loaded) -> Loaded:
-        """Decode an opened file to its working size (a dry run: plan it instead)."""
-        if loaded.image is None:
+        """Decode an opened photo to its working size (a dry run: plan it instead).
+        A clip is decoded frame by frame as it is converted."""
+        if not loaded.pending:
             return loaded
         if self.options.dry_run:
             return self._plan(loaded)
+        if loaded.clip is not None:
+            return loaded
         rec = loaded.record
         with self.peaks.active(loaded), self._recorded(loaded, "decode"), loaded.image as im:
             loaded.image = None
@@ -154,6 +178,9 @@ class Converter:
         """Stylize, enhance faces and write one loaded file; its record.
         Raises errors.Fatal after the record is complete when the write
         failed for good (disk full)."""
+        if loaded.clip is not None:
+            with self.peaks.active(loaded), self._recorded(loaded, "stylize"):
+                clips.convert_clip(self, loaded)
         if loaded.decoded is not None:
             with self.peaks.active(loaded), self._recorded(loaded, "stylize"):
                 self._write(loaded, self._stylize(loaded))
@@ -166,11 +193,16 @@ class Converter:
         """What converting would do, from the header alone: the output's path
         and size, the engine's plan and the peak memory it expects."""
         rec = loaded.record
-        loaded.image.close()
-        loaded.image = None
-        w, h = target_size(loaded.probe.oriented_size, self.options.max_side)
+        if loaded.image is not None:
+            loaded.image.close()
+            loaded.image = None
+        size = loaded.clip.size if loaded.clip is not None else loaded.probe.oriented_size
+        w, h = target_size(size, self.options.max_side)
         room = self._budget(loaded)
         rec.plan = self.stylizer.plan(h, w, room)
+        if loaded.clip is not None:
+            rec.plan = f"{loaded.clip.frames} frames, each {rec.plan}"
+            loaded.clip = None
         rec.estimated_peak_mb = round((rss_bytes() + self.footprint(loaded)) / 1e6, 1)
         rec.status, rec.output_size = "planned", [w, h]
         rec.output = str(loaded.dest) if loaded.dest is not None else STDIN
@@ -194,7 +226,7 @@ class Converter:
         d = loaded.decoded
         src = FileSource(loaded.reopen, loaded.probe, d.rgb, self._face_decode_pixels(loaded),
                          identity=loaded.identity)
-        kw = {"face_size": self.options.face_size}
+        kw = {"face_size": self.options.face_px()}
         if self.options.min_face is not None:
             kw["min_face"] = self.options.min_face
         return enhance_faces(self.stylizer, d.rgb, stylized, self.detector, src, cancel=loaded.cancel, **kw)
@@ -270,7 +302,7 @@ class Converter:
             return
         if loaded.image is not None:
             loaded.image.close()
-        loaded.decoded = loaded.image = None
+        loaded.decoded = loaded.image = loaded.clip = None
 
     # -- helpers -------------------------------------------------------------
     def _source(self, job: Job):
@@ -278,7 +310,10 @@ class Converter:
             if self._stdin is not None:
                 return probe.read_bytes(self._stdin, STDIN, self.options.max_file_size)
             return probe.read_stdin(self.options.max_file_size)
-        return probe.read_source(job.path, self.options.max_file_size)
+        limit = self.options.max_file_size
+        if job.path.is_file() and sniff(job.path) in VIDEO_KINDS:
+            limit = 1 << 62  # streamed frame by frame, never held: --max-frames and --max-pixels bound it
+        return probe.read_source(job.path, limit)
 
     @staticmethod
     def _reopener(source):
@@ -293,15 +328,20 @@ class Converter:
         return work(h, w, None) if work is not None else float(h * w)
 
     def footprint(self, loaded: Loaded) -> int:
+        if loaded.clip is not None:
+            return clips.footprint(self, loaded)
         return budget.footprint(loaded.probe, self.options, self.stylizer, self.faces_on)
 
     def _budget(self, loaded: Loaded) -> int | None:
+        return self._budget_for(loaded, loaded.decoded.rgb.nbytes if loaded.decoded is not None else 0)
+
+    def _budget_for(self, loaded: Loaded, picture: int) -> int | None:
         """What the network may add for this file: its reservation less its own
-        picture when it shares the budget; alone, what the limit leaves now."""
+        `picture` bytes when it shares the budget; alone, what the limit leaves now."""
         if not self.options.memory_limit:
             return None
         if loaded.share is not None:
-            return max(0, loaded.share - loaded.decoded.rgb.nbytes)
+            return max(0, loaded.share - picture)
         return max(0, self.options.memory_limit - rss_bytes() - budget.RESERVE)
 
     def _face_decode_pixels(self, loaded: Loaded) -> int:

@@ -28,6 +28,7 @@ from PIL import Image, UnidentifiedImageError
 
 from . import pngscan
 from .errors import InputError, UnsupportedFormat
+from .sniff import VIDEO_SUFFIXES
 
 FORMATS = ["JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF"]
 try:  # optional extra: pip install anime-cli[heic]; registered with Pillow on first use
@@ -381,6 +382,8 @@ def _unidentified(source, name: str) -> InputError:
             return UnsupportedFormat(f"{name}: not an image ({label})", "not an image")
     if Path(name).suffix.lower() in IMAGE_SUFFIXES:
         return InputError(f"{name}: not a readable image (corrupt or unknown data)", "corrupt or not an image")
+    if Path(name).suffix.lower() in VIDEO_SUFFIXES:  # named a video, and not one (sniff would have said)
+        return InputError(f"{name}: not a readable video (corrupt or unknown data)", "corrupt video")
     if _looks_like_text(head):
         return UnsupportedFormat(f"{name}: not an image (text)", "not an image")
     return UnsupportedFormat(f"{name}: not an image", "not an image")

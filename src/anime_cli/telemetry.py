@@ -237,7 +237,7 @@ KEPT_OUTSIDE = "outside the picture"  # its crop does not overlap the picture
 KEPT_STOPPED = "batch stopped"
 
 # Optional keys, written to the JSON line only when set (video inputs, dry runs).
-_OPTIONAL = ("frames", "fps", "duration", "audio", "estimated_peak_mb")
+_OPTIONAL = ("frames", "fps", "duration", "audio", "frames_per_second", "estimated_peak_mb")
 
 
 @dataclass
@@ -270,7 +270,8 @@ class Record:
     frames: int | None = None  # video: frames written
     fps: float | None = None
     duration: float | None = None  # video: seconds
-    audio: str | None = None  # video: what became of the sound ("copied", "none", ...)
+    audio: int | None = None  # video: audio streams copied unchanged
+    frames_per_second: float | None = None  # video: frames over the summed stage time
 
     @contextmanager
     def stage(self, name: str):
@@ -326,9 +327,10 @@ class Record:
     def _video_text(self) -> str:
         if self.frames is None:
             return ""
-        rate = f" at {self.fps:g} fps" if self.fps else ""
-        sound = f", audio {self.audio}" if self.audio else ""
-        return f"{self.frames} frames{rate}{sound}"
+        rate = f" at {self.fps:.3g} fps" if self.fps else ""
+        sound = f", {self.audio} audio stream{'s' if self.audio > 1 else ''} copied" if self.audio else ""
+        speed = f", {self.frames_per_second:.2f} frames/s" if self.frames_per_second else ""
+        return f"{self.frames} frames{rate}{sound}{speed}"
 
 
 class JsonlLog:

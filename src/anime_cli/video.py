@@ -30,16 +30,11 @@ import numpy as np
 from . import output
 from .decode import target_size
 from .errors import InputError, OutputError, UnsupportedFormat
+from .options import DEFAULT_CRF, DEFAULT_MAX_FRAMES
 from .sniff import ANIMATED_KINDS, VIDEO_KINDS, VIDEO_SUFFIXES, sniff  # noqa: F401  (the API in one place)
 
 EXTRA = "anime-cli[video]"
 
-# x264's CRF 18 is the usual "visually lossless" point; for this content it is
-# the right one too: AnimeGAN output is flat areas and hard outlines, where
-# lower quality shows first as ringing and blocking along the outlines. At 18
-# a stylized frame comes back 37-40 dB from itself (tests ask >= 30 dB).
-DEFAULT_CRF = 18
-DEFAULT_MAX_FRAMES = 100_000  # ~55 min at 30 fps: a bomb cannot run for days
 MIN_SIDE = 16  # the network's reflection padding and 4x downsampling need room
 # Audio codecs MP4 holds; a clip with any other audio is written as Matroska
 # so that its sound is still copied unchanged.
