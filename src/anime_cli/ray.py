@@ -39,10 +39,12 @@ from pathlib import Path, PurePosixPath
 from typing import Iterable, Iterator
 
 from .discover import Job, discover
+from .errors import AnimeCliError
 from .store import (DB_NAME, Inflight, Stat, Store, cache_key, file_sha256, input_key, name_candidates, place)
 from .telemetry import Record
 
-_LOCAL_STORE_MB = 256  # the object store of an embedded Ray: records are small
+_LOCAL_STORE_MB = 256
+_OBJECT_STORES = ("s3", "gcs")  # the object store of an embedded Ray: records are small
 
 
 @dataclasses.dataclass(frozen=True)
@@ -263,7 +265,8 @@ class _Worker:
                 rec.status, rec.reason = "skipped", "exists"
                 return None
             # an object store's put is atomic: the object appears whole or not at all
-            self.out.fs.create_dir(str(PurePosixPath(dest).parent), recursive=True)
+            if self.out.fs.type_name not in _OBJECT_STORES:  # they have no folders: a marker object would be litter
+                self.out.fs.create_dir(str(PurePosixPath(dest).parent), recursive=True)
             with open(staged, "rb") as src, self.out.fs.open_output_stream(dest) as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
         rec.output = dest if self.out.fs is None else self.out.show(name)
@@ -315,7 +318,7 @@ def weights_sha256(style: str, weights: str | os.PathLike | None) -> str:
 def convert_dataset(inputs: Iterable[str], output: str, options=None, *, recursive: bool = False,
                     style: str = "hayao", weights: str | None = None, threads: int = 1,
                     precision: str = "auto", address: str | None = None,
-                    actors: int | None = None) -> Iterator[Record]:
+                    actors: int | None = None, on_total=None) -> Iterator[Record]:
     """Convert `inputs` (files, folders, URIs) into `output` on Ray; one Record per
     input file, in input order, as each is done (the JSONL log's records, plus
     `cached`). options: a pipeline.Options (its output_dir is ignored: `output`
@@ -323,22 +326,34 @@ def convert_dataset(inputs: Iterable[str], output: str, options=None, *, recursi
     local Ray on the cores this process may use, and stops it at the end.
     threads: the network's threads in each actor; actors: how many (default:
     as many as the CPUs hold at `threads` each, and the memory at --memory-limit each).
-    Raises discover.MissingInput for a missing input, before any work."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
+    on_total(n): called with the number of input files once they are listed.
+    Raises RayError (one line: no Ray, no cluster at `address`, an unreadable
+    URI) or discover.MissingInput, before any work."""
+    try:
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    except ImportError:
+        raise RayError("--ray needs Ray: pip install 'anime-cli[ray]'") from None
     from .pipeline import Options
 
     options = options or Options()
-    out = _where(output)
-    rows, systems = _rows(inputs, recursive, Path(out.path) if out.fs is None else None)
+    try:
+        out = _where(output)
+        rows, systems = _rows(inputs, recursive, Path(out.path) if out.fs is None else None)
+    except (OSError, ValueError) as e:  # pyarrow: unknown scheme, no credentials, no such bucket
+        raise RayError(f"cannot list the inputs ({_first_line(e)})") from None
+    if on_total is not None:
+        on_total(len(rows))
     started = False
     if not ray.is_initialized():
         kw = {"logging_level": "ERROR", "log_to_driver": False, "include_dashboard": False}
-        if address:
-            ray.init(address=address, **kw)
-        else:
-            ray.init(num_cpus=len(os.sched_getaffinity(0)), object_store_memory=_LOCAL_STORE_MB * 2**20, **kw)
+        try:
+            if address:
+                ray.init(address=address, **kw)
+            else:
+                ray.init(num_cpus=len(os.sched_getaffinity(0)), object_store_memory=_LOCAL_STORE_MB * 2**20, **kw)
+        except Exception as e:  # ConnectionError, or Ray's own errors for a bad address
+            raise RayError(f"cannot start or reach Ray{' at ' + address if address else ''} ({_first_line(e)})") from None
         started = True
     service = None
     try:
@@ -354,6 +369,14 @@ def convert_dataset(inputs: Iterable[str], output: str, options=None, *, recursi
         finally:
             if started:
                 ray.shutdown()
+
+
+class RayError(AnimeCliError):
+    """Ray cannot run the batch: the CLI prints this one line and exits 2."""
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 
 def _actors(threads: int, memory_limit: int) -> int:
