@@ -40,7 +40,8 @@ from typing import Iterable, Iterator
 
 from .discover import Job, discover
 from .errors import AnimeCliError
-from .store import (DB_NAME, Inflight, Stat, Store, cache_key, file_sha256, input_key, name_candidates, place)
+from .store import (DB_NAME, Inflight, Stat, Store, cache_key, file_sha256, input_key, name_candidates, place,
+                    weights_sha256)
 from .telemetry import Record
 
 _LOCAL_STORE_MB = 256
@@ -181,8 +182,8 @@ class _Worker:
 
             detector = FaceDetector.load()
         self.out, self.systems, self.service, self.options = output, systems, service, options
-        self.staging = tempfile.mkdtemp(prefix="anime-cli-ray.")
-        staged = dataclasses.replace(options, output_dir=Path(self.staging), overwrite=True, pipelined=False)
+        # outputs are staged in a per-file temporary folder (set in __call__), then put in place
+        staged = dataclasses.replace(options, output_dir=None, overwrite=True, pipelined=False)
         self.converter = Converter(stylizer, staged, detector)
         self.weights_sha = weights_sha256(style, weights)
         self.precision = stylizer.engine.precision
@@ -192,7 +193,9 @@ class _Worker:
         import ray
 
         rec, cached = Record(input=row["input"]), False
-        with tempfile.TemporaryDirectory(dir=self.staging) as work:
+        # per file, not per actor: Ray ends actors without running their finalizers
+        with tempfile.TemporaryDirectory(prefix="anime-cli-ray.") as work:
+            self.converter.options.output_dir = Path(work) / "out"
             try:
                 rec, cached = self._convert(row, Path(work), ray)
             except Exception as e:  # a failing file is a record, never a failed job
@@ -220,8 +223,11 @@ class _Worker:
         try:
             rec = self.converter.convert(job)
             if rec.status == "ok":
-                staged, rec.output = rec.output, None
-                written = self._put(row, rec, Path(staged))
+                staged, rec.output = Path(rec.output), None
+                try:
+                    written = self._put(row, rec, staged)
+                finally:
+                    staged.unlink(missing_ok=True)
         finally:
             if ck is not None:
                 ray.get(self.service.end.remote(ck, written))
@@ -304,15 +310,6 @@ def ray_get(ref):
     import ray
 
     return ray.get(ref)
-
-
-def weights_sha256(style: str, weights: str | os.PathLike | None) -> str:
-    """The sha256 of the generator's weights: the manifest's for a style, the file's for --weights."""
-    from . import weights as w
-
-    if weights:
-        return w.sha256_of(Path(weights))
-    return w.manifest()[style].sha256
 
 
 def convert_dataset(inputs: Iterable[str], output: str, options=None, *, recursive: bool = False,

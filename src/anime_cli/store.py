@@ -237,6 +237,16 @@ def version() -> str:
         return "0+unknown"
 
 
+def weights_sha256(style: str, weights: str | os.PathLike | None = None) -> str:
+    """The sha256 of the generator's weights: the manifest's for a style (checked
+    when it was loaded), the file's own for --weights."""
+    from . import weights as w
+
+    if weights:
+        return w.sha256_of(Path(weights))
+    return w.manifest()[style].sha256
+
+
 def cache_key(content_sha256: str, weights_sha256: str, precision: str, options, detector: bool,
               anime_version: str | None = None) -> str:
     """sha256 of a canonical JSON of everything that decides the output's bytes.
