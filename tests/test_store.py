@@ -208,3 +208,50 @@ def test_inflight_computes_each_key_once():
     for t in threads:
         t.join()
     assert sorted(computed) == ["k", "k4", "k5"] and len(done) == 6 and not fl.pending("k")
+
+
+def test_outputs_for_a_batch_compute_identical_files_once(tmp_path):
+    """What the pipeline will do: two lanes with the same bytes under two names;
+    one computes, the other waits and then places the finished output."""
+    import threading
+
+    from anime_cli.pipeline import Options
+    from anime_cli.store import Outputs
+
+    src = tmp_path / "in"
+    a = make_photo(src / "a.png")
+    b = src / "b.png"
+    b.write_bytes(a.read_bytes())
+    outs = Outputs(tmp_path / "out", "w", "fp32", Options(), faces=True)
+    computed, results = [], {}
+
+    def lane(path: Path):
+        dest = outs.dest(path, path.name, path.suffix)
+        key = outs.key(path)
+        hit = outs.cached(key, timeout=30)
+        if hit is None:
+            time.sleep(0.2)  # the network
+            computed.append(path.name)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(b"anime " + path.read_bytes()[:10])
+            outs.done(key, dest)
+        else:
+            place(hit, dest)
+        results[path.name] = dest
+
+    threads = [threading.Thread(target=lane, args=(p,)) for p in (a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(computed) == 1
+    assert results["a.png"].read_bytes() == results["b.png"].read_bytes()
+    assert results["a.png"].name == "a.png" and results["b.png"].name == "b.png"
+    # a later batch: both hit the cache
+    again = Outputs(tmp_path / "out", "w", "fp32", Options(), faces=True)
+    assert again.cached(again.key(b)) in {str(results["a.png"]), str(results["b.png"])}
+    # --overwrite never reuses
+    forced = Outputs(tmp_path / "out", "w", "fp32", Options(overwrite=True), faces=True)
+    assert forced.cached(forced.key(a)) is None
+    for o in (outs, again, forced):
+        o.close()

@@ -91,6 +91,10 @@ class Store:
         self.path = Path(db_path) if db_path is not None else self.folder / DB_NAME
         self._lock = threading.Lock()
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"{self.path.parent}: cannot create the output folder ({e.strerror or e})") from None
+        try:
             self._db = sqlite3.connect(self.path, timeout=_BUSY_MS / 1000, isolation_level=None,
                                        check_same_thread=False)
             self._db.execute(f"PRAGMA busy_timeout = {_BUSY_MS}")
@@ -324,3 +328,55 @@ class Inflight:
     def pending(self, key: str) -> bool:
         with self._lock:
             return key in self._events
+
+
+class Outputs:
+    """Everything a Converter asks of the output folder's database, for one batch:
+
+        outs = Outputs(options.output_dir, weights_sha256(style, weights), stylizer.engine.precision,
+                       options, faces=detector is not None)
+        dest = outs.dest(job, wanted_rel)         # in _claim: the stable name
+        key = outs.key(job.path)                  # after the probe, before the decode
+        hit = outs.cached(key)                    # a finished output to place(), or None: compute it
+        ...write_atomic(...) -> outs.done(key, dest)   # done(key, None) when it failed
+    """
+
+    def __init__(self, folder: str | os.PathLike, weights_sha: str, precision: str, options, faces: bool):
+        self.folder = Path(folder)
+        self.store = Store(folder)
+        self.inflight = Inflight()
+        self.overwrite = bool(getattr(options, "overwrite", False))
+        self._base = (weights_sha, precision, options, faces)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def dest(self, path: str | os.PathLike, wanted_rel: str, source_suffix: str) -> Path:
+        """The output path for the input at `path` (see Store.claim)."""
+        name = self.store.claim(input_key(path), wanted_rel, name_candidates(wanted_rel, source_suffix))
+        return self.folder / name
+
+    def key(self, path: str | os.PathLike | None = None, data: bytes | None = None) -> str:
+        """The cache key of a file (or of stdin's bytes) under this batch's options."""
+        sha = hashlib.sha256(data).hexdigest() if data is not None else file_sha256(path)
+        return cache_key(sha, *self._base)
+
+    def cached(self, key: str, timeout: float | None = None) -> str | None:
+        """A complete output for `key` (place() it), or None: compute it, then done().
+        An identical file in flight is waited for; --overwrite never reuses."""
+        while True:
+            if not self.overwrite:
+                hit = self.store.lookup(key)
+                if hit is not None:
+                    return hit
+            if self.inflight.begin(key):
+                return None
+            self.inflight.wait(key, timeout)
+
+    def done(self, key: str, written: str | os.PathLike | None) -> None:
+        """The output of `key` is complete at `written` (after the rename), or was not written."""
+        try:
+            if written is not None:
+                self.store.record(key, os.fspath(written))
+        finally:
+            self.inflight.end(key)
