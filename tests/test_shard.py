@@ -65,3 +65,31 @@ def test_good_values():
     assert parse("1/1") == Shard(1, 1)
     assert parse(" 3 / 7 ") == Shard(3, 7)
     assert str(parse("2/4")) == "2/4"
+
+
+def test_two_shard_processes_give_what_one_gives(tmp_path, photos, stylizer):
+    """The same outputs and records, whether one Converter runs the batch or two
+    run a shard each into the same folder (their logs concatenate into one)."""
+    import numpy as np
+
+    from anime_cli.pipeline import Converter, Options
+    from conftest import SAMPLES, load_rgb
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in SAMPLES:
+        (src / name).write_bytes((photos / name).read_bytes())
+    (src / "notes.jpg").write_text("not a photo")
+    jobs = discover([str(src)], False)
+
+    def run(out, part):
+        opts = Options(output_dir=out, max_side=64, face_enhance=False, pipelined=False)
+        return list(Converter(stylizer, opts).run(part))
+
+    whole = run(tmp_path / "one", jobs)
+    split = [r for k in (1, 2) for r in run(tmp_path / "two", parse(f"{k}/2").select(jobs))]
+    fields = lambda r: (r.input, r.status, r.reason, r.output_size, Path(r.output).name if r.output else None)
+    assert sorted(map(fields, whole)) == sorted(map(fields, split))
+    for r in whole:
+        if r.status == "ok":
+            assert np.array_equal(load_rgb(r.output), load_rgb(tmp_path / "two" / Path(r.output).name))

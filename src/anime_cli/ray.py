@@ -393,10 +393,21 @@ def _run(rows, systems, out, service, options, n, style, weights, threads, preci
     if not rows:
         return
     logging.getLogger("ray.data").setLevel(logging.ERROR)  # the records are the report
-    ctx = DataContext.get_current()
+    ctx = DataContext.get_current()  # the process's own: put back as it was at the end
+    saved = (ctx.execution_options.preserve_order, ctx.enable_progress_bars, ctx.max_errored_blocks)
     ctx.execution_options.preserve_order = True  # records in input order, as the plain CLI gives them
     ctx.enable_progress_bars = False
     ctx.max_errored_blocks = -1  # an actor that dies (killed for memory) loses its file, not the batch
+    try:
+        yield from _records(rows, systems, out, service, options, n, style, weights, threads, precision)
+    finally:
+        ctx.execution_options.preserve_order, ctx.enable_progress_bars, ctx.max_errored_blocks = saved
+
+
+def _records(rows, systems, out, service, options, n, style, weights, threads, precision) -> Iterator[Record]:
+    import ray
+    from ray.data import ActorPoolStrategy
+
     remote = {"num_cpus": max(0.5, threads - 0.5)}
     if options.memory_limit:
         remote["memory"] = options.memory_limit
