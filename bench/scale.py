@@ -8,7 +8,8 @@ models loaded inside it (what a user pays):
           (shard.Shard.select; threads = cores / N), no coordinator
   ray     convert_dataset on a local Ray with the process's cores (1-thread actors)
 
-Per-file overhead of Ray = (ray wall - plain wall) / files.
+Per-file overhead of Ray: the marginal cost, ((ray 12 - ray 1) - (plain 12 - plain 1)) / 11,
+the fixed cost (starting Ray, loading the models in every actor) apart.
 
     PYTHONPATH=src .venv/bin/python bench/scale.py [--shards 2] [--max-side 512] [--faces]
 """
@@ -46,6 +47,9 @@ def make_set(folder: Path) -> Path:
 
 
 def worker(way: str, src: str, out: str, max_side: int, faces: bool, shard: str | None, threads: int | None) -> None:
+    if shard and shard.startswith("first"):  # the fixed cost: one file only
+        src = str(sorted(Path(src).iterdir())[0])
+        shard = None
     """One process of one way; prints its records' count and wall time as JSON."""
     t0 = time.perf_counter()
     from anime_cli.pipeline import Options
@@ -108,6 +112,8 @@ def main() -> None:
         shards, ns = run([["shard", src, f"{tmp}/shard", *common, f"{k}/{a.shards}", str(per)]
                           for k in range(1, a.shards + 1)])
         ray, nr = run([["ray", src, f"{tmp}/ray", *common, "-", "-"]])
+        plain1, _ = run([["plain", src, f"{tmp}/plain1", *common, "first", "-"]])
+        ray1, _ = run([["ray", src, f"{tmp}/ray1", *common, "first", "-"]])
     print(f"{n} photos ({', '.join(map(str, SIDES))} px, --max-side {a.max_side}, faces {'on' if a.faces else 'off'}), "
           f"{cores} cores, whole processes, models loaded inside:")
     print(f"  plain, 1 process        {plain:6.1f} s   {plain / n:5.2f} s/file")
@@ -115,6 +121,9 @@ def main() -> None:
           f"({per} thread{'s' * (per > 1)} each)")
     print(f"  Ray, local, {cores} actors   {ray:6.1f} s   {ray / nr:5.2f} s/file   "
           f"overhead {(ray - plain) / n:+.2f} s/file against plain")
+    print(f"  one file: plain {plain1:.1f} s, Ray {ray1:.1f} s; marginal cost of a file: plain "
+          f"{(plain - plain1) / (n - 1):.2f} s, Ray {(ray - ray1) / (nr - 1):.2f} s "
+          f"(Ray's overhead {((ray - ray1) - (plain - plain1)) / (n - 1):+.2f} s/file)")
 
 
 if __name__ == "__main__":

@@ -411,8 +411,9 @@ def _records(rows, systems, out, service, options, n, style, weights, threads, p
     remote = {"num_cpus": max(0.5, threads - 0.5)}
     if options.memory_limit:
         remote["memory"] = options.memory_limit
-    ds = ray.data.from_items(rows).map(
-        _Worker, compute=ActorPoolStrategy(size=n), fn_constructor_kwargs={
+    # one block a file: every actor gets work, and each record comes back as its file ends
+    ds = ray.data.from_items(rows, override_num_blocks=len(rows)).map(
+        _Worker, compute=ActorPoolStrategy(size=max(1, min(n, len(rows)))), fn_constructor_kwargs={
             "options": options, "output": out, "systems": systems, "service": service, "style": style,
             "weights": weights, "threads": threads, "precision": precision}, **remote)
     seen = set()
