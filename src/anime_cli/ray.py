@@ -250,7 +250,9 @@ class _Worker:
     def _final_name(self, row: dict, suffix: str) -> str:
         rel = PurePosixPath(row["rel"])
         wanted = str(rel.with_name(rel.name if rel.suffix == suffix else rel.stem + suffix))
-        return ray_get(self.service.claim.remote(row["key"], wanted, rel.suffix))
+        import ray
+
+        return ray.get(self.service.claim.remote(row["key"], wanted, rel.suffix))
 
     def _put(self, row: dict, rec: Record, staged: Path) -> str | None:
         """Move the staged output to its claimed name; the written path, None when not written."""
@@ -300,16 +302,10 @@ class _Worker:
             rec.status, rec.reason = "skipped", "exists"
         if rec.status == "ok":
             rec.output = dest if self.out.fs is None else self.out.show(name)
-            opener = open if self.out.fs is None else self.out.fs.open_input_file
-            with opener(dest, "rb") if self.out.fs is None else opener(dest) as f, Image.open(f) as im:
+            f = open(dest, "rb") if self.out.fs is None else self.out.fs.open_input_file(dest)
+            with f, Image.open(f) as im:  # the header only
                 rec.output_size = list(im.size)
         return rec
-
-
-def ray_get(ref):
-    import ray
-
-    return ray.get(ref)
 
 
 def convert_dataset(inputs: Iterable[str], output: str, options=None, *, recursive: bool = False,
@@ -387,8 +383,7 @@ def _actors(threads: int, memory_limit: int) -> int:
 
 
 def _run(rows, systems, out, service, options, n, style, weights, threads, precision) -> Iterator[Record]:
-    import ray
-    from ray.data import ActorPoolStrategy, DataContext
+    from ray.data import DataContext
 
     if not rows:
         return
