@@ -255,3 +255,16 @@ def test_outputs_for_a_batch_compute_identical_files_once(tmp_path):
     assert forced.cached(forced.key(a)) is None
     for o in (outs, again, forced):
         o.close()
+
+
+def test_cache_survives_moving_the_output_folder(tmp_path):
+    first = tmp_path / "first"
+    out = make_photo(first / "sub" / "o.png")
+    with Store(first) as s:
+        s.record("k", str(out))
+        assert s.lookup("k") == str(out)
+    stored = sqlite3.connect(first / DB_NAME).execute("SELECT path FROM cache").fetchone()[0]
+    assert bytes(stored) == os.fsencode(os.path.join(".", "sub", "o.png"))
+    (first).rename(tmp_path / "moved")
+    with Store(tmp_path / "moved") as s:
+        assert s.lookup("k") == str(tmp_path / "moved" / "sub" / "o.png")

@@ -116,7 +116,7 @@ class _Service:
             self.tmp = tempfile.mkdtemp(prefix="anime-cli-store.")
             local = os.path.join(self.tmp, DB_NAME)
             self._copy(output.fs, output.join(DB_NAME), None, local)
-            self.store = Store(self.tmp, local)
+            self.store = Store(self.tmp, local, relative=False)
         self.inflight = Inflight()
         self.overwrite = overwrite
 

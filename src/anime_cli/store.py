@@ -86,8 +86,11 @@ class Store:
     """The database of one output folder. Thread-safe (one connection, locked);
     several processes may open the same folder at once."""
 
-    def __init__(self, folder: str | os.PathLike, db_path: str | os.PathLike | None = None):
+    def __init__(self, folder: str | os.PathLike, db_path: str | os.PathLike | None = None, relative: bool = True):
+        """relative: keep cached outputs inside `folder` relative to it (False when
+        the outputs are not on this machine's filesystem, as for the Ray runner's bucket)."""
         self.folder = Path(folder)
+        self.relative = relative
         self.path = Path(db_path) if db_path is not None else self.folder / DB_NAME
         self._lock = threading.Lock()
         try:
@@ -162,7 +165,7 @@ class Store:
             row = self._db.execute("SELECT path, size, mtime_ns FROM cache WHERE key = ?", (key,)).fetchone()
         if row is None:
             return None
-        path = os.fsdecode(bytes(row[0]))
+        path = self._outside(os.fsdecode(bytes(row[0])))
         if stat(path) == Stat(row[1], row[2]):
             return path
         with self._lock, self._transaction():  # only if nobody recorded a fresh one meanwhile
@@ -178,7 +181,22 @@ class Store:
             return  # gone already (another process replaced it): nothing true to record
         with self._lock, self._transaction():
             self._db.execute("INSERT OR REPLACE INTO cache (key, path, size, mtime_ns) VALUES (?, ?, ?, ?)",
-                             (key, os.fsencode(path), st.size, st.mtime_ns))
+                             (key, os.fsencode(self._inside(path)), st.size, st.mtime_ns))
+
+    # A local output inside the folder is kept relative to it ("./a/x.png"), so the
+    # cache survives moving the folder or running from another directory. Anything
+    # else (a URI, a path outside) is kept as given.
+    def _inside(self, path: str) -> str:
+        if self.relative and not _is_uri(path):
+            rel = os.path.relpath(os.path.abspath(path), os.path.abspath(self.folder))
+            if not rel.startswith(os.pardir):
+                return os.path.join(os.curdir, rel)
+        return path
+
+    def _outside(self, stored: str) -> str:
+        if self.relative and stored.startswith(os.curdir + os.sep):
+            return os.path.join(self.folder, stored[2:])
+        return stored
 
 
 class _Immediate:
@@ -210,6 +228,10 @@ def name_candidates(rel: str, source_suffix: str):
         yield f"{prefix}{stem}_{src}{suffix}"
     for n in range(2, 10_000):
         yield f"{prefix}{stem}_{n}{suffix}"
+
+
+def _is_uri(path: str) -> bool:
+    return "://" in path
 
 
 def _chain(first: str, rest: Iterable[str]):
