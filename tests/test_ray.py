@@ -35,7 +35,8 @@ def _free_port() -> int:
 def s3():
     """A moto S3 server on 127.0.0.1; credentials in the environment before Ray
     starts, so its workers inherit them."""
-    from moto.server import ThreadedMotoServer
+    moto_server = pytest.importorskip("moto.server")
+    ThreadedMotoServer = moto_server.ThreadedMotoServer
 
     env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
     saved = {k: os.environ.get(k) for k in env}
@@ -118,8 +119,18 @@ def test_ray_gives_the_pictures_and_records_of_the_pipeline(tmp_path, local_ray,
     assert again["notes.jpg"].status == "error"
 
 
+def test_bad_inputs_are_one_line_errors_before_any_work(tmp_path):
+    from anime_cli.discover import MissingInput
+    from anime_cli.ray import RayError, convert_dataset
+
+    with pytest.raises(RayError, match="cannot list the inputs"):
+        convert_dataset(["nosuch://bucket/x"], str(tmp_path / "o"))
+    with pytest.raises(MissingInput):
+        convert_dataset([str(tmp_path / "absent")], str(tmp_path / "o"))
+
+
 def test_s3_round_trip(tmp_path, local_ray, s3):
-    import boto3
+    boto3 = pytest.importorskip("boto3")
 
     from anime_cli.pipeline import Options
     from anime_cli.ray import convert_dataset

@@ -29,6 +29,7 @@ resource, so a node only gets the actors its memory holds.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import logging
 import os
@@ -320,13 +321,11 @@ def convert_dataset(inputs: Iterable[str], output: str, options=None, *, recursi
     threads: the network's threads in each actor; actors: how many (default:
     as many as the CPUs hold at `threads` each, and the memory at --memory-limit each).
     on_total(n): called with the number of input files once they are listed.
-    Raises RayError (one line: no Ray, no cluster at `address`, an unreadable
-    URI) or discover.MissingInput, before any work."""
-    try:
-        import ray
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-    except ImportError:
-        raise RayError("--ray needs Ray: pip install 'anime-cli[ray]'") from None
+    Raises at once (not at the first record) RayError for no Ray or an
+    unlistable URI, discover.MissingInput for a missing input; RayError for a
+    cluster it cannot start or reach comes at the first record."""
+    if importlib.util.find_spec("ray") is None or importlib.util.find_spec("pyarrow") is None:
+        raise RayError("--ray needs Ray: pip install 'anime-cli[ray]'")
     from .pipeline import Options
 
     options = options or Options()
@@ -337,6 +336,14 @@ def convert_dataset(inputs: Iterable[str], output: str, options=None, *, recursi
         raise RayError(f"cannot list the inputs ({_first_line(e)})") from None
     if on_total is not None:
         on_total(len(rows))
+    return _stream(rows, systems, out, options, style, weights, threads, precision, address, actors)
+
+
+def _stream(rows, systems, out, options, style, weights, threads, precision, address, actors) -> Iterator[Record]:
+    """Start (or join) Ray, run, and stop what was started, however the caller stops reading."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
     started = False
     if not ray.is_initialized():
         kw = {"logging_level": "ERROR", "log_to_driver": False, "include_dashboard": False}
