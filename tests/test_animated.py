@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from clips import pan_frames
-from conftest import psnr
+from helpers import psnr
 
 from anime_cli import animated, video
 from anime_cli.errors import InputError

@@ -424,8 +424,8 @@ def test_our_temporary_files_are_skipped(tmp_path, name, temporary):
 def test_the_temporary_pattern_matches_what_the_writer_makes(tmp_path, monkeypatch):
     from anime_cli import output
 
-    seen, real = [], os.replace
-    monkeypatch.setattr(os, "replace", lambda a, b: (seen.append(Path(a).name), real(a, b)))
+    seen, link = [], os.link  # a write that may not overwrite publishes with link(2)
+    monkeypatch.setattr(os, "link", lambda a, b: (seen.append(Path(a).name), link(a, b)))
     output.write_atomic(pattern(), tmp_path / ("L" * 200 + ".png"), "PNG", 95, False)
     assert seen and probe.TEMPORARY.match(seen[0]), seen
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from clips import decoded, make_clip, packets
-from conftest import ROOT, psnr
+from helpers import ROOT, psnr
 
 av = pytest.importorskip("av")
 
