@@ -131,3 +131,4 @@ class Batch:
 
     def close(self) -> None:
         self.log.close()
+        self.converter.close()

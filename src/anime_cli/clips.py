@@ -26,6 +26,8 @@ def open_clip(conv, loaded, kind: str, source) -> float:
     rec.input_format, rec.input_size = kind, list(clip.size)
     w, h = target_size(clip.size, opts.max_side)
     conv.claim(loaded, None, (w, h), clip.suffix)
+    if conv.from_cache(loaded, (w, h), source):
+        return 0
     loaded.clip, loaded.source = clip, source
     return max(1, clip.frames) * conv._work(h, w)
 

@@ -17,6 +17,7 @@ specs, so a pattern cannot reach into Python objects or build huge strings.
 
 from __future__ import annotations
 
+import itertools
 import os
 import string
 from pathlib import Path
@@ -126,13 +127,24 @@ class Names:
         self.output_dir, self.pattern, self.style = output_dir, pattern, style
         self.inputs = inputs  # real paths of every input of the batch
         self.claimed: dict[Path, str] = {}  # output path -> the input that took it
+        # The output folder's database (store.Store): which input owns which name,
+        # across runs and processes. None: this batch's own names only (a dry run).
+        self.store = None
 
     def claim(self, job, fmt: str | None, size: tuple[int, int], suffix: str | None = None) -> Path:
         """The output path of `job`, written as Pillow format `fmt` (or with
         `suffix`, for a video) at `size` (w, h)."""
         name = render(self.pattern, job.rel.name, fmt, self.style, size, suffix)
         dest = self.output_dir / job.rel.with_name(name)
-        if dest in self.claimed and self.claimed[dest] != job.input:
+        if self.store is not None and job.path is not None:
+            # the name this input had in earlier runs, else one no other input owns
+            from .store import input_key
+
+            rel = lambda p: p.relative_to(self.output_dir).as_posix()  # noqa: E731
+            others = itertools.islice(self.alternatives(dest, job.rel.suffix), 10_000)
+            got = self.store.claim(input_key(job.path), rel(dest), map(rel, others))
+            dest = self.output_dir / got
+        elif dest in self.claimed and self.claimed[dest] != job.input:
             dest = next(c for c in self.alternatives(dest, job.rel.suffix) if c not in self.claimed)
         if real_path(dest) in self.inputs or (job.path is not None and same_file(dest, job.path)):
             raise OutputError(f"{job.input}: output {dest} would overwrite an input file; choose another -o")

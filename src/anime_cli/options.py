@@ -52,6 +52,7 @@ class Options:
     keep_metadata: bool = False  # copy EXIF/XMP (camera, date taken...) into the output
     keep_gps: bool = False  # ... GPS included
     style: str = DEFAULT_STYLE  # for {style} in names and the records
+    weights: Path | None = None  # the --weights file, when not a style (for the cache key)
     crf: int = DEFAULT_CRF  # video quality (H.264/VP9 constant rate factor)
     max_frames: int = DEFAULT_MAX_FRAMES
 

@@ -50,6 +50,7 @@ class Loaded:
     stage: str = "probe"
     identity: tuple | None = None  # the input file as probed (see faces.file_identity)
     metadata: metadata.Metadata | None = None  # with --keep-metadata: what goes into the output
+    cache_key: str | None = None  # this file computes that cache entry (store.Outputs), then done()
     clip: object | None = None  # a video or an animation (media.Clip): converted frame by frame
     source: object | None = None  # what the clip is read from (a path, or stdin's bytes)
 
@@ -69,6 +70,7 @@ class Converter:
         self.names = (Names(options.output_dir, set(), options.name, options.style)
                       if options.output_dir is not None else None)
         self.progress = None  # an observer of work (progress.WorkProgress), set by the caller
+        self.outputs = None  # the output folder's names and cache (store.Outputs), opened by run()
         self._stdin = stdin  # the bytes of '-' (None: read sys.stdin when it comes)
         import threading
 
@@ -86,6 +88,7 @@ class Converter:
         from .lanes import Lanes
 
         jobs = list(jobs)
+        self.open_store()
         if self.names is not None:
             self.names.inputs |= {output.real_path(j.path) for j in jobs if j.path is not None}
         if stdin is not None:
@@ -102,9 +105,33 @@ class Converter:
     def convert(self, job: Job) -> Record:
         """One job, start to end, no overlap: the simplest way in from Python.
         Raises errors.Fatal like run()."""
+        self.open_store()
         if self.names is not None and job.path is not None:
             self.names.inputs.add(output.real_path(job.path))
         return self.process(self.load(self.open(job)))
+
+    def open_store(self) -> None:
+        """The output folder's database: stable names across runs, the content
+        cache. Not for a dry run (it writes nothing) nor for stdout."""
+        if self.outputs is None and self.names is not None and not self.options.dry_run:
+            from .store import Outputs, weights_sha256
+
+            opts = self.options
+            try:
+                sha = weights_sha256(opts.style, opts.weights)
+            except (KeyError, OSError):  # a stylizer of the caller's own, not a style of the manifest
+                sha = f"{type(self.stylizer).__qualname__}:{opts.style}"
+            self.outputs = Outputs(opts.output_dir, sha, self._precision(), opts, faces=self.faces_on)
+            self.names.store = self.outputs.store
+
+    def close(self) -> None:
+        if self.outputs is not None:
+            self.outputs.close()
+            self.outputs = self.names.store = None
+
+    def _precision(self) -> str:
+        engine = getattr(self.stylizer, "engine", None)
+        return getattr(engine, "precision", None) or getattr(self.stylizer, "precision", "fp32")
 
     # -- stages ------------------------------------------------------------
     def open(self, job: Job) -> Loaded:
@@ -142,6 +169,9 @@ class Converter:
             w, h = target_size(pr.oriented_size, opts.max_side)
             if self.names is not None:
                 self.claim(loaded, loaded.fmt, (w, h))
+                if self.from_cache(loaded, (w, h), source):
+                    im.close()
+                    return 0
             loaded.reopen = self._reopener(source)
             if opts.keep_metadata:
                 loaded.metadata = metadata.read(im)
@@ -155,6 +185,28 @@ class Converter:
             raise OutputError(f"{dest}: cannot write (a folder is in the way)")
         if _taken(dest) and not self.options.overwrite:
             raise OutputExists(f"{dest}: exists")
+
+    def from_cache(self, loaded: Loaded, size: tuple[int, int], source) -> bool:
+        """Place the output of identical earlier work (same content, style and
+        options: store.cache_key) instead of computing it: True when done.
+        Otherwise this file is the one computing its key (process() ends it)."""
+        if self.outputs is None:
+            return False
+        data = source.getvalue() if isinstance(source, io.BytesIO) else None
+        key = self.outputs.key(loaded.job.path if data is None else None, data=data)
+        hit = self.outputs.cached(key, cancel=loaded.cancel or self.halt)
+        if hit is None:
+            loaded.cache_key = key
+            return False
+        from .store import place
+
+        try:
+            place(hit, loaded.dest, self.options.overwrite)
+        except FileExistsError:
+            raise OutputExists(f"{loaded.dest}: exists") from None
+        rec = loaded.record
+        rec.status, rec.cached, rec.output, rec.output_size = "ok", True, str(loaded.dest), list(size)
+        return True
 
     def load(self, loaded: Loaded) -> Loaded:
         """Decode an opened photo to its working size (a dry run: plan it instead).
@@ -178,12 +230,18 @@ class Converter:
         """Stylize, enhance faces and write one loaded file; its record.
         Raises errors.Fatal after the record is complete when the write
         failed for good (disk full)."""
-        if loaded.clip is not None:
-            with self.peaks.active(loaded), self._recorded(loaded, "stylize"):
-                clips.convert_clip(self, loaded)
-        if loaded.decoded is not None:
-            with self.peaks.active(loaded), self._recorded(loaded, "stylize"):
-                self._write(loaded, self._stylize(loaded))
+        try:
+            if loaded.clip is not None:
+                with self.peaks.active(loaded), self._recorded(loaded, "stylize"):
+                    clips.convert_clip(self, loaded)
+            if loaded.decoded is not None:
+                with self.peaks.active(loaded), self._recorded(loaded, "stylize"):
+                    self._write(loaded, self._stylize(loaded))
+        finally:  # stopped (Cancelled) or not, an identical file waiting for this one may go on
+            if loaded.cache_key is not None:
+                done = loaded.dest if loaded.record.status == "ok" else None
+                self.outputs.done(loaded.cache_key, done)  # after the rename: complete on disk
+                loaded.cache_key = None
         rec = self._finish(loaded)
         if loaded.fatal:
             raise Fatal(rec)

@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
+from .output import cut_name
+
 DB_NAME = ".anime-cli.sqlite"
 _COMPANIONS = ("", "-wal", "-shm", "-journal")
 _BUSY_MS = 30_000  # a writer holds the lock for microseconds; 30 s only covers a stalled disk
@@ -240,10 +242,11 @@ def _chain(first: str, rest: Iterable[str]):
 
 
 # -- cache keys ------------------------------------------------------------------
-# Options that change the pixels written. Not here, on purpose: limits that only
+# Options that change the bytes written (pixels, or metadata). Not here, on purpose: limits that only
 # refuse files (max_file_size, max_pixels), overwrite, threads and the memory
 # limit (they change float rounding at most, PSNR >= 45 dB, never the picture).
-PIXEL_OPTIONS = ("max_side", "format", "quality", "face_enhance", "min_face", "face_size")
+PIXEL_OPTIONS = ("max_side", "format", "quality", "face_enhance", "min_face", "face_size", "crf", "keep_metadata",
+                 "keep_gps")
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -297,7 +300,7 @@ def place(cached: str | os.PathLike, dest: str | os.PathLike, overwrite: bool = 
     is kept and FileExistsError raised (a concurrent run got there first)."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name[:40]}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{cut_name(dest.name, 40)}.", suffix=".tmp")
     os.close(fd)
     try:
         os.unlink(tmp)
@@ -383,9 +386,10 @@ class Outputs:
         sha = hashlib.sha256(data).hexdigest() if data is not None else file_sha256(path)
         return cache_key(sha, *self._base)
 
-    def cached(self, key: str, timeout: float | None = None) -> str | None:
+    def cached(self, key: str, cancel=None) -> str | None:
         """A complete output for `key` (place() it), or None: compute it, then done().
-        An identical file in flight is waited for; --overwrite never reuses."""
+        An identical file in flight is waited for (until cancel.is_set(): then
+        errors.Cancelled); --overwrite never reuses."""
         while True:
             if not self.overwrite:
                 hit = self.store.lookup(key)
@@ -393,7 +397,11 @@ class Outputs:
                     return hit
             if self.inflight.begin(key):
                 return None
-            self.inflight.wait(key, timeout)
+            while not self.inflight.wait(key, 0.2):
+                if cancel is not None and cancel.is_set():
+                    from .errors import Cancelled
+
+                    raise Cancelled()
 
     def done(self, key: str, written: str | os.PathLike | None) -> None:
         """The output of `key` is complete at `written` (after the rename), or was not written."""

@@ -310,12 +310,12 @@ class Record:
         head = f"{self.status:<7} {self.input}  {' '.join(facts)}".rstrip()
         if self.status == "ok":
             out = "x".join(map(str, self.output_size or []))
-            dec = "x".join(map(str, self.decode_size or []))
+            dec = f" (decoded {'x'.join(map(str, self.decode_size))})" if self.decode_size else ""
             stages = " ".join(f"{k} {v:.2f}s" for k, v in self.timings.items())
             extra = [x for x in (self.faces_text(), self._video_text(), "cached" if self.cached else "") if x]
             extra = "".join(f"  {x}" for x in extra)
             peak = f"  peak {self.peak_rss_mb:.0f} MB" if self.peak_rss_mb is not None else ""
-            line = (f"{head} (decoded {dec}) -> {out}{extra}  {stages}  total {self.seconds:.2f}s"
+            line = (f"{head}{dec} -> {out}{extra}  {stages}  total {self.seconds:.2f}s"
                     f"{peak}  -> {self.output}")
         elif self.status == "planned":
             out = "x".join(map(str, self.output_size))
