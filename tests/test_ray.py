@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from anime_cli.store import is_store_file
-from conftest import PHOTOS, SAMPLES, load_rgb, psnr
+from helpers import PHOTOS, SAMPLES, load_rgb, psnr
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.slow

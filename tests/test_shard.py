@@ -73,7 +73,7 @@ def test_two_shard_processes_give_what_one_gives(tmp_path, photos, stylizer):
     import numpy as np
 
     from anime_cli.pipeline import Converter, Options
-    from conftest import SAMPLES, load_rgb
+    from helpers import SAMPLES, load_rgb
 
     src = tmp_path / "in"
     src.mkdir()

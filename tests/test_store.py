@@ -16,7 +16,7 @@ import pytest
 
 from anime_cli.store import (DB_NAME, Inflight, Store, cache_key, file_sha256, input_key, is_store_file,
                              name_candidates, place)
-from conftest import make_photo
+from helpers import make_photo
 
 
 def claim_for(store: Store, root: Path, rel: str, out_name: str) -> str:

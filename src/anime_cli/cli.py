@@ -10,6 +10,7 @@ impossible memory limit); 130 interrupted (Ctrl-C, SIGTERM or SIGHUP).
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -44,10 +45,25 @@ class _OneLine(UsageError):
         _echo(f"anime-cli: {self.message}")
 
 
+def _ray_value(args: list[str]) -> list[str]:
+    """`--ray` takes an optional ADDRESS: read the next word as one only when it
+    looks like an address ('auto', ray://head:10001, head:6379), so that
+    `--ray --quiet` or `--ray photos/` keep their meaning."""
+    out = list(args)
+    for i, a in enumerate(out):
+        if a == "--":
+            break
+        if a == "--ray":
+            nxt = out[i + 1] if i + 1 < len(out) else ""
+            if not (nxt == "auto" or "://" in nxt or re.fullmatch(r"[\w.-]+:\d+", nxt)):
+                out[i] = "--ray=local"
+    return out
+
+
 class _Group(TyperGroup):
-    def make_context(self, *args, **kw):
+    def make_context(self, info_name, args, *rest, **kw):
         try:
-            return super().make_context(*args, **kw)
+            return super().make_context(info_name, _ray_value(args), *rest, **kw)
         except NoArgsIsHelpError:
             raise
         except UsageError as e:
@@ -149,6 +165,8 @@ def convert(
     keep_metadata: bool = typer.Option(False, "--keep-metadata", help="Copy the photo's EXIF and XMP (camera, lens, date taken, exposure) into the output: orientation 1, no thumbnail, no GPS (see --keep-gps), the output's size."),
     keep_gps: bool = typer.Option(False, "--keep-gps", help="With --keep-metadata, keep the GPS position too."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Walk, probe headers and plan: one 'planned' record per file with its output path, size, engine plan and estimated peak memory. Decodes and writes nothing."),
+    shard: Optional[str] = typer.Option(None, "--shard", metavar="K/N", help="Convert only the K-th of N parts of the inputs (by a hash of each file's path): N processes or machines split a batch with no coordinator."),
+    ray: Optional[str] = typer.Option(None, "--ray", is_flag=False, flag_value="local", metavar="[ADDRESS]", help="Run on Ray Data: a local Ray (no ADDRESS) or a cluster ('auto', 'ray://head:10001'); inputs and -o may be s3:// URIs. Needs anime-cli[ray]."),
     json_out: bool = typer.Option(False, "--json", help="One JSON record per file on stdout as each finishes (the --log-file schema); human lines stay on stderr."),
 ):
     """Convert photos into anime style.
@@ -163,7 +181,7 @@ def convert(
 
       cat photo.jpg | anime-cli convert - -o - > anime.jpg
     """
-    from .batch import Batch, start
+    from .batch import Batch, start, start_ray
     from .options import Options
     from .probe import configure_process
 
@@ -176,11 +194,18 @@ def convert(
         quality=quality, overwrite=overwrite, face_enhance=face_enhance, min_face=min_face, face_size=face_size,
         max_file_size=max_file_size, max_pixels=max_pixels, memory_limit=memory_limit, pipelined=not sequential,
         dry_run=dry_run, crf=crf, max_frames=max_frames, name=name, keep_metadata=keep_metadata, keep_gps=keep_gps,
+        weights=weights_path,
         style=weights_path.stem if weights_path is not None else style,
     )
+    common = dict(recursive=recursive, log_file=log_file, style=style, weights_path=weights_path, threads=threads,
+                  precision=precision)
     try:
-        batch: Batch = start(inputs, options, recursive=recursive, log_file=log_file, style=style,
-                             weights_path=weights_path, threads=threads, precision=precision)
+        if ray is not None:
+            if shard is not None or dry_run:
+                fail("--ray runs the whole batch on the cluster; it does not take --shard or --dry-run")
+            batch: Batch = start_ray(inputs, output, options, address=ray, **common)
+        else:
+            batch = start(inputs, options, shard=shard, **common)
     except AnimeCliError as e:
         fail(str(e))
     sys.exit(_run(batch, quiet, json_out))
@@ -200,8 +225,9 @@ def _run(batch, quiet: bool, json_out: bool = False) -> int:
         except OSError:
             console.on_broken_pipe()
 
-    progress = WorkProgress(console, len(batch.jobs), enabled=console.is_terminal and not quiet)
-    batch.converter.progress = progress
+    progress = WorkProgress(console, batch.total, enabled=console.is_terminal and not quiet)
+    if batch.converter is not None:
+        batch.converter.progress = progress
     code = 0
     # During the batch these signals raise KeyboardInterrupt where the main thread is,
     # so the batch unwinds: temp files removed, writes in flight undone, summary printed.
@@ -209,6 +235,9 @@ def _run(batch, quiet: bool, json_out: bool = False) -> int:
 
     def report(rec, line: str | None = None):
         batch.tally(rec)
+        if batch.converter is None:  # on Ray: the bar counts files as they come back
+            progress.planned(id(rec), rec.input, 1)
+            progress.finished(id(rec))
         if json_out:
             _print_json(rec)
         if not quiet or rec.status == "error":

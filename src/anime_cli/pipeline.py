@@ -62,7 +62,7 @@ class Loaded:
 
 
 class Converter:
-    def __init__(self, stylizer, options: Options, detector=None, stdin: bytes | None = None):
+    def __init__(self, stylizer, options: Options, detector=None, stdin: bytes | None = None, use_store: bool = True):
         self.stylizer = stylizer
         self.options = options
         self.detector = detector
@@ -71,6 +71,7 @@ class Converter:
                       if options.output_dir is not None else None)
         self.progress = None  # an observer of work (progress.WorkProgress), set by the caller
         self.outputs = None  # the output folder's names and cache (store.Outputs), opened by run()
+        self._use_store = use_store
         self._stdin = stdin  # the bytes of '-' (None: read sys.stdin when it comes)
         import threading
 
@@ -113,7 +114,7 @@ class Converter:
     def open_store(self) -> None:
         """The output folder's database: stable names across runs, the content
         cache. Not for a dry run (it writes nothing) nor for stdout."""
-        if self.outputs is None and self.names is not None and not self.options.dry_run:
+        if self.outputs is None and self.names is not None and self._use_store and not self.options.dry_run:
             from .store import Outputs, weights_sha256
 
             opts = self.options

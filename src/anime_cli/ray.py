@@ -183,9 +183,10 @@ class _Worker:
 
             detector = FaceDetector.load()
         self.out, self.systems, self.service, self.options = output, systems, service, options
-        # outputs are staged in a per-file temporary folder (set in __call__), then put in place
-        staged = dataclasses.replace(options, output_dir=None, overwrite=True, pipelined=False)
-        self.converter = Converter(stylizer, staged, detector)
+        # outputs are staged in a per-file temporary folder (a Converter per file, in
+        # __call__: a Converter is cheap, the models are not), then put in place
+        self._staged = dataclasses.replace(options, output_dir=None, overwrite=True, pipelined=False)
+        self._models = (Converter, stylizer, detector)
         self.weights_sha = weights_sha256(style, weights)
         self.precision = stylizer.engine.precision
         self.detector = detector is not None
@@ -196,7 +197,9 @@ class _Worker:
         rec, cached = Record(input=row["input"]), False
         # per file, not per actor: Ray ends actors without running their finalizers
         with tempfile.TemporaryDirectory(prefix="anime-cli-ray.") as work:
-            self.converter.options.output_dir = Path(work) / "out"
+            make, stylizer, detector = self._models
+            staged = dataclasses.replace(self._staged, output_dir=Path(work) / "out")
+            self.converter = make(stylizer, staged, detector, use_store=False)  # names and cache: the service's
             try:
                 rec, cached = self._convert(row, Path(work), ray)
             except Exception as e:  # a failing file is a record, never a failed job

@@ -86,6 +86,9 @@ class Stylizer:
         plan = getattr(self._local, "plan", None)
         return plan.describe() if plan is not None else None
 
+    def min_bytes(self, h: int, w: int) -> int:  # TEMP until the engine branch lands
+        return self.engine.make_plan(*padded_size(h, w), 1).bytes + 3 * h * w
+
     def plan(self, h: int, w: int, budget_bytes: int | None = None) -> str:  # TEMP until the engine branch lands
         return self.engine.make_plan(*padded_size(h, w), budget_bytes).describe()
 
