@@ -161,3 +161,14 @@ def sampled_peak(cmd: list, timeout: float = 900) -> tuple[int, int, str]:
     _, err = p.communicate(timeout=timeout)
     t.join()
     return p.returncode, peak[0], err.decode("utf-8", "replace")
+
+
+def files_in(folder: Path, recursive: bool = False) -> list[str]:
+    """The names (relative paths) of the files in an output folder, without the
+    folder's own database (.anime-cli.sqlite and its journals)."""
+    from anime_cli.store import is_store_file
+
+    folder = Path(folder)
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p.relative_to(folder).as_posix() for p in found
+                  if not is_store_file(p) and (p.is_file() or not recursive))

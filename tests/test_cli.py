@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import invoke, load_rgb, make_photo, read_log, run_cli
+from helpers import files_in, invoke, load_rgb, make_photo, read_log, run_cli
 
 FAST = ("--no-face-enhance",)
 
@@ -26,7 +26,7 @@ def test_recursive_walk_mirrors_the_tree(tmp_path):
     make_photo(src / "trip" / "day 2" / "c.webp", fmt="WEBP")
     code, _, err = invoke("convert", src, "-r", "-o", tmp_path / "out", *FAST)
     assert code == 0, err
-    got = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*") if p.is_file())
+    got = files_in(tmp_path / "out", recursive=True)
     assert got == ["a.png", "trip/b.jpg", "trip/day 2/c.webp"]
 
 
@@ -124,7 +124,7 @@ def test_failed_write_leaves_no_partial_file(tmp_path):
     (tmp_path / "out" / "p.png").mkdir(parents=True)  # the output name is taken by a folder
     code, _, err = invoke("convert", src, "-o", tmp_path / "out", "--overwrite", *FAST)
     assert code == 1 and "cannot write" in err
-    assert os.listdir(tmp_path / "out") == ["p.png"]  # no temporary file left beside it
+    assert files_in(tmp_path / "out") == ["p.png"]  # no temporary file left beside it
     assert (tmp_path / "out" / "p.png").is_dir()
 
 

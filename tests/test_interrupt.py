@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from helpers import CLI, base, encoded, read_log
+from helpers import CLI, files_in, base, encoded, read_log
 
 
 def make_batch(folder: Path, n: int, size=(64, 48)) -> list[Path]:
@@ -34,12 +34,12 @@ def make_batch(folder: Path, n: int, size=(64, 48)) -> list[Path]:
 
 def leftovers(out: Path) -> list[Path]:
     """Temporary or hidden files left in the output tree."""
-    return [p for p in out.rglob("*") if p.name.startswith(".") or p.name.endswith(".tmp")]
+    return [out / p for p in files_in(out, recursive=True) if Path(p).name.startswith(".") or p.endswith(".tmp")]
 
 
 def check_outputs_match_log(out: Path, records: list[dict]) -> None:
     logged = {Path(r["output"]) for r in records if r["status"] == "ok"}
-    on_disk = {p for p in out.rglob("*") if p.is_file()}
+    on_disk = {out / p for p in files_in(out, recursive=True)}
     assert on_disk == logged, f"on disk but not logged: {on_disk - logged}; logged but missing: {logged - on_disk}"
     for p in on_disk:
         with Image.open(p) as im:

@@ -10,7 +10,7 @@ import time
 
 from PIL import Image
 
-from helpers import CLI, make_photo, read_log, run_cli
+from helpers import CLI, files_in, make_photo, read_log, run_cli
 
 FAST = ("--no-face-enhance", "--max-side", "96")
 
@@ -28,10 +28,11 @@ def test_two_runs_into_one_folder_never_fail_nor_clobber(tmp_path):
         statuses = sorted((logs[0][k]["status"], logs[1][k]["status"]))
         # each file written by exactly one run; the other skipped it (or wrote nothing)
         assert statuses in (["ok", "skipped"], ["ok", "ok"]) or statuses == ["skipped", "skipped"], statuses
-    for p in sorted(out.iterdir()):
+    for p in files_in(out):
+        p = out / p
         with Image.open(p) as im:
             im.load()  # whole, valid pictures
-    assert sorted(p.name for p in out.iterdir()) == [f"p{i}.png" for i in range(8)]
+    assert files_in(out) == [f"p{i}.png" for i in range(8)]
 
 
 def test_a_file_another_run_finished_first_is_skipped_exists(tmp_path):
@@ -69,7 +70,7 @@ def test_a_rerun_removes_stale_temporaries_of_killed_runs(tmp_path):
     code, _, err = run_cli("convert", src, "-o", out, *FAST)
     assert code == 0, err
     assert not stale.exists()
-    assert sorted(p.name for p in out.iterdir()) == ["p.png"]
+    assert files_in(out) == ["p.png"]
 
 
 def test_a_temporary_a_live_process_holds_is_left_alone(tmp_path):

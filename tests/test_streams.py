@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from helpers import CLI, make_photo, read_log
+from helpers import CLI, files_in, make_photo, read_log
 
 FAST = ("--no-face-enhance", "--max-side", "256")
 
@@ -105,7 +105,7 @@ def test_closed_stderr_does_not_stop_the_batch(tmp_path):
     proc.stderr.close()
     assert proc.wait(timeout=300) == 0
     assert [r["status"] for r in read_log(log)] == ["ok"] * 4
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"p{i}.png" for i in range(4)]
+    assert files_in(tmp_path / "out") == [f"p{i}.png" for i in range(4)]
 
 
 @pytest.mark.parametrize("kind", ["file", "stdin-bytes", "stdin-stream", "folder"])

@@ -46,7 +46,7 @@ def start(inputs: list[str], options: Options, *, recursive: bool = False, log_f
 
         detector = FaceDetector.load()
     if options.memory_limit:
-        side = options.face_px()
+        side = options.face_px() if options.face_enhance else 64  # the least a file can ask of the network
         need = rss_bytes() + budget.RESERVE + stylizer.min_bytes(side, side)
         if options.memory_limit < need:
             raise UsageError(f"--memory-limit {format_bytes(options.memory_limit)} is below what the models "
@@ -145,9 +145,15 @@ class Batch:
 
     def records(self) -> Iterator[tuple[Record, str | None]]:
         """(record, a line to print after it or None), in input order."""
+        warned = False
         try:
             for rec in self.run():
-                yield rec, None
+                why = getattr(self.converter, "store_error", None)
+                if why and not warned:
+                    warned = True
+                    yield rec, f"anime-cli: {why}; output names are not kept for reruns, nothing is cached"
+                else:
+                    yield rec, None
         except Fatal as stop:
             yield stop.record, f"stopping: {stop.record.error}; nothing after it can be written"
 

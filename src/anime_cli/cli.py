@@ -242,7 +242,7 @@ def _run(batch, quiet: bool, json_out: bool = False) -> int:
             _print_json(rec)
         if not quiet or rec.status == "error":
             say(rec.human())
-        if line:
+        if line and (not quiet or rec.status == "error" or line.startswith("stopping")):
             say(line)
         if batch.log_error_new():
             say(f"anime-cli: {batch.log.error}; going on without the log")

@@ -72,6 +72,7 @@ class Converter:
         self.progress = None  # an observer of work (progress.WorkProgress), set by the caller
         self.outputs = None  # the output folder's names and cache (store.Outputs), opened by run()
         self._use_store = use_store
+        self.store_error: str | None = None  # why the output folder's database could not be used
         self._stdin = stdin  # the bytes of '-' (None: read sys.stdin when it comes)
         import threading
 
@@ -115,14 +116,19 @@ class Converter:
         """The output folder's database: stable names across runs, the content
         cache. Not for a dry run (it writes nothing) nor for stdout."""
         if self.outputs is None and self.names is not None and self._use_store and not self.options.dry_run:
-            from .store import Outputs, weights_sha256
+            from .store import Outputs, StoreError, weights_sha256
 
             opts = self.options
             try:
                 sha = weights_sha256(opts.style, opts.weights)
             except (KeyError, OSError):  # a stylizer of the caller's own, not a style of the manifest
                 sha = f"{type(self.stylizer).__qualname__}:{opts.style}"
-            self.outputs = Outputs(opts.output_dir, sha, self._precision(), opts, faces=self.faces_on)
+            try:
+                self.outputs = Outputs(opts.output_dir, sha, self._precision(), opts, faces=self.faces_on)
+            except StoreError as e:  # a full disk, a read-only folder: names in memory, no cache
+                self.store_error = str(e)
+                self._use_store = False
+                return
             self.names.store = self.outputs.store
 
     def close(self) -> None:

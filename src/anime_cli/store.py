@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
+from .errors import OutputError
 from .output import cut_name
 
 DB_NAME = ".anime-cli.sqlite"
@@ -54,7 +55,7 @@ CREATE TABLE IF NOT EXISTS cache (
 """
 
 
-class StoreError(Exception):
+class StoreError(OutputError):
     """The database cannot be opened or written (read-only folder, corrupt file)."""
 
 
