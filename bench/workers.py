@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from anime_cli.stylize import Stylizer
-from anime_cli.tiles import Engine, default_threads
+from anime_cli.engine import Engine, default_threads
 
 from bench import PHOTOS
 

@@ -117,7 +117,7 @@ def untiled(generator, rgb: np.ndarray) -> np.ndarray:
 @dataclass
 class Rendered:
     image: np.ndarray
-    plan: str | None = None
+    plan_text: str | None = None
 
 
 class Identity:
@@ -137,6 +137,12 @@ class Identity:
         return 3 * h * w
 
     min_bytes = fastest_bytes
+
+    def work(self, h, w, budget_bytes=None):
+        return h * w
+
+    def plan(self, h, w, budget_bytes=None):
+        return "identity"
 
 
 def sampled_peak(cmd: list, timeout: float = 900) -> tuple[int, int, str]:

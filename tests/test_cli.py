@@ -1,6 +1,5 @@
 """Options, exit codes, the output tree, skip/overwrite, stdin/stdout."""
 
-import os
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""The strip engine (tiles.py) against the untiled generator.
+"""The strip engine (anime_cli.engine) against the untiled generator.
 
 In float32 the engine claims exactness up to float rounding, whatever the plan
 (every layer stored, or recomputed from checkpoints), the strip heights, the
@@ -17,8 +17,8 @@ import pytest
 import torch
 from PIL import Image
 
-from anime_cli import plan as planning
-from anime_cli import tiles
+from anime_cli import engine as tiles
+from anime_cli.engine import plan as planning
 from anime_cli.model import load_generator
 from anime_cli.weights import load
 from helpers import SAMPLES, load_rgb, psnr
@@ -143,8 +143,7 @@ def test_every_strategy_is_faithful_on_a_portrait(generator, photos, monkeypatch
     assert full.name == "strips" and not full.compact
     seen = set()
     for budget in (None, full.bytes * 3 // 4, full.bytes // 2, full.bytes // 3, 0):
-        out = engine.stylize(rgb, budget)
-        plan = engine.last_plan
+        out, plan = engine.render(rgb, budget)
         seen.add((plan.name, plan.compact))
         if plan.compact:
             assert psnr(out, ref) >= 50, plan.describe()
@@ -162,7 +161,7 @@ def test_8bit_storage_on_real_photos(generator, bf16, photos):
         h, w = planning.padded_size(*rgb.shape[:2])
         plan = planning.Plan("forced", frozenset(range(len(bf16.layers) - 1)), 0, 1.0, True, compact=True)
         out = np.empty_like(rgb)
-        bf16.stream(tiles.ArraySource(rgb), tiles.ArraySink(out), plan=plan)
+        bf16.stream(tiles.PictureSource(rgb), tiles.PictureSink(out), plan=plan)
         assert psnr(out, ref) >= 45, name
         assert_no_seam(out, ref)
 
@@ -197,10 +196,10 @@ def test_stylizer_passes_threads_and_budget(photos):
     st = Stylizer.from_style("hayao", threads=1, precision="fp32")
     assert st.threads == 1
     rgb = load_rgb(photos / "rocket.jpg")[:96, :128]
-    full = st.stylize(rgb)
-    assert st.engine.last_plan.name == "strips" and not st.engine.last_plan.compact
-    lean = st.stylize(rgb, budget_bytes=0)  # nothing fits: the least-memory plan, still faithful
-    assert not st.engine.last_plan.fits
+    full, plan = st.render(rgb)
+    assert plan.name == "strips" and not plan.compact
+    lean, plan = st.render(rgb, budget_bytes=0)  # nothing fits: the least-memory plan, still faithful
+    assert not plan.fits
     assert psnr(lean, full) >= 50
 
 

@@ -66,7 +66,7 @@ def convert_animated(src: str | os.PathLike, dest: str | os.PathLike, kind: str,
         try:
             for i in range(n):
                 if cancel is not None and cancel.is_set():
-                    from .tiles import Cancelled
+                    from .errors import Cancelled
 
                     raise Cancelled()
                 t = time.perf_counter()

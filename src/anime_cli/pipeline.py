@@ -28,7 +28,7 @@ from .faces import file_identity
 from .errors import Cancelled, Fatal, InputError, OutputError, OutputExists, UnsupportedFormat
 from .options import Options
 from .telemetry import PeakTracker, Record, rss_bytes
-from .tiles import trim_malloc
+from .engine import trim_malloc
 
 LANES = 2  # files in flight in a batch
 
@@ -276,8 +276,10 @@ class Converter:
     def _stylize(self, loaded: Loaded) -> np.ndarray:
         rec, rgb = loaded.record, loaded.decoded.rgb
         with rec.stage("stylize"):
-            out = self.stylizer.stylize(rgb, budget_bytes=self._budget(loaded), cancel=loaded.cancel)
-        rec.plan = getattr(self.stylizer, "last_plan", None)  # TEMP until the engine branch lands
+            rendered = self.stylizer.render(rgb, budget_bytes=self._budget(loaded), cancel=loaded.cancel,
+                                            progress=self._advance(loaded))
+        rec.plan = rendered.plan_text
+        out = rendered.image
         if self.faces_on:
             loaded.stage = "faces"
             with rec.stage("faces"):
@@ -386,6 +388,11 @@ class Converter:
             data = source.getvalue()
             return lambda: Image.open(io.BytesIO(data), formats=probe.FORMATS)
         return lambda: Image.open(source, formats=probe.FORMATS)
+
+    def _advance(self, loaded: Loaded):
+        """The engine's progress callback for this file, or None."""
+        bar = self.progress
+        return (lambda units: bar.advance(loaded, units)) if bar is not None else None
 
     def _work(self, h: int, w: int) -> float:
         """The work of converting an h x w picture, in the progress bar's units."""

@@ -1,24 +1,61 @@
-"""The style session: one loaded generator that turns RGB pictures into anime.
+"""The style session: one loaded network that turns RGB pictures into anime.
 
-A `Stylizer` loads its weights once; `stylize` takes and gives HxWx3 uint8
-arrays of the same size, so the rest of the pipeline never sees tensors. The
-network runs in the strip engine (tiles.py): the same result as the untiled
-generator, within a memory budget, on all the cores the process may use.
-Calls from several threads run at once, each on its own engine, sharing the
-cores (see tiles.Cores).
+A `Stylizer` loads its weights once; `render` and `stylize` take and give
+HxWx3 uint8 arrays of the same size, so the rest of the pipeline never sees
+tensors. The network runs in the strip engine (anime_cli.engine): the same
+result as the untiled network, within a memory budget, on all the cores the
+process may use. Calls from several threads run at once, each its own run of
+the one engine, sharing the cores (see engine.Cores).
+
+`StyleModel` is what the pipeline may call on a style: anything with these
+methods (a new family's Stylizer, a test's stand-in) can convert a batch.
 """
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
+from typing import Callable, Protocol
 
 import numpy as np
 
 from . import weights
+from .engine import Cores, Engine, Rendered, padded_size
 from .model import Generator, load_generator
-from .plan import padded_size
-from .tiles import Cores, Engine
+
+Progress = Callable[[int], None]
+
+
+class StyleModel(Protocol):
+    """What the pipeline may call on a style model.
+
+    budget_bytes: memory one call may add to the process, its output array
+    included; None for the fastest way whatever it costs. A budget under
+    min_bytes() is exceeded (the least-memory plan runs), not refused.
+    cancel: anything with is_set(); once set, the call raises
+    engine.Cancelled within a strip's time. progress: called from worker
+    threads with work units as they complete; a call's units add up to
+    work(h, w, budget_bytes).
+    """
+
+    name: str
+    cores: Cores  # cores.busy(): a context manager marking a file in flight
+
+    @property
+    def threads(self) -> int: ...
+
+    def render(self, rgb: np.ndarray, budget_bytes: int | None = None, cancel=None,
+               progress: Progress | None = None) -> Rendered: ...
+
+    def stylize(self, rgb: np.ndarray, budget_bytes: int | None = None, cancel=None,
+                progress: Progress | None = None) -> np.ndarray: ...
+
+    def fastest_bytes(self, h: int, w: int) -> int: ...
+
+    def min_bytes(self, h: int, w: int) -> int: ...
+
+    def work(self, h: int, w: int, budget_bytes: int | None = None) -> int: ...
+
+    def plan(self, h: int, w: int, budget_bytes: int | None = None) -> str: ...
 
 
 class Stylizer:
@@ -32,10 +69,7 @@ class Stylizer:
         self.generator = generator
         self.cores = Cores(threads)
         self.engine = Engine(generator, precision=precision, cores=self.cores)
-        self._idle = [self.engine]  # engines not running a picture now
-        self._lock = threading.Lock()
-        self._local = threading.local()
-        self._fastest: dict[tuple[int, int], int] = {}
+        self._bytes: dict[tuple[int, int, int | None], int] = {}  # (h, w, None or 0) -> engine bytes of that plan
 
     @classmethod
     def from_style(cls, name: str = "hayao", threads: int | None = None, precision: str = "auto") -> "Stylizer":
@@ -56,47 +90,43 @@ class Stylizer:
     def threads(self) -> int:
         return self.cores.total
 
-    def stylize(self, rgb: np.ndarray, budget_bytes: int | None = None, cancel=None) -> np.ndarray:
-        """HxWx3 uint8 RGB -> HxWx3 uint8 RGB, same size.
-
-        budget_bytes: memory this call may add to the process (the output
-        array included); None for the fastest way whatever it costs. A
-        budget too small for even the leanest plan is exceeded rather than
-        refused (the engine then uses its least-memory plan).
-        cancel: anything with is_set(); once set, the call raises
-        tiles.Cancelled soon after."""
+    def render(self, rgb: np.ndarray, budget_bytes: int | None = None, cancel=None,
+               progress: Progress | None = None) -> Rendered:
+        """HxWx3 uint8 RGB -> Rendered(HxWx3 uint8 RGB, the plan it ran); see StyleModel."""
         rgb = np.asarray(rgb)
         if rgb.ndim != 3 or rgb.shape[2] != 3:
             raise ValueError(f"expected an HxWx3 RGB array, got shape {rgb.shape}")
         if rgb.dtype != np.uint8:
             rgb = rgb.astype(np.uint8)
-        with self._lock:
-            engine = self._idle.pop() if self._idle else self.engine.clone()
-        try:
-            out = engine.stylize(rgb, budget_bytes, cancel)
-            self._local.plan = engine.last_plan
-            return out
-        finally:
-            with self._lock:  # the first engine goes last, so that a lone call runs on self.engine
-                self._idle.insert(len(self._idle) if engine is self.engine else 0, engine)
+        return self.engine.render(rgb, budget_bytes, cancel, progress)
 
-    @property
-    def last_plan(self) -> str | None:
-        """How this thread's last stylize() call ran (see plan.Plan.describe)."""
-        plan = getattr(self._local, "plan", None)
-        return plan.describe() if plan is not None else None
+    def stylize(self, rgb: np.ndarray, budget_bytes: int | None = None, cancel=None,
+                progress: Progress | None = None) -> np.ndarray:
+        """HxWx3 uint8 RGB -> HxWx3 uint8 RGB, same size; see StyleModel."""
+        return self.render(rgb, budget_bytes, cancel, progress).image
 
-    def min_bytes(self, h: int, w: int) -> int:  # TEMP until the engine branch lands
-        return self.engine.make_plan(*padded_size(h, w), 1).bytes + 3 * h * w
+    def _plan_bytes(self, h: int, w: int, budget: int | None) -> int:
+        """Engine bytes of the plan for a budget (asked for every file, and for
+        the face size every time: the planner runs once a size)."""
+        key = (h, w, budget)
+        if key not in self._bytes:
+            self._bytes[key] = self.engine.make_plan(*padded_size(h, w), budget).bytes
+        return self._bytes[key]
 
-    def plan(self, h: int, w: int, budget_bytes: int | None = None) -> str:  # TEMP until the engine branch lands
+    def plan(self, h: int, w: int, budget_bytes: int | None = None) -> str:
+        """How a call for an h x w picture would run within budget_bytes (a dry run's plan)."""
         return self.engine.make_plan(*padded_size(h, w), budget_bytes).describe()
 
     def fastest_bytes(self, h: int, w: int) -> int:
         """What stylize() adds to the process for an h x w picture when nothing
-        holds it back: the fastest plan's memory and the output array. (Asked
-        once a file, and for the face size every time: the planner runs once a size.)"""
-        if (h, w) not in self._fastest:
-            self._fastest[h, w] = self.engine.make_plan(*padded_size(h, w), None).bytes + 3 * h * w
-        return self._fastest[h, w]
+        holds it back: the fastest plan's memory and the output array."""
+        return self._plan_bytes(h, w, None) + 3 * h * w
 
+    def min_bytes(self, h: int, w: int) -> int:
+        """The least stylize() can add for an h x w picture: the least-memory
+        plan's memory and the output array. A budget below it is exceeded."""
+        return self._plan_bytes(h, w, 0) + 3 * h * w
+
+    def work(self, h: int, w: int, budget_bytes: int | None = None) -> int:
+        """Work units a call on an h x w picture with this budget reports to `progress`."""
+        return self.engine.work(h, w, budget_bytes)

@@ -231,7 +231,7 @@ def convert_video(src: str | os.PathLike, dest: str | os.PathLike, stylize_frame
     HxWx3 uint8 -> same shape. If it has a `timings` dict (FrameStylizer), its
     stages are reported instead of one "stylize" stage. progress(done, total)
     after each frame (total: the header's count or its estimate, 0 unknown). cancel.is_set() is checked between frames
-    (tiles.Cancelled raised inside stylize_frame passes through too); on any
+    (errors.Cancelled raised inside stylize_frame passes through too); on any
     exception the temporary file is removed and nothing appears at `dest`."""
     name = name or str(src)
     dest = Path(dest)
@@ -267,7 +267,7 @@ def _run(c, v, info, size, name, max_frames, stylize_frame, wr, progress, cancel
         t1 = time.perf_counter()
         timings["decode"] += t1 - t
         if cancel is not None and cancel.is_set():
-            from .tiles import Cancelled
+            from .errors import Cancelled
 
             raise Cancelled()
         out = stylize_frame(rgb)

@@ -2,7 +2,7 @@
 memory model of one run, and the planner that decides which layers are stored
 whole and which are recomputed, for a memory budget.
 
-The engine (tiles.py) computes one layer at a time in strips; the plan is its
+The engine (engine.py) computes one layer at a time in strips; the plan is its
 only choice. "strips" stores every layer: one pass of compute, the most memory.
 "stream" stores some layers (checkpoints) and recomputes the others from the
 last checkpoint, once for every GroupNorm whose statistics are still unknown:
@@ -16,10 +16,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-import torch.nn as nn
 
-from .model import Generator, InvertedResBlock
+from .layers import layer_dtype
 
 STRIP_BYTES = 4 << 20  # target size of a pass's strips (input or output block): cache-sized
 STREAM_BYTES = 1 << 20  # the same for layers that stream: their windows add up along a chain
@@ -32,78 +30,6 @@ DECODE_FLOPS = 150  # each pass that reads it, beyond the plain normalisation
 MIN_SIZE = 8  # the quarter-resolution layers need 2 pixels for reflection padding
 
 
-# --------------------------------------------------------------------------
-# The network as a flat list of layers
-
-
-@dataclass(eq=False)
-class Layer:
-    """One convolution and what follows it, up to the next convolution."""
-
-    name: str
-    weight: torch.Tensor  # float32 OIHW, as in the model
-    bias: torch.Tensor | None
-    kernel: int
-    stride: int
-    pad: tuple[int, int, int, int]  # reflection padding: left, right, top, bottom
-    groups: int
-    gamma: torch.Tensor | None  # GroupNorm(1) affine; None for the output layer
-    beta: torch.Tensor | None
-    eps: float
-    lrelu: bool
-    upsample: bool = False  # the input is the bilinear x2 of the previous output
-    residual: int | None = None  # layer whose output is added after the norm
-    tanh: bool = False
-
-    @property
-    def cin(self) -> int:
-        return self.weight.shape[1] * self.groups
-
-    @property
-    def cout(self) -> int:
-        return self.weight.shape[0]
-
-
-def flatten(g: Generator) -> list[Layer]:
-    """The generator's layers in execution order (index -1 is the image)."""
-    layers: list[Layer] = []
-
-    def add(name, conv, gn, pad=(0, 0, 0, 0), lrelu=True, **kw):
-        layers.append(Layer(
-            name=name, weight=conv.weight.detach(),
-            bias=None if conv.bias is None else conv.bias.detach(),
-            kernel=conv.kernel_size[0], stride=conv.stride[0], pad=tuple(pad), groups=conv.groups,
-            gamma=None if gn is None else gn.weight.detach(),
-            beta=None if gn is None else gn.bias.detach(),
-            eps=1e-5 if gn is None else gn.eps, lrelu=lrelu, **kw,
-        ))
-
-    def cnl(name, seq, **kw):  # ConvNormLReLU: pad, conv, norm, LeakyReLU
-        pad, conv, gn, _ = seq
-        add(name, conv, gn, pad.padding if isinstance(pad, nn.ReflectionPad2d) else (0, 0, 0, 0), **kw)
-
-    def blocks(prefix, seq, upsample_first=False):
-        for i, m in enumerate(seq):
-            name = f"{prefix}.{i}"
-            if isinstance(m, InvertedResBlock):
-                block_input = len(layers) - 1
-                expand, dw, proj, gn = m.layers
-                cnl(name + ".expand", expand)
-                cnl(name + ".dw", dw)
-                add(name + ".project", proj, gn, lrelu=False, residual=block_input if m.residual else None)
-            else:
-                cnl(name, m, upsample=upsample_first and i == 0)
-
-    blocks("a", g.block_a)
-    blocks("b", g.block_b)
-    blocks("c", g.block_c)
-    blocks("d", g.block_d, upsample_first=True)
-    blocks("e", g.block_e, upsample_first=True)
-    conv, _ = g.out_layer
-    add("out", conv, None, lrelu=False, tanh=True)
-    return layers
-
-
 @dataclass
 class Shape:
     h: int
@@ -111,7 +37,7 @@ class Shape:
     c: int
 
 
-class Geometry:
+class Sizes:
     """Sizes of everything for one input size and precision: shapes, strip
     heights, and the memory model the planner uses."""
 
@@ -208,13 +134,88 @@ class Geometry:
         return rows * s.w * s.c * (self.dtypes[i].itemsize + self.store[i].itemsize)
 
 
-def layer_dtype(precision: str, i: int, L: Layer):
-    # The output layer (3 channels, 0.02 % of the work) stays in float32 so that
-    # the picture is not rounded to bfloat16 before it is rounded to 8 bits.
-    # (The first layer in float32 bought nothing measurable: +-1 dB, 6 % slower.)
-    if precision == "fp32" or L.tanh:
-        return torch.float32
-    return torch.bfloat16
+class Geometry(Sizes):
+    """Sizes, and which rows of which layers each computation reads: the
+    layers a pass computes, the rows each band of it needs."""
+    def src_shape(self, j: int) -> Shape:
+        """The shape of what layer j reads: the previous layer's output, or the image."""
+        return self.shapes[j - 1] if j > 0 else Shape(self.h, self.w, 3)
+
+    def input_rows(self, j: int, r0: int, r1: int) -> tuple[int, int]:
+        """Rows [a, b) of layer j's (upsampled, unpadded) input read by its
+        output rows [r0, r1); a < 0 or b > height where the padding reflects."""
+        L = self.layers[j]
+        return r0 * L.stride - L.pad[2], (r1 - 1) * L.stride + L.kernel - L.pad[2]
+
+    def source_rows(self, j: int, va: int, vb: int) -> tuple[int, int]:
+        """Source rows behind input rows [va, vb): the same, or for the x2
+        upsampling one more source row on each side (bilinear blends rows
+        floor(u/2)-1 .. floor(u/2)+1; at the image's edges interpolate's
+        clamping is the true behaviour)."""
+        if not self.layers[j].upsample:
+            return va, vb
+        return max(va // 2 - 1, 0), min((vb - 1) // 2 + 2, self.src_shape(j).h)
+
+    def needs(self, j: int, r0: int, r1: int) -> tuple[int, int]:
+        """Source rows that output rows [r0, r1) of layer j read."""
+        a, b = self.input_rows(j, r0, r1)
+        return self.source_rows(j, max(a, 0), min(b, self.in_shapes[j].h))
+
+    def reads(self, j: int, target: int) -> list[int]:
+        """Layers whose rows layer j reads in the pass for `target`: its input,
+        and its skip unless j is the target (the target's statistics are taken
+        before the skip is added; a stored target adds it in its fold)."""
+        r = self.layers[j].residual
+        return [j - 1] + ([r] if r is not None and j != target else [])
+
+    def readers(self, node: int, chain, target: int) -> list[int]:
+        """Reader keys of `node` among the layers computed in a pass (see skip_key)."""
+        keys = []
+        for j in chain:
+            if j == node + 1:
+                keys.append(j)
+            if self.layers[j].residual == node and j != target:
+                keys.append(skip_key(j))
+        return keys
+
+    def pass_layers(self, target: int, stored) -> tuple[list[int], list[int]]:
+        """Layers computed in the pass for `target`, and the stored ones it reads."""
+        chain, leaves, todo = set(), set(), [target]
+        while todo:
+            i = todo.pop()
+            if i not in chain:
+                chain.add(i)
+                for d in self.reads(i, target):
+                    if d == -1 or d in stored:
+                        leaves.add(d)
+                    else:
+                        todo.append(d)
+        return sorted(chain), sorted(leaves)
+
+    def band_needs(self, target: int, rows, chain) -> dict[int, tuple[int, int]]:
+        """Rows each layer must provide so that the target can compute `rows`."""
+        need = {target: tuple(rows)}
+        for j in sorted(chain, reverse=True):
+            lo, hi = need[j]
+            ranges = [self.needs(j, lo, hi), (lo, hi)]  # the input's rows, then the skip's
+            for d, (a, b) in zip(self.reads(j, target), ranges):
+                old = need.get(d)
+                need[d] = (a, b) if old is None else (min(old[0], a), max(old[1], b))
+        return need
+
+    def bands(self, target: int, chain, workers: int) -> list[tuple[int, int]]:
+        """The target rows of a pass's bands, in the order they are handed out."""
+        h = self.shapes[target].h
+        if len(chain) == 1:  # every input is stored: strips are independent, hand them out one by one
+            step = self.strip[target]
+        else:  # streaming chains recompute their halo at every band edge: one band per worker
+            step = -(-h // workers)
+        return [(r, min(r + step, h)) for r in range(0, h, step)]
+
+
+def skip_key(index: int) -> int:
+    """Reader key of residual layer `index` reading its skip input (a conv read uses the index)."""
+    return -2 - index
 
 
 # --------------------------------------------------------------------------
@@ -351,6 +352,18 @@ def best_plan(geo: Geometry, budget: int | None) -> Plan:
     if fitting:
         return min(fitting, key=lambda p: (round(p.passes, 6), p.compact))
     return min(plans, key=lambda p: p.bytes)
+
+
+def pass_units(geo: Geometry, plan: Plan, pixels: int) -> list[int]:
+    """Progress units of each pass of `plan`: the picture's pixels times the
+    share of the network's FLOPs the pass computes (so a plan of 1.0 passes
+    is about `pixels` units, a stream plan more)."""
+    total = sum(geo.flops(i) for i in range(len(geo.layers)))
+    units = []
+    for i in range(len(geo.layers)):
+        chain, _ = geo.pass_layers(i, plan.stored)
+        units.append(round(pixels * sum(geo.flops(j) for j in chain) / total))
+    return units
 
 
 def padded_size(h: int, w: int) -> tuple[int, int]:
