@@ -4,6 +4,8 @@ The slow parts (loading the nets, two generator runs) happen once per module;
 the mechanics of enhance_faces are checked with a stub stylizer and detector.
 """
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -355,3 +357,27 @@ def test_faces_are_found_on_a_copy_no_larger_than_detection_needs(detector, monk
     [face] = detector.detect(big, min_face=4 * DEFAULT_MIN_FACE)
     assert max(seen[0][:2]) <= DETECT_SIDE
     assert iou(face.box, tuple(4 * v for v in ASTRONAUT_FACE)) > 0.5
+
+
+def test_a_file_replaced_mid_conversion_is_not_read_for_faces(tmp_path):
+    """The crop would come from another picture (a coffee cup pasted on the face):
+    a file whose device, inode, size or mtime changed since the probe is not
+    re-read; the working image serves."""
+    from anime_cli import probe
+    from anime_cli.decode import decode
+    from anime_cli.faces import FileSource, file_identity
+
+    path = tmp_path / "big.jpg"
+    with Image.open(PHOTOS / "astronaut.png") as im:
+        im.convert("RGB").resize((2048, 2048), Image.Resampling.LANCZOS).save(path, quality=95)
+    src, n = probe.read_source(path, probe.DEFAULT_MAX_FILE_SIZE)
+    im, pr = probe.open_image(src, n, "big.jpg", probe.DEFAULT_MAX_PIXELS)
+    with im:
+        working = decode(im, pr, 512, "big.jpg").rgb
+    identity = file_identity(path)
+    with Image.open(PHOTOS / "coffee.png") as cup:  # the file is replaced under the same name
+        cup.convert("RGB").resize((2048, 2048)).save(tmp_path / "new.jpg", quality=95)
+    os.replace(tmp_path / "new.jpg", path)
+    box = (150.0, 60.0, 290.0, 200.0)
+    got = FileSource(lambda: Image.open(path), pr, working, 10**9, identity=identity, path=path).region(box, 256)
+    assert np.array_equal(got, CropSource(working).region(box, 256))

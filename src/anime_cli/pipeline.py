@@ -292,7 +292,7 @@ class Converter:
 
         d = loaded.decoded
         src = FileSource(loaded.reopen, loaded.probe, d.rgb, self._face_decode_pixels(loaded),
-                         identity=loaded.identity)
+                         identity=loaded.identity, path=loaded.job.path)
         kw = {"face_size": self.options.face_px()}
         if self.options.min_face is not None:
             kw["min_face"] = self.options.min_face
