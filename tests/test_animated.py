@@ -14,7 +14,7 @@ from helpers import psnr
 
 from anime_cli import animated, video
 from anime_cli.errors import InputError
-from anime_cli.tiles import Cancelled
+from anime_cli.errors import Cancelled
 
 DURATIONS = [100, 50, 200, 80, 120, 300]
 

@@ -53,7 +53,7 @@ class Watched:
     def __getattr__(self, name):
         return getattr(self._s, name)
 
-    def stylize(self, rgb, budget_bytes=None, cancel=None):
+    def render(self, rgb, budget_bytes=None, cancel=None, progress=None):
         with self._lock:
             self.running += 1
             self.most = max(self.most, self.running)
@@ -62,7 +62,7 @@ class Watched:
             for other in self.calls:
                 other[2] = max(other[2], self.running - 1)
         try:
-            return self._s.stylize(rgb, budget_bytes, cancel)
+            return self._s.render(rgb, budget_bytes, cancel, progress)
         finally:
             with self._lock:
                 self.running -= 1

@@ -187,9 +187,9 @@ def test_json_keys_old_kept_new_added_video_only_when_set():
     d = json.loads(_ok(style="hayao", rss_method="psutil").to_json())
     assert set(d) == old | new
     assert (d["style"], d["cached"], d["rss_method"]) == ("hayao", False, "psutil")
-    v = json.loads(_ok(frames=120, fps=24.0, duration=5.0, audio="copied").to_json())
-    assert (v["frames"], v["fps"], v["duration"], v["audio"]) == (120, 24.0, 5.0, "copied")
-    assert "120 frames at 24 fps, audio copied" in _ok(frames=120, fps=24.0, audio="copied").human()
+    v = json.loads(_ok(frames=120, fps=24.0, duration=5.0, audio=1).to_json())
+    assert (v["frames"], v["fps"], v["duration"], v["audio"]) == (120, 24.0, 5.0, 1)
+    assert "120 frames at 24 fps, 1 audio stream copied" in _ok(frames=120, fps=24.0, audio=1).human()
     assert "cached" in _ok(cached=True).human()
 
 

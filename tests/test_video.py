@@ -22,7 +22,7 @@ av = pytest.importorskip("av")
 
 from anime_cli import video  # noqa: E402
 from anime_cli.errors import InputError, UnsupportedFormat  # noqa: E402
-from anime_cli.tiles import Cancelled  # noqa: E402
+from anime_cli.errors import Cancelled  # noqa: E402
 
 
 def leftovers(folder: Path) -> list[str]:

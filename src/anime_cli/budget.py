@@ -24,6 +24,26 @@ _DETECT_PIXELS = 1280 * 1280
 _DETECT_BYTES_PER_PIXEL = 24
 
 
+def room(limit: int, share: int | None, picture: int) -> int | None:
+    """What the network may add for a file: its reservation (share) less its
+    own `picture` bytes when it shares the budget; alone (share None), what
+    the limit leaves now. None: no limit."""
+    from .telemetry import rss_bytes
+
+    if not limit:
+        return None
+    if share is not None:
+        return max(0, share - picture)
+    return max(0, limit - rss_bytes() - RESERVE)
+
+
+def face_decode_pixels(limit: int, share: int | None, room_now: int | None) -> int:
+    """How many pixels of the original the face crops may decode."""
+    if share is not None or room_now is None:
+        return 10**12  # the file's reservation covers the whole original (see footprint)
+    return max(1, room_now // 8)
+
+
 def decode_bytes(probe, max_side: int) -> int:
     """What decoding may hold at once: the decoded picture (JPEG: DCT-scaled
     to at most twice the target) and its converted copy, 4 bytes a pixel each."""
@@ -100,3 +120,24 @@ class Ledger:
         """Let waiters look at their stop flag again."""
         with self.cond:
             self.cond.notify_all()
+
+
+def plan_only(conv, loaded) -> None:
+    """A dry run's record: what converting would do, from the header alone
+    (the output's path and size, the engine's plan, the peak it expects).
+    Nothing is decoded; the probed file is closed."""
+    from .telemetry import rss_bytes
+
+    rec, opts = loaded.record, conv.options
+    if loaded.image is not None:
+        loaded.image.close()
+        loaded.image = None
+    clip = loaded.clip
+    w, h = target_size(clip.size if clip is not None else loaded.probe.oriented_size, opts.max_side)
+    rec.plan = conv.stylizer.plan(h, w, conv.budget(loaded))
+    if clip is not None:
+        rec.plan = f"{clip.frames} frames, each {rec.plan}"
+    rec.estimated_peak_mb = round((rss_bytes() + conv.footprint(loaded)) / 1e6, 1)
+    loaded.clip = None
+    rec.status, rec.output_size = "planned", [w, h]
+    rec.output = str(loaded.dest) if loaded.dest is not None else "-"

@@ -29,7 +29,7 @@ def open_clip(conv, loaded, kind: str, source) -> float:
     if conv.from_cache(loaded, (w, h), source):
         return 0
     loaded.clip, loaded.source = clip, source
-    return max(1, clip.frames) * conv._work(h, w)
+    return max(1, clip.frames) * conv.work(h, w)
 
 
 def footprint(conv, loaded) -> int:
@@ -49,10 +49,10 @@ def convert_clip(conv, loaded) -> None:
     """Stylize every frame of the clip into its output; fills the record."""
     clip, rec, opts, job = loaded.clip, loaded.record, conv.options, loaded.job
     w, h = target_size(clip.size, opts.max_side)
-    room = conv._budget_for(loaded, 4 * w * h)
+    room = conv.budget(loaded, 4 * w * h)
     fs = FrameStylizer(conv.stylizer, conv.detector if conv.faces_on else None, face_size=opts.face_px(video=True),
                        min_face=opts.min_face or DEFAULT_MIN_FACE, budget_bytes=room, cancel=loaded.cancel)
-    per_frame = conv._work(h, w)
+    per_frame = conv.work(h, w)
     bar = conv.progress
     progress = (lambda done, total: bar.advance(loaded, per_frame)) if bar is not None else None
     res = media.convert(clip, loaded.source, loaded.dest, fs, name=job.input, max_side=opts.max_side,
