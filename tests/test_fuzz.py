@@ -1,4 +1,4 @@
-"""Fuzzing the probe/decode front (issue 4): bytes of valid JPEGs and PNGs (and, more
+"""Fuzzing the probe/decode front: bytes of valid JPEGs and PNGs (and, more
 lightly, the other allowed formats) are mutated by hypothesis; whatever comes out, the
 front either gives a sane picture or raises the tool's own InputError, never anything
 else, and fast.

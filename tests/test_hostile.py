@@ -1,4 +1,4 @@
-"""Hostile and broken input (issue 4): every file accounted for, no traceback, no hang,
+"""Hostile and broken input: every file accounted for, no traceback, no hang,
 nothing lost.
 
 A corpus of bad, odd and good files is generated at test time (nothing is committed)

@@ -1,4 +1,4 @@
-"""Interruption and a full disk (issue 4): no half file, no temporary file, no output
+"""Interruption and a full disk: no half file, no temporary file, no output
 without its record, a summary, and the documented exit code.
 
 The CLI runs as a real subprocess. The full disk is a small tmpfs mounted by the test,

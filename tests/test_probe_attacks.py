@@ -1,4 +1,4 @@
-"""The input side under attack (issue 10): probing never decodes, truncated data is
+"""The input side under attack: probing never decodes, truncated data is
 an error, devices and pipes are read within the limit, the log file is never an
 input, temporary files are skipped; and importing the probe changes nothing global.
 
@@ -159,7 +159,7 @@ def test_probe_time_and_memory_are_bounded(tmp_path, fmt, max_pixels):
     reason, took, grew = json.loads(out.stdout)
     assert reason == ("too many pixels" if max_pixels < 140e6 else None)
     assert grew < 15e6, f"the probe's peak RSS grew by {grew / 1e6:.0f} MB"
-    assert took < 1.0  # milliseconds on a quiet machine; the old PNG path took seconds
+    assert took < 1.0  # milliseconds on a quiet machine; a PNG decoded to read its EXIF took seconds
 
 
 # ----------------------------------------------------------------------------- orientation, from the header
@@ -430,7 +430,7 @@ def test_the_temporary_pattern_matches_what_the_writer_makes(tmp_path, monkeypat
     assert seen and probe.TEMPORARY.match(seen[0]), seen
 
 
-# ----------------------------------------------------------------------------- issue 9: no policy on import
+# ----------------------------------------------------------------------------- no process policy on import
 
 _GLOBALS = textwrap.dedent("""
     import json, warnings

@@ -1,9 +1,8 @@
 """The progress bar as a user sees it: the real CLI on a pseudo-terminal.
 
-test_the_cli_bar_moves_inside_one_big_file passes only once the CLI drives
-progress.WorkProgress with the engine's work reports (issue 14); until then the
-bar counts files and reads 0/1 for the whole conversion. The parser it relies
-on is checked here against real rich output of WorkProgress on a pty.
+The bar counts work, reported by the engine strip by strip, so it moves
+inside one big file (it once read 0/1 for the whole conversion). The parser
+the test relies on is checked against real rich output of WorkProgress on a pty.
 """
 
 from __future__ import annotations

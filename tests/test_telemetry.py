@@ -80,7 +80,7 @@ def test_getrusage_when_nothing_else(no_proc, monkeypatch):
 
 
 def test_samplers_stop_when_no_file_is_active(no_clear_refs):
-    """The leak of issue 9: each tracker started a 5 ms thread that never stopped."""
+    """A leak once: each tracker started a 5 ms thread that never stopped."""
     trackers = [PeakTracker() for _ in range(20)]
     assert not _samplers()  # none before any work
     for i, t in enumerate(trackers):
