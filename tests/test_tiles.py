@@ -278,3 +278,55 @@ def test_default_threads_follow_affinity():
     import os
 
     assert tiles.default_threads() == len(os.sched_getaffinity(0))
+
+
+# -- what the pipeline asks before and during a call -----------------------------
+
+
+@pytest.mark.parametrize("budget", [None, 0])
+def test_progress_comes_strip_by_strip_and_adds_up_to_work(photos, monkeypatch, budget):
+    """The units a call reports add up to work() for its size and budget: the
+    picture's pixels for one pass of the network, more when layers are recomputed."""
+    import threading
+
+    from anime_cli.stylize import Stylizer
+
+    monkeypatch.setattr(planning, "STRIP_BYTES", 64 << 10)  # several strips a pass
+    st = Stylizer.from_style("hayao", threads=2, precision="fp32")
+    rgb = load_rgb(photos / "chelsea.png")[:150, :203]
+    calls, lock = [], threading.Lock()
+
+    def progress(units):
+        with lock:
+            calls.append(units)
+
+    st.stylize(rgb, budget, progress=progress)
+    total = st.work(150, 203, budget)
+    assert sum(calls) == total and all(u > 0 for u in calls)
+    assert len(calls) > 30  # every pass, several strips each
+    if budget is None:
+        assert abs(total - 150 * 203) <= 30  # one pass (each pass's share is rounded)
+    else:
+        assert total >= 150 * 203 - 30  # recomputed layers count again
+    assert st.work(3000, 4000, 300 << 20) > 1.5 * st.work(3000, 4000)  # a stream plan on a big picture
+
+
+def test_min_bytes_is_the_least_memory_plan_and_fits_itself():
+    from anime_cli.stylize import Stylizer
+
+    st = Stylizer.from_style("hayao", threads=2, precision="bf16")
+    h, w = 3000, 4000  # planning only
+    least, fastest = st.min_bytes(h, w), st.fastest_bytes(h, w)
+    assert 3 * h * w < least < fastest / 2
+    assert st.engine.picture_plan(h, w, least).fits  # a budget of min_bytes is enough
+    assert not st.engine.picture_plan(h, w, least - (8 << 20)).fits
+
+
+def test_the_stylizer_is_a_style_model():
+    from anime_cli.stylize import StyleModel, Stylizer
+
+    names = [n for n in dir(StyleModel) if not n.startswith("_")]
+    st = Stylizer.from_style("hayao", threads=1)
+    assert set(names) >= {"render", "stylize", "fastest_bytes", "min_bytes", "work", "threads"}
+    for n in names + ["name", "cores"]:
+        assert hasattr(st, n), n

@@ -73,8 +73,8 @@ def resolve_precision(precision: str) -> str:
 # --------------------------------------------------------------------------
 # The C allocator (glibc)
 
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
-MMAP_THRESHOLD = 1 << 20  # heap blocks at least this big are mapped, and unmapped when freed
+M_ARENA_MAX = -8  # mallopt's parameter number
+ARENAS = 2
 
 
 @lru_cache(maxsize=1)
@@ -89,8 +89,8 @@ def _glibc():
 
 
 def trim_malloc() -> None:
-    """Give freed heap memory back to the system after a run: glibc keeps it
-    for reuse, and it would count against the next picture's budget."""
+    """Give freed heap memory back to the system: glibc keeps it for reuse,
+    and it would count against the next pass or the next picture."""
     libc = _glibc()
     if libc:
         libc.malloc_trim(0)
@@ -98,21 +98,19 @@ def trim_malloc() -> None:
 
 @lru_cache(maxsize=1)
 def bound_malloc() -> None:
-    """Make freed strip temporaries go back to the system, whatever the scheduling.
+    """At most ARENAS glibc arenas in this process (process-wide; the first
+    Engine sets it).
 
-    glibc gives each thread that allocates at once its own arena (up to 8 a
-    core), and a freed block stays in its arena; and after a large mapped
-    block is freed it raises its mapping threshold to that size, so that the
-    next strips' convolution outputs (a few MB) come from the arenas too.
-    When workers are descheduled mid-strip, more threads allocate at the
-    same moments, more arenas fill, and the process held ~10 MB a worker
-    more than the planner's model (a tight --memory-limit gave way under CPU
-    load). With two arenas and a fixed threshold, big temporaries are mapped
-    and unmapped (a page fault per page: ~1 % of a convolution's time), and
-    the heap holds only small objects. Process-wide and idempotent; the
-    first Engine sets it."""
+    A strip's temporaries (the convolution's output, a float32 copy: a few
+    MB) come from the C heap, and glibc gives a thread that finds the arenas
+    busy an arena of its own, up to 8 a core. Each arena keeps what was
+    freed in it, and a pass's new worker threads land in new arenas more
+    often when the workers are descheduled at random moments: under CPU load
+    a tight --memory-limit gave way (460 MB logged against 450). With two
+    arenas, and the heap trimmed after every pass (Run), that run stays at
+    ~410-425 MB under the same load. (Mapping every big block instead, a
+    fixed M_MMAP_THRESHOLD, held ~410 MB but cost a page fault a page: +20 %
+    CPU time a picture.)"""
     libc = _glibc()
     if libc:
-        libc.mallopt(M_ARENA_MAX, 2)
-        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)  # fixed: no dynamic raising
-        libc.mallopt(M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD)
+        libc.mallopt(M_ARENA_MAX, ARENAS)

@@ -209,6 +209,7 @@ class Run:
                 self.stored[i].fold(self.stored[skip])
             for s in [s for s in self.stored if s >= 0 and last_use[s] == i]:
                 self.stored.pop(s).free()
+            trim_malloc()  # what the pass's strips freed goes back now, not at the end of the run (cpu.bound_malloc)
 
     def _run_pass(self, target, kind, chain, leaves, sink):
         threads = self.engine.threads
