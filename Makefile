@@ -1,6 +1,6 @@
 # make demo   venv + install + weights + convert ../shared/photos into out/
 # make test   same set-up, then the whole test suite
-# make bench  speed and memory figures (not a test)
+# make bench  speed and memory figures (not a test): photos, styles, video, scale-out
 SHARED  ?= ../shared
 WEIGHTS ?= $(SHARED)/weights
 PHOTOS  ?= $(SHARED)/photos
@@ -38,6 +38,9 @@ test-fast: weights
 
 bench: weights
 	$(PY) bench/bench.py
+	$(PY) bench/styles.py
+	$(PY) bench/video.py
+	$(PY) bench/scale.py
 
 clean:
 	rm -rf $(VENV) out anime-out .pytest_cache

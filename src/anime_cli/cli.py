@@ -139,7 +139,7 @@ def _complete_style(incomplete: str):
 
 @app.command()
 def convert(
-    inputs: List[str] = typer.Argument(..., metavar="INPUT...", help="Image files and/or folders; '-' reads one image from stdin."),
+    inputs: List[str] = typer.Argument(..., metavar="INPUT...", help="Pictures, videos and/or folders; '-' reads one picture from stdin."),
     output: str = typer.Option(DEFAULT_OUTPUT, "-o", "--output", metavar="DIR", help="Output folder, mirroring the input tree; '-' writes the one result to stdout."),
     recursive: bool = typer.Option(False, "-r", "--recursive", help="Walk sub-folders of folder inputs."),
     max_side: int = typer.Option(DEFAULT_MAX_SIDE, "--max-side", min=0, help="Longest side of the output in px; never upscales; 0 keeps the native size."),
@@ -153,7 +153,7 @@ def convert(
     weights_path: Optional[Path] = typer.Option(None, "--weights", metavar="PATH", help="A generator state dict of a known family (overrides --style)."),
     log_file: Optional[Path] = typer.Option(None, "--log-file", metavar="FILE", help="Append one JSON object per input file (JSON Lines)."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bar, no per-file lines; errors still print."),
-    max_file_size: int = typer.Option(format_bytes(DEFAULT_MAX_FILE_SIZE), "--max-file-size", metavar="SIZE", parser=_parsed(parse_bytes), help="Refuse files larger than this, before reading them."),
+    max_file_size: int = typer.Option(format_bytes(DEFAULT_MAX_FILE_SIZE), "--max-file-size", metavar="SIZE", parser=_parsed(parse_bytes), help="Refuse photos larger than this, before reading them (videos are streamed; --max-frames bounds them)."),
     max_pixels: int = typer.Option(format_count(DEFAULT_MAX_PIXELS), "--max-pixels", metavar="N", parser=_parsed(parse_count), help="Refuse images whose header declares more pixels (decompression bombs)."),
     memory_limit: int = typer.Option(format_bytes(DEFAULT_MEMORY_LIMIT), "--memory-limit", metavar="SIZE", parser=_parsed(parse_bytes), help="Peak RSS budget for the whole process; big images are processed in pieces to stay inside. 0: no limit."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for the network. [default: the cores this process may use]"),
@@ -169,7 +169,7 @@ def convert(
     ray: Optional[str] = typer.Option(None, "--ray", is_flag=False, flag_value="local", metavar="[ADDRESS]", help="Run on Ray Data: a local Ray (no ADDRESS) or a cluster ('auto', 'ray://head:10001'); inputs and -o may be s3:// URIs. Needs anime-cli[ray]."),
     json_out: bool = typer.Option(False, "--json", help="One JSON record per file on stdout as each finishes (the --log-file schema); human lines stay on stderr."),
 ):
-    """Convert photos into anime style.
+    """Convert photos, videos and animations into anime style.
 
     Examples:
 
@@ -333,7 +333,7 @@ def styles():
         entries = list(weights.manifest().values())
     except AnimeCliError as e:
         fail(str(e))
-    typer.echo(f"{'name':<10} {'family':<16} {'status':<15} description. licence")
+    typer.echo(f"{'name':<10} {'family':<16} {'status':<15} description and licence")
     for w in entries:
         family = w.family or w.kind
         typer.echo(f"{w.name:<10} {family:<16} {weights.status(w.name):<15} {w.description}. "
