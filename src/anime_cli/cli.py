@@ -166,7 +166,7 @@ def convert(
     keep_gps: bool = typer.Option(False, "--keep-gps", help="With --keep-metadata, keep the GPS position too."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Walk, probe headers and plan: one 'planned' record per file with its output path, size, engine plan and estimated peak memory. Decodes and writes nothing."),
     shard: Optional[str] = typer.Option(None, "--shard", metavar="K/N", help="Convert only the K-th of N parts of the inputs (by a hash of each file's path): N processes or machines split a batch with no coordinator."),
-    ray: Optional[str] = typer.Option(None, "--ray", is_flag=False, flag_value="local", metavar="[ADDRESS]", help="Run on Ray Data: a local Ray (no ADDRESS) or a cluster ('auto', 'ray://head:10001'); inputs and -o may be s3:// URIs. Needs anime-cli[ray]."),
+    ray: Optional[str] = typer.Option(None, "--ray", metavar="[ADDRESS]", help="Run on Ray Data: a local Ray (no ADDRESS) or a cluster ('auto', 'ray://head:10001'); inputs and -o may be s3:// URIs. Needs anime-cli[ray]."),
     json_out: bool = typer.Option(False, "--json", help="One JSON record per file on stdout as each finishes (the --log-file schema); human lines stay on stderr."),
 ):
     """Convert photos, videos and animations into anime style.
