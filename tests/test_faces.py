@@ -315,10 +315,11 @@ def test_enhance_changes_the_face_and_nothing_far_from_it(detector, stylizer):
     assert np.abs(out[region].mean((0, 1)) - stylized[region].mean((0, 1))).max() < 6
 
 
-def test_file_source_cuts_faces_from_the_original_resolution(tmp_path):
+def big_astronaut(tmp_path):
+    """A 2048 px JPEG of the astronaut, probed and decoded to a 512 px working
+    image: (path, probe, working image)."""
     from anime_cli import probe
     from anime_cli.decode import decode
-    from anime_cli.faces import FileSource
 
     path = tmp_path / "big.jpg"
     with Image.open(PHOTOS / "astronaut.png") as im:
@@ -326,7 +327,13 @@ def test_file_source_cuts_faces_from_the_original_resolution(tmp_path):
     src, n = probe.read_source(path, probe.DEFAULT_MAX_FILE_SIZE)
     im, pr = probe.open_image(src, n, "big.jpg", probe.DEFAULT_MAX_PIXELS)
     with im:
-        working = decode(im, pr, 512, "big.jpg").rgb
+        return path, pr, decode(im, pr, 512, "big.jpg").rgb
+
+
+def test_file_source_cuts_faces_from_the_original_resolution(tmp_path):
+    from anime_cli.faces import FileSource
+
+    path, pr, working = big_astronaut(tmp_path)
     box = (150.0, 60.0, 290.0, 200.0)  # the face, in working-image pixels
     source = FileSource(lambda: Image.open(path), pr, working, 10**9)
     got = source.region(box, 256)
@@ -363,17 +370,9 @@ def test_a_file_replaced_mid_conversion_is_not_read_for_faces(tmp_path):
     """The crop would come from another picture (a coffee cup pasted on the face):
     a file whose device, inode, size or mtime changed since the probe is not
     re-read; the working image serves."""
-    from anime_cli import probe
-    from anime_cli.decode import decode
     from anime_cli.faces import FileSource, file_identity
 
-    path = tmp_path / "big.jpg"
-    with Image.open(PHOTOS / "astronaut.png") as im:
-        im.convert("RGB").resize((2048, 2048), Image.Resampling.LANCZOS).save(path, quality=95)
-    src, n = probe.read_source(path, probe.DEFAULT_MAX_FILE_SIZE)
-    im, pr = probe.open_image(src, n, "big.jpg", probe.DEFAULT_MAX_PIXELS)
-    with im:
-        working = decode(im, pr, 512, "big.jpg").rgb
+    path, pr, working = big_astronaut(tmp_path)
     identity = file_identity(path)
     with Image.open(PHOTOS / "coffee.png") as cup:  # the file is replaced under the same name
         cup.convert("RGB").resize((2048, 2048)).save(tmp_path / "new.jpg", quality=95)
