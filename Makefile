@@ -1,6 +1,6 @@
 # make demo   venv + install + weights + convert ../shared/photos into out/
 # make test   same set-up, then the whole test suite
-# make bench  speed and memory figures (not a test)
+# make bench  speed and memory figures (not a test): photos, styles, video, scale-out
 SHARED  ?= ../shared
 WEIGHTS ?= $(SHARED)/weights
 PHOTOS  ?= $(SHARED)/photos
@@ -11,13 +11,15 @@ PIP     := $(PY) -m pip
 # Where pip has no local CPU wheel, TORCH_INDEX=--index-url=https://download.pytorch.org/whl/cpu
 TORCH   ?= torch==2.13.0
 TORCH_INDEX ?=
+# Optional features are real features: tests cover HEIC input, video and the Ray runner.
+EXTRAS  ?= heic,video,ray
 
 .PHONY: demo test test-fast bench weights install clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --disable-pip-version-check $(TORCH_INDEX) "$(TORCH)"
-	$(PIP) install -q --disable-pip-version-check -e ".[test]"
+	$(PIP) install -q --disable-pip-version-check -e ".[test,$(EXTRAS)]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -36,6 +38,9 @@ test-fast: weights
 
 bench: weights
 	$(PY) bench/bench.py
+	$(PY) bench/styles.py
+	$(PY) bench/video.py
+	$(PY) bench/scale.py
 
 clean:
 	rm -rf $(VENV) out anime-out .pytest_cache

@@ -1,11 +1,12 @@
-"""The naive pipeline, as public AnimeGANv2 scripts run it: the baseline of
+"""The naive pipeline, as public AnimeGAN scripts run it: the baseline of
 `make bench`.
 
 For each photo, one after another: decode it whole with PIL, make an NCHW
-float32 tensor, run the eager generator on it (torch's default threads), and
-write the result. No reduced decoding, no tiling, no memory bound.
+float32 tensor, run the style's eager module on it (reflect-padded right and
+bottom to the family's multiple, torch's default threads), and write the
+result. No reduced decoding, no tiling, no memory bound.
 
-    python bench/naive.py IN... -o OUTDIR [--weights PATH]
+    python bench/naive.py IN... -o OUTDIR [--style NAME | --weights PATH]
 """
 
 from __future__ import annotations
@@ -14,30 +15,24 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
-from anime_cli.model import load_generator
-from anime_cli.weights import load
+from anime_cli import models
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("inputs", nargs="+", type=Path)
     ap.add_argument("-o", "--output", type=Path, required=True)
-    ap.add_argument("--weights", type=Path, help="state dict (default: the installed hayao style)")
+    ap.add_argument("--style", default="hayao", help="an installed style (default: hayao)")
+    ap.add_argument("--weights", type=Path, help="a state dict of a known family (overrides --style)")
     args = ap.parse_args()
 
-    sd = torch.load(args.weights, map_location="cpu", weights_only=True) if args.weights else load("hayao")
-    model = load_generator(sd)
+    module = models.load_file(args.weights) if args.weights else models.load_style(args.style)
     args.output.mkdir(parents=True, exist_ok=True)
     for path in args.inputs:
-        image = Image.open(path).convert("RGB")
-        x = torch.from_numpy(np.asarray(image)).permute(2, 0, 1).unsqueeze(0).float() / 127.5 - 1.0
-        with torch.no_grad():
-            y = model(x)
-        out = ((y[0].permute(1, 2, 0) + 1.0) * 127.5).clamp(0, 255).round().to(torch.uint8).numpy()
-        Image.fromarray(out).save(args.output / (path.stem + ".jpg"), quality=95)
+        rgb = np.asarray(Image.open(path).convert("RGB"))
+        Image.fromarray(models.render_rgb(module, rgb)).save(args.output / (path.stem + ".jpg"), quality=95)
 
 
 if __name__ == "__main__":

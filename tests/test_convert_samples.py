@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import SAMPLES, load_rgb, psnr, read_log, run_cli
+from helpers import SAMPLES, load_rgb, psnr, read_log, run_cli
 
 KEYS = {"input", "output", "status", "input_bytes", "input_size", "decode_size", "output_size",
         "faces", "timings", "seconds", "peak_rss_mb", "plan"}

@@ -6,7 +6,7 @@ from PIL import Image
 
 from anime_cli import probe
 from anime_cli.decode import decode, target_size
-from conftest import PHOTOS, invoke, load_rgb, make_photo, psnr, read_log
+from helpers import PHOTOS, invoke, make_photo, psnr, read_log
 
 
 def open_probe(path):
@@ -62,27 +62,6 @@ def test_cli_logs_the_reduced_decode(big_jpeg, tmp_path):
     assert rec["output_size"] == [256, 192]
     with Image.open(tmp_path / "big.jpg") as out:
         assert out.size == (256, 192)
-
-
-@pytest.mark.parametrize("orientation", range(1, 9))
-def test_exif_orientation_is_applied(tmp_path, orientation):
-    upright = make_photo(tmp_path / "upright.png", size=(60, 40))
-    base = Image.open(upright).convert("RGB")
-    # Store the pixels so that applying `orientation` gives the upright picture back.
-    inverse = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
-               4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
-               6: Image.Transpose.ROTATE_90, 7: Image.Transpose.TRANSVERSE,
-               8: Image.Transpose.ROTATE_270}
-    stored = base.transpose(inverse[orientation]) if orientation in inverse else base
-    exif = Image.Exif()
-    exif[0x0112] = orientation
-    path = tmp_path / "o.png"
-    stored.save(path, exif=exif)
-    im, pr = open_probe(path)
-    with im:
-        d = decode(im, pr, 0, "o.png")
-    assert d.size == (60, 40)
-    assert np.array_equal(d.rgb, np.asarray(base))
 
 
 def test_cli_rotates_exif_jpeg(tmp_path):

@@ -4,7 +4,7 @@ The slow parts (loading the nets, two generator runs) happen once per module;
 the mechanics of enhance_faces are checked with a stub stylizer and detector.
 """
 
-from pathlib import Path
+import os
 
 import numpy as np
 import pytest
@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from anime_cli import weights
 from anime_cli.faces import (
     DEFAULT_MIN_FACE,
-    ArraySource,
+    CropSource,
     Face,
     FaceDetector,
     crop_box,
@@ -24,9 +24,7 @@ from anime_cli.faces import (
     match_tone,
 )
 from anime_cli.mtcnn import ONet, PNet, RNet
-from conftest import invoke, psnr, read_log
-
-PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "photos"
+from helpers import PHOTOS, invoke, psnr, read_log
 
 # The astronaut's face, measured by eye on the photo: cheek to cheek, hairline to chin.
 ASTRONAUT_FACE = (180, 72, 268, 180)
@@ -225,9 +223,9 @@ def test_enhance_pastes_only_inside_the_crops():
     faces = [face_at(100, 100, 140, 140), face_at(-10, 250, 30, 290), face_at(380, -5, 420, 35)]  # two past the edges
     before = stylized.copy()
     stylizer = NegativeStylizer()
-    out, n = enhance_faces(stylizer, working, stylized, FixedDetector(*faces), face_size=128, min_face=30)
+    out, report = enhance_faces(stylizer, working, stylized, FixedDetector(*faces), face_size=128, min_face=30)
     assert np.array_equal(stylized, before)  # works on a copy
-    assert n == 3
+    assert report.found == report.enhanced == 3
     assert stylizer.sizes == [(128, 128, 3)] * 3
     assert out.shape == stylized.shape and out.dtype == np.uint8
     far = outside_crops(working.shape, faces)
@@ -239,8 +237,9 @@ def test_enhance_skips_small_and_oversized_faces():
     working = np.full((600, 600, 3), 128, np.uint8)
     stylized = np.full((600, 600, 3), 90, np.uint8)
     faces = FixedDetector(face_at(10, 10, 30, 30), face_at(200, 200, 500, 500))
-    out, n = enhance_faces(NegativeStylizer(), working, stylized, faces, min_face=24, face_size=512)
-    assert n == 0 and np.array_equal(out, stylized)
+    out, report = enhance_faces(NegativeStylizer(), working, stylized, faces, min_face=24, face_size=512)
+    assert report.enhanced == 0 and np.array_equal(out, stylized)
+    assert report.found == 1 and report.kept == {"already >= face size": 1}  # the 20 px one is under min_face
 
 
 def test_enhance_takes_pixels_from_the_source():
@@ -261,7 +260,7 @@ def test_enhance_takes_pixels_from_the_source():
 
 def test_array_source_resamples_and_mirrors_past_the_edges():
     a = np.random.default_rng(2).integers(0, 256, (50, 70, 3), dtype=np.uint8)
-    src = ArraySource(a)
+    src = CropSource(a)
     assert np.array_equal(src.region((10, 5, 42, 37), 32), a[5:37, 10:42])  # same size: a plain crop
     mirrored = np.pad(a, ((20, 0), (20, 0), (0, 0)), mode="reflect")
     assert np.array_equal(src.region((-20, -20, 44, 44), 64), mirrored[:64, :64])
@@ -301,8 +300,8 @@ def test_enhance_changes_the_face_and_nothing_far_from_it(detector, stylizer):
     # the astronaut at half size: her face is ~43 px, where the plain rendering smudges it
     working = np.asarray(Image.fromarray(photo("astronaut.png")).resize((256, 256), Image.Resampling.LANCZOS))
     stylized = stylizer.stylize(working)
-    out, n = enhance_faces(stylizer, working, stylized, detector)
-    assert n == 1
+    out, report = enhance_faces(stylizer, working, stylized, detector)
+    assert report.found == report.enhanced == 1
     [face] = detector.detect(working, min_face=DEFAULT_MIN_FACE)
     x0, y0, x1, y1 = (round(v) for v in face.box)
     changed = np.abs(out[y0:y1, x0:x1].astype(int) - stylized[y0:y1, x0:x1]).mean()
@@ -316,10 +315,11 @@ def test_enhance_changes_the_face_and_nothing_far_from_it(detector, stylizer):
     assert np.abs(out[region].mean((0, 1)) - stylized[region].mean((0, 1))).max() < 6
 
 
-def test_file_source_cuts_faces_from_the_original_resolution(tmp_path):
+def big_astronaut(tmp_path):
+    """A 2048 px JPEG of the astronaut, probed and decoded to a 512 px working
+    image: (path, probe, working image)."""
     from anime_cli import probe
     from anime_cli.decode import decode
-    from anime_cli.faces import FileSource
 
     path = tmp_path / "big.jpg"
     with Image.open(PHOTOS / "astronaut.png") as im:
@@ -327,12 +327,18 @@ def test_file_source_cuts_faces_from_the_original_resolution(tmp_path):
     src, n = probe.read_source(path, probe.DEFAULT_MAX_FILE_SIZE)
     im, pr = probe.open_image(src, n, "big.jpg", probe.DEFAULT_MAX_PIXELS)
     with im:
-        working = decode(im, pr, 512, "big.jpg").rgb
+        return path, pr, decode(im, pr, 512, "big.jpg").rgb
+
+
+def test_file_source_cuts_faces_from_the_original_resolution(tmp_path):
+    from anime_cli.faces import FileSource
+
+    path, pr, working = big_astronaut(tmp_path)
     box = (150.0, 60.0, 290.0, 200.0)  # the face, in working-image pixels
     source = FileSource(lambda: Image.open(path), pr, working, 10**9)
     got = source.region(box, 256)
     with Image.open(path) as full:
-        ref = ArraySource(np.asarray(full.convert("RGB"))).region(tuple(v * 4 for v in box), 256)
+        ref = CropSource(np.asarray(full.convert("RGB"))).region(tuple(v * 4 for v in box), 256)
     assert got.shape == (256, 256, 3)
     assert psnr(got, ref) > 35
     assert source._cache.shape[1] == 1024  # re-decoded at 1/2 scale, not cut from the 512 px working image
@@ -344,3 +350,33 @@ def test_cli_enhances_the_astronauts_face(tmp_path):
     (rec,) = read_log(tmp_path / "log.jsonl")
     assert rec["faces"] == 1 and rec["timings"]["faces"] > 0
     assert "faces 1" in err
+
+
+def test_faces_are_found_on_a_copy_no_larger_than_detection_needs(detector, monkeypatch):
+    """A full-resolution picture (--max-side 0) is not run through MTCNN whole: its
+    pyramid over a 24 MP photo held ~1 GB. The boxes come back in the picture's pixels."""
+    from anime_cli.faces import DETECT_SIDE
+
+    big = np.asarray(Image.fromarray(photo("astronaut.png")).resize((2048, 2048), Image.Resampling.LANCZOS))
+    seen = []
+    real = detector.mtcnn.detect
+    monkeypatch.setattr(detector.mtcnn, "detect", lambda rgb, min_face: seen.append(rgb.shape) or real(rgb, min_face=min_face))
+    [face] = detector.detect(big, min_face=4 * DEFAULT_MIN_FACE)
+    assert max(seen[0][:2]) <= DETECT_SIDE
+    assert iou(face.box, tuple(4 * v for v in ASTRONAUT_FACE)) > 0.5
+
+
+def test_a_file_replaced_mid_conversion_is_not_read_for_faces(tmp_path):
+    """The crop would come from another picture (a coffee cup pasted on the face):
+    a file whose device, inode, size or mtime changed since the probe is not
+    re-read; the working image serves."""
+    from anime_cli.faces import FileSource, file_identity
+
+    path, pr, working = big_astronaut(tmp_path)
+    identity = file_identity(path)
+    with Image.open(PHOTOS / "coffee.png") as cup:  # the file is replaced under the same name
+        cup.convert("RGB").resize((2048, 2048)).save(tmp_path / "new.jpg", quality=95)
+    os.replace(tmp_path / "new.jpg", path)
+    box = (150.0, 60.0, 290.0, 200.0)
+    got = FileSource(lambda: Image.open(path), pr, working, 10**9, identity=identity, path=path).region(box, 256)
+    assert np.array_equal(got, CropSource(working).region(box, 256))

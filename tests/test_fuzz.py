@@ -1,4 +1,4 @@
-"""Fuzzing the probe/decode front (issue 4): bytes of valid JPEGs and PNGs (and, more
+"""Fuzzing the probe/decode front: bytes of valid JPEGs and PNGs (and, more
 lightly, the other allowed formats) are mutated by hypothesis; whatever comes out, the
 front either gives a sane picture or raises the tool's own InputError, never anything
 else, and fast.
@@ -9,7 +9,6 @@ about 2000 examples in all, well under a minute.
 
 from __future__ import annotations
 
-import io
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from test_hostile import base, encoded, exif_orientation, with_alpha
+from helpers import Identity, files_in, base, encoded, exif_orientation, with_alpha
 
 MAX_SIDE = 64
 MAX_PIXELS = 4_000_000  # mutated headers may declare anything; keep the allocations small
@@ -134,16 +133,6 @@ def test_random_bytes_behind_a_magic_number(data, prefix):
     check_front(prefix + data, "x.jpg")
 
 
-class _Identity:
-    """A stand-in for the network: the fuzz is about the files, not the style."""
-
-    name = "identity"
-    threads = 1  # one file at a time
-
-    def stylize(self, rgb, budget_bytes=None, cancel=None):
-        return rgb
-
-
 @pytest.fixture(scope="module")
 def fuzz_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("fuzz")
@@ -161,7 +150,7 @@ def test_mutated_files_through_the_converter_give_one_record(fuzz_dir, name, mut
     src.parent.mkdir(exist_ok=True)
     src.write_bytes(mutate(SEEDS[name], mutations))
     out = fuzz_dir / "out"
-    conv = Converter(_Identity(), Options(output_dir=out, max_side=MAX_SIDE, max_pixels=MAX_PIXELS,
+    conv = Converter(Identity(), Options(output_dir=out, max_side=MAX_SIDE, max_pixels=MAX_PIXELS,
                                           face_enhance=False, overwrite=True))
     rec = conv.convert(Job(str(src), src, Path(name)))
     assert rec.status in ("ok", "skipped", "error")
@@ -172,4 +161,4 @@ def test_mutated_files_through_the_converter_give_one_record(fuzz_dir, name, mut
         Path(rec.output).unlink()
     else:
         assert rec.output is None and (rec.reason or rec.error)
-    assert [p for p in out.rglob("*") if p.is_file()] == []  # no temp file either
+    assert files_in(out, recursive=True) == []  # no temp file either

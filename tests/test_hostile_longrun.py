@@ -1,4 +1,4 @@
-"""Long runs keep memory flat (issue 4): 200 files in one CLI process, mixed formats
+"""Long runs keep memory flat: 200 files in one CLI process, mixed formats
 and sizes, some of them broken; the peak RSS of each file, as logged, does not grow
 from file to file.
 
@@ -14,8 +14,7 @@ import time
 
 import pytest
 
-from conftest import read_log, run_cli
-from test_hostile import base, encoded
+from helpers import base, encoded, read_log, run_cli
 
 N = 200
 

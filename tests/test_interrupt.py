@@ -1,4 +1,4 @@
-"""Interruption and a full disk (issue 4): no half file, no temporary file, no output
+"""Interruption and a full disk: no half file, no temporary file, no output
 without its record, a summary, and the documented exit code.
 
 The CLI runs as a real subprocess. The full disk is a small tmpfs mounted by the test,
@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import CLI, read_log
-from test_hostile import base, encoded
+from helpers import CLI, files_in, base, encoded, read_log
 
 
 def make_batch(folder: Path, n: int, size=(64, 48)) -> list[Path]:
@@ -35,12 +34,12 @@ def make_batch(folder: Path, n: int, size=(64, 48)) -> list[Path]:
 
 def leftovers(out: Path) -> list[Path]:
     """Temporary or hidden files left in the output tree."""
-    return [p for p in out.rglob("*") if p.name.startswith(".") or p.name.endswith(".tmp")]
+    return [out / p for p in files_in(out, recursive=True) if Path(p).name.startswith(".") or p.endswith(".tmp")]
 
 
 def check_outputs_match_log(out: Path, records: list[dict]) -> None:
     logged = {Path(r["output"]) for r in records if r["status"] == "ok"}
-    on_disk = {p for p in out.rglob("*") if p.is_file()}
+    on_disk = {out / p for p in files_in(out, recursive=True)}
     assert on_disk == logged, f"on disk but not logged: {on_disk - logged}; logged but missing: {logged - on_disk}"
     for p in on_disk:
         with Image.open(p) as im:
@@ -59,8 +58,8 @@ def wait_for_records(log: Path, n: int, proc: subprocess.Popen, timeout=180) -> 
     pytest.fail(f"no {n} records within {timeout}s")
 
 
-@pytest.mark.parametrize("sig,after", [(signal.SIGINT, 1), (signal.SIGTERM, 3)],
-                         ids=["SIGINT-after-1", "SIGTERM-after-3"])
+@pytest.mark.parametrize("sig,after", [(signal.SIGINT, 1), (signal.SIGTERM, 3), (signal.SIGHUP, 2)],
+                         ids=["SIGINT-after-1", "SIGTERM-after-3", "SIGHUP-after-2"])
 def test_signal_mid_batch_stops_cleanly(tmp_path, sig, after):
     """A signal while files are being stylized and written: exit 130, the summary so
     far, no traceback, no temporary file, and outputs exactly the files logged ok."""

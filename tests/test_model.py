@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from anime_cli import weights
 from anime_cli.model import Generator, load_generator
-from conftest import invoke, make_photo
+from helpers import invoke, make_photo
 
 
 def reference(sd, x):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conftest import invoke, load_rgb, make_photo, psnr, read_log, run_cli
+from helpers import invoke, load_rgb, make_photo, psnr, read_log, run_cli
 
 
 def test_pipelined_and_sequential_runs_give_identical_outputs(tmp_path):
@@ -53,7 +53,7 @@ class Watched:
     def __getattr__(self, name):
         return getattr(self._s, name)
 
-    def stylize(self, rgb, budget_bytes=None, cancel=None):
+    def render(self, rgb, budget_bytes=None, cancel=None, progress=None):
         with self._lock:
             self.running += 1
             self.most = max(self.most, self.running)
@@ -62,7 +62,7 @@ class Watched:
             for other in self.calls:
                 other[2] = max(other[2], self.running - 1)
         try:
-            return self._s.stylize(rgb, budget_bytes, cancel)
+            return self._s.render(rgb, budget_bytes, cancel, progress)
         finally:
             with self._lock:
                 self.running -= 1
@@ -73,7 +73,8 @@ def test_two_files_in_flight_share_the_memory_limit(tmp_path):
     to fit beside another runs alone; the whole batch stays under --memory-limit
     and gives the pictures of a one-at-a-time run."""
     from anime_cli.discover import discover
-    from anime_cli.pipeline import _RESERVE, Converter, Options
+    from anime_cli.budget import RESERVE
+    from anime_cli.pipeline import Converter, Options
     from anime_cli.stylize import Stylizer
     from anime_cli.telemetry import rss_bytes
 
@@ -85,7 +86,7 @@ def test_two_files_in_flight_share_the_memory_limit(tmp_path):
     # What the limit leaves past the process and its reserve (96 MiB), ~300 MB: room for two
     # small photos (~110 MB each with the engine's overhead) but not for the big one (~250 MB)
     # beside a small one.
-    limit = rss_bytes() + _RESERVE + 300 * 10**6
+    limit = rss_bytes() + RESERVE + 300 * 10**6
     outs = {}
     for mode in ("lanes", "sequential"):
         opts = Options(output_dir=tmp_path / mode, face_enhance=False, max_side=0, memory_limit=limit,

@@ -22,7 +22,7 @@ from anime_cli import engine as tiles
 from anime_cli.engine import plan as planning
 from anime_cli.model import load_generator
 from anime_cli.weights import load
-from conftest import SAMPLES, load_rgb, psnr
+from helpers import SAMPLES, load_rgb, psnr
 
 
 @pytest.fixture(scope="module")

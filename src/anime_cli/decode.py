@@ -4,7 +4,8 @@ JPEG is decoded reduced: Pillow's draft mode makes libjpeg scale by 1/2, 1/4
 or 1/8 in the DCT, picking the smallest scale still at least the target, so a
 12 MP photo bound for 1280 px never exists at full size in memory. An exact
 Lanczos resize then gives the target size. Orientation is applied last, on
-the small image.
+the small image (a TIFF comes upright from Pillow 13, which turns it as it
+loads; the probe then says orientation 1).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageCms
 
+from . import pngscan
 from .errors import InputError
 from .probe import Probe
 
@@ -60,6 +62,8 @@ def decode(im: Image.Image, probe: Probe, max_side: int, name: str) -> Decoded:
     try:
         if im.format in DRAFTABLE:
             im.draft(None, stored_target)
+        if im.format == "PNG":
+            _whole_png(im, name)
         im.load()
         decode_size = im.size
         im, more = to_rgb_or_rgba(im)
@@ -81,6 +85,17 @@ def decode(im: Image.Image, probe: Probe, max_side: int, name: str) -> Decoded:
     else:
         rgb, alpha = np.ascontiguousarray(arr), None
     return Decoded(rgb=rgb, alpha=alpha, decode_size=decode_size, notes=notes)
+
+
+def _whole_png(im: Image.Image, name: str) -> None:
+    """Pillow decodes a PNG whose zlib stream ends cleanly after part of the rows
+    without a word, the rest black; so the stream is inflated once first (no
+    pixels kept) and such a file is refused before its buffer exists."""
+    short = pngscan.short_stream(im.fp)
+    if short is not None:
+        got, need = short
+        raise InputError(f"{name}: truncated data (the image data ends after {100 * got // need}% "
+                         "of its rows)", "truncated data")
 
 
 def upright(im: Image.Image, orientation: int) -> Image.Image:

@@ -17,6 +17,8 @@ the stylized picture's under the mask before blending.
 from __future__ import annotations
 
 import math
+import os
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -24,8 +26,11 @@ from PIL import Image
 
 from .decode import DRAFTABLE, over_white, to_rgb_or_rgba, upright
 from .mtcnn import MTCNN, Face
+from .options import DEFAULT_FACE_SIZE
+from .telemetry import KEPT_LARGE, KEPT_OUTSIDE
 
-__all__ = ["DEFAULT_MIN_FACE", "ArraySource", "FileSource", "Face", "FaceDetector", "enhance_faces", "crop_box"]
+__all__ = ["DEFAULT_MIN_FACE", "DETECT_SIDE", "CropSource", "FileSource", "Face", "FaceDetector", "FaceReport",
+           "enhance_faces", "crop_box", "file_identity"]
 
 # Faces narrower than this (px in the working image) are left as they are.
 # MTCNN finds faces from 20 px with no false positives on the sample photos,
@@ -34,6 +39,10 @@ __all__ = ["DEFAULT_MIN_FACE", "ArraySource", "FileSource", "Face", "FaceDetecto
 # 2 CPU cores), whatever its size, and the faces under ~24 px in a picture are
 # the background crowd: skipping them keeps a group photo from costing minutes.
 DEFAULT_MIN_FACE = 24
+# Faces are found on a copy whose longest side is at most this: MTCNN finds
+# them reliably there, and its pyramid over a 24 MP original held ~1 GB for
+# 9 s. Boxes are mapped back to the working image; min_face scales along.
+DETECT_SIDE = 1280
 
 CROP_SCALE = 2.0  # crop side / face box side: room for hair, ears and chin
 CROP_LIFT = 0.15  # move the crop up by this fraction of the face box: hair is above, not below
@@ -41,7 +50,7 @@ MASK_INNER = 0.70  # mask is 1 within this fraction of the crop's half side...
 MASK_OUTER = 0.97  # ...and falls smoothly to 0 at this one
 
 
-class ArraySource:
+class CropSource:
     """Face pixels cut from an in-memory HxWx3 uint8 array (the working image)."""
 
     def __init__(self, array: np.ndarray):
@@ -69,10 +78,13 @@ class FileSource:
     The working image may be a downscale of the original: a face 60 px wide
     there can be 400 px in the file. `region` re-decodes the file once (a JPEG
     again DCT-scaled, just enough for the crop to reach `size`), then cuts the
-    square out of that like ArraySource does."""
+    square out of that like CropSource does. `identity`: the file as it was
+    probed (file_identity); a file replaced since is not re-read (its face
+    would be another picture's), the working image serves instead."""
 
-    def __init__(self, reopen, probe, working: np.ndarray, max_decode_pixels: int):
+    def __init__(self, reopen, probe, working: np.ndarray, max_decode_pixels: int, identity=None, path=None):
         self._reopen = reopen  # () -> a fresh, lazily opened PIL image of the same file
+        self._identity, self._path = identity, path
         self._probe = probe
         self._working = working
         self._max_pixels = max_decode_pixels
@@ -85,7 +97,7 @@ class FileSource:
         want = min(1.0, size / max(1e-6, (x1 - x0) * scale))  # the fraction of full size the crop needs
         arr = self._decoded(want) if scale > 1.05 else self._working
         s = arr.shape[1] / work_w
-        return ArraySource(arr).region((x0 * s, y0 * s, x1 * s, y1 * s), size)
+        return CropSource(arr).region((x0 * s, y0 * s, x1 * s, y1 * s), size)
 
     def _decoded(self, fraction: float) -> np.ndarray:
         ow, oh = self._probe.oriented_size
@@ -94,6 +106,8 @@ class FileSource:
         if ow * oh * fraction**2 > self._max_pixels:
             return self._working
         target = (max(1, round(ow * fraction)), max(1, round(oh * fraction)))
+        if self._path is not None and file_identity(self._path) != self._identity:
+            return self._working
         try:
             with self._reopen() as im:
                 stored = target[::-1] if self._probe.orientation in (5, 6, 7, 8) else target
@@ -106,6 +120,15 @@ class FileSource:
             return self._working
         self._cache = over_white(arr) if arr.shape[2] == 4 else arr
         return self._cache
+
+
+def file_identity(path) -> tuple | None:
+    """What tells a file from its replacement: device, inode, size, mtime."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def reflect(idx: np.ndarray, n: int) -> np.ndarray:
@@ -126,6 +149,20 @@ class FaceDetector:
         return cls(MTCNN.load())
 
     def detect(self, rgb: np.ndarray, min_face: int = 20) -> list[Face]:
+        """Faces of `rgb` at least about `min_face` px wide, in its pixel
+        coordinates, found on a copy no larger than DETECT_SIDE."""
+        h, w = rgb.shape[:2]
+        scale = min(1.0, DETECT_SIDE / max(h, w))
+        if scale >= 1.0:
+            return self._detect(rgb, min_face)
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        small = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BOX))
+        sx, sy = w / size[0], h / size[1]
+        faces = self._detect(small, max(12, round(min_face * scale)))
+        return [Face((f.box[0] * sx, f.box[1] * sy, f.box[2] * sx, f.box[3] * sy), f.score,
+                     f.landmarks * np.array([sx, sy], dtype=np.float32)) for f in faces]
+
+    def _detect(self, rgb: np.ndarray, min_face: int) -> list[Face]:
         # MTCNN is hundreds of tiny convolutions: OpenMP's fork/join costs more
         # than it saves. One thread took 0.25-0.31 s on a 1280x854 photo where
         # two took 2.3 s with the other core busy.
@@ -172,6 +209,13 @@ def match_tone(render: np.ndarray, target: np.ndarray, weight: np.ndarray) -> np
     return (out - mu_r) * gain + mu_t
 
 
+@dataclass
+class FaceReport:
+    found: int = 0  # faces at least min_face wide
+    enhanced: int = 0  # of those, re-rendered
+    kept: dict[str, int] = field(default_factory=dict)  # why the others were left as they were -> count
+
+
 def enhance_faces(
     stylizer,
     working: np.ndarray,
@@ -180,35 +224,35 @@ def enhance_faces(
     source=None,
     *,
     min_face: int = DEFAULT_MIN_FACE,
-    face_size: int = 512,
+    face_size: int = DEFAULT_FACE_SIZE,
     cancel=None,
-) -> tuple[np.ndarray, int]:
+) -> tuple[np.ndarray, FaceReport]:
     """Re-render every face of `working` at least `min_face` px wide into a copy of
     `stylized` (the stylizer's output for `working`). Faces come from
     `source.region(box, face_size)` when a source is given (box in working-image
-    coords), else from `working`. Faces whose crop is already face_size px or
-    more are skipped: the re-render would be coarser than the picture.
-    Returns (new stylized array, faces enhanced). Pixels outside every face's
-    crop (see `crop_box`) are exactly those of `stylized`. `cancel`: passed
-    on to stylizer.stylize."""
+    coords), else from `working`. A face whose crop is already face_size px or
+    more is kept as it is: the re-render would be coarser than the picture.
+    Returns (new stylized array, report). Pixels outside every face's crop
+    (see `crop_box`) are exactly those of `stylized`. `cancel`: passed on to
+    stylizer.stylize."""
     if stylized.shape != working.shape:
         raise ValueError(f"stylized {stylized.shape} and working {working.shape} differ in size")
-    source = source if source is not None else ArraySource(working)
+    source = source if source is not None else CropSource(working)
     out = stylized.copy()
     h, w = out.shape[:2]
-    done = 0
+    report = FaceReport()
     for face in detector.detect(working, min_face=min_face):
         if face.width < min_face:
             continue
+        report.found += 1
         left, top, right, bottom = crop_box(face)
         side = right - left
-        if side >= face_size:
-            # the picture already draws this face at least as finely as the
-            # re-render would: pasting it would only blur it
-            continue
         # only the part of the crop inside the picture is pasted
         cx0, cy0, cx1, cy1 = max(left, 0), max(top, 0), min(right, w), min(bottom, h)
-        if cx1 <= cx0 or cy1 <= cy0:
+        why = (KEPT_LARGE if side >= face_size  # pasting it would only blur it
+               else KEPT_OUTSIDE if cx1 <= cx0 or cy1 <= cy0 else None)
+        if why:
+            report.kept[why] = report.kept.get(why, 0) + 1
             continue
         render = stylizer.stylize(source.region((left, top, right, bottom), face_size), cancel=cancel)
         render = np.asarray(Image.fromarray(render).resize((side, side), Image.Resampling.LANCZOS))
@@ -220,5 +264,5 @@ def enhance_faces(
         blended = base + mask[..., None] * (render - base)
         blended = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
         out[region] = np.where(mask[..., None] > 0, blended, out[region])
-        done += 1
-    return out, done
+        report.enhanced += 1
+    return out, report

@@ -10,15 +10,23 @@ from __future__ import annotations
 import errno
 import io
 import os
+import stat
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from .errors import OutputError
+from .errors import OutputError, OutputExists
+from .probe import TEMPORARY  # one pattern for the temporaries we write and the inputs we skip
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; stale temporaries are then left alone
+    fcntl = None
 
 # Formats we write, their canonical suffix, and whether they hold alpha.
 WRITABLE = {"JPEG": (".jpg", False), "PNG": (".png", True), "WEBP": (".webp", True),
@@ -29,6 +37,9 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 _temp_files: set[str] = set()
 _temp_lock = threading.Lock()
+_swept: set[str] = set()  # folders whose stale temporaries this process has removed
+TEMP_SUFFIX = ".tmp"
+_STALE_SECONDS = 10  # a live writer locks its temporary within microseconds; this covers the gap
 
 
 def output_format(input_format: str, has_alpha: bool, choice: str = "auto") -> str:
@@ -41,16 +52,7 @@ def output_format(input_format: str, has_alpha: bool, choice: str = "auto") -> s
     return "PNG"
 
 
-def output_name(input_name: str, fmt: str) -> str:
-    """Keep the input's stem, and its suffix when that suffix already names `fmt`
-    (photo.JPEG stays photo.JPEG); otherwise use the format's usual suffix."""
-    p = Path(input_name)
-    if p.suffix and Image.registered_extensions().get(p.suffix.lower()) == fmt:
-        return p.name
-    return p.stem + WRITABLE[fmt][0]
-
-
-def encode(rgb: np.ndarray, alpha: np.ndarray | None, fmt: str, quality: int) -> Image.Image:
+def encode(rgb: np.ndarray, alpha: np.ndarray | None, fmt: str) -> Image.Image:
     im = Image.fromarray(rgb, "RGB")
     if alpha is not None and WRITABLE[fmt][1]:
         im.putalpha(Image.fromarray(alpha, "L"))
@@ -71,33 +73,34 @@ def save_kwargs(fmt: str, quality: int) -> dict:
 
 
 def write_atomic(im: Image.Image, dest: Path, fmt: str, quality: int, overwrite: bool,
-                 abort: threading.Event | None = None) -> None:
-    """Encode `im` into `dest` atomically. Raises OutputError (disk full: `.fatal`).
+                 abort: threading.Event | None = None, extra: dict | None = None) -> None:
+    """Encode `im` into `dest` atomically (`extra`: more arguments for Pillow's
+    save, e.g. metadata). Raises OutputError (disk full: fatal),
+    or OutputExists when another process published `dest` first.
 
-    `abort`: set by the batch when it stops early; a write that sees it set, before
-    it starts or before its rename, leaves nothing behind. A fatal error sets it,
-    so that the file in flight beside this one does not slip through."""
+    Without `overwrite` the picture is published with link(2), which fails
+    rather than replace a file that appeared meanwhile: two runs into one
+    folder never clobber each other. `abort`: set by the batch when it stops
+    early; a write that sees it set, before it starts or before it
+    publishes, leaves nothing behind. A fatal error sets it, so that the
+    file in flight beside this one does not slip through."""
     if abort is not None and abort.is_set():
         raise OutputError(f"{dest}: not written (the batch was stopped)")
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        # the name cut short: a 250-byte output name must not give a temp name over NAME_MAX
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name[:40]}.", suffix=".tmp")
+        remove_stale_temps(dest.parent)
+        fd, tmp = _temp_file(dest)
     except OSError as e:
         raise _os_error(dest, e, abort) from None
-    with _temp_lock:
-        _temp_files.add(tmp)
     try:
         with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), 0o666 & ~_UMASK)  # mkstemp's 0600 would stick to the output
-            im.save(f, format=fmt, **save_kwargs(fmt, quality))
+            im.save(f, format=fmt, **save_kwargs(fmt, quality), **(extra or {}))
             f.flush()
             os.fsync(f.fileno())
-        if not overwrite and dest.exists():
-            raise OutputError(f"{dest}: exists (appeared during the run); not overwritten")
-        if abort is not None and abort.is_set():
-            raise OutputError(f"{dest}: not written (the batch was stopped)")
-        os.replace(tmp, dest)
+            if abort is not None and abort.is_set():
+                raise OutputError(f"{dest}: not written (the batch was stopped)")
+            _publish(tmp, dest, overwrite)  # while the lock is held: a cleaner never takes a live temp
     except OSError as e:
         raise _os_error(dest, e, abort) from None
     except (ValueError, TypeError) as e:  # the encoder refuses: a 17000 px wide WebP, say
@@ -107,19 +110,127 @@ def write_atomic(im: Image.Image, dest: Path, fmt: str, quality: int, overwrite:
         _discard_temp(tmp)
 
 
+def _temp_file(dest: Path) -> tuple[int, str]:
+    """A hidden temporary beside `dest`, locked (flock) for as long as this
+    process has it open: a later run deletes only the temporaries whose lock
+    it can take, so never one a live process is still writing."""
+    # the name cut short: a 250-byte output name must not give a temp name over NAME_MAX
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{cut_name(dest.name, 40)}.", suffix=TEMP_SUFFIX)
+    with _temp_lock:
+        _temp_files.add(tmp)
+    if fcntl is not None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd, tmp
+
+
+def _publish(tmp: str, dest: Path, overwrite: bool) -> None:
+    if overwrite:
+        os.replace(tmp, dest)
+        return
+    try:
+        os.link(tmp, dest)
+    except FileExistsError:
+        raise OutputExists(f"{dest}: exists (another process wrote it first); not overwritten") from None
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.EXDEV):
+            raise
+        # no hard links here (FAT, some network mounts): check, then rename
+        if dest.exists() or dest.is_symlink():
+            raise OutputExists(f"{dest}: exists (another process wrote it first); not overwritten") from None
+        os.replace(tmp, dest)
+
+
+def cut_name(text: str, nbytes: int) -> str:
+    """The longest start of `text` that encodes in at most `nbytes` bytes as the
+    file system sees it (UTF-8, with the bytes of a non-UTF-8 name as they
+    were), cut between characters, never inside one."""
+    total = 0
+    for i, c in enumerate(text):
+        total += len(os.fsencode(c))
+        if total > nbytes:
+            return text[:i]
+    return text
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether `name` has the shape of our temporaries (`.NAME.XXXXXXXX.tmp`)."""
+    return TEMPORARY.match(name) is not None
+
+
+def remove_stale_temps(folder: Path) -> int:
+    """Delete the temporaries of ours in `folder` that no live process owns
+    (their writer was killed: SIGKILL, power loss); once per folder a run.
+    Only names of our pattern, only those whose lock we can take and that
+    have not changed for a few seconds. Returns how many were removed."""
+    key = os.path.realpath(folder)
+    with _temp_lock:
+        if key in _swept or fcntl is None:
+            return 0
+        _swept.add(key)
+    removed = 0
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0
+    for e in entries:
+        if not is_temp_name(e.name) or e.path in _temp_files:
+            continue
+        try:
+            fd = os.open(e.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            continue
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or time.time() - st.st_mtime < _STALE_SECONDS:
+                continue
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises while its writer lives
+            os.unlink(e.path)
+            removed += 1
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return removed
+
+
 def _os_error(dest: Path, e: OSError, abort: threading.Event | None) -> OutputError:
-    err = OutputError(f"{dest}: cannot write ({os.strerror(e.errno) if e.errno else e})")
-    err.fatal = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
-    if err.fatal and abort is not None:
+    fatal = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+    if fatal and abort is not None:
         abort.set()
-    return err
+    return OutputError(f"{dest}: cannot write ({os.strerror(e.errno) if e.errno else e})", fatal=fatal)
 
 
-def write_stdout(im: Image.Image, fmt: str, quality: int) -> None:
+def write_stdout(im: Image.Image, fmt: str, quality: int, extra: dict | None = None) -> None:
+    """The whole encoded picture to fd 1, or an OutputError saying why not: a
+    reader that went away (`| head -c 100`: broken pipe), a full device
+    (`> /dev/full`), a closed stdout. A short write is never `ok`."""
+    if sys.stdout is None:  # closed when the process started (see cli._hold_closed_std_fds)
+        raise OutputError("stdout: cannot write the picture (stdout is closed)")
     buf = io.BytesIO()
-    im.save(buf, format=fmt, **save_kwargs(fmt, quality))
-    sys.stdout.buffer.write(buf.getvalue())
-    sys.stdout.buffer.flush()
+    im.save(buf, format=fmt, **save_kwargs(fmt, quality), **(extra or {}))
+    data = memoryview(buf.getbuffer())
+    try:
+        sys.stdout.flush()
+        while data:
+            n = os.write(1, data)
+            data = data[n:]
+    except OSError as e:
+        _silence_stdout()
+        why = {errno.EPIPE: "the reader closed the pipe", errno.EBADF: "stdout is closed"}.get(
+            e.errno, os.strerror(e.errno) if e.errno else str(e))
+        raise OutputError(f"stdout: cannot write the picture ({why}); "
+                          f"{len(buf.getbuffer()) - len(data)} of {len(buf.getbuffer())} bytes written") from None
+
+
+def _silence_stdout() -> None:
+    """Point fd 1 at /dev/null: Python's own flush at exit must not print a
+    second, raw error about the same broken stdout."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.close(devnull)
+    except OSError:
+        pass
 
 
 def _discard_temp(tmp: str) -> None:
@@ -139,8 +250,20 @@ def remove_temp_files() -> None:
         _discard_temp(tmp)
 
 
-def check_output_dir(out: Path) -> None:
-    """Fail early (usage error) if `out` cannot be created or written."""
+def check_output_dir(out: Path, create: bool = True) -> None:
+    """Fail early (a usage error) if `out` cannot be created or written.
+    create=False checks without touching the disk: the folder, or the
+    nearest folder above it that exists, must be a writable folder."""
+    if not create:
+        there = out if out.exists() else next((p for p in out.parents if p.exists() or p.is_symlink()), Path("."))
+        if out.exists() and not out.is_dir():
+            raise OutputError(f"{out}: output exists and is not a folder")
+        if not there.is_dir():
+            raise OutputError(f"{out}: cannot create output folder ({os.strerror(errno.ENOTDIR)})")
+        if not os.access(there, os.W_OK | os.X_OK):
+            what = "output folder is not writable" if there == out else "cannot create output folder"
+            raise OutputError(f"{out}: {what} ({os.strerror(errno.EACCES)})")
+        return
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:

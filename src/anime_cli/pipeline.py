@@ -1,61 +1,42 @@
 """The batch: discover -> probe -> decode -> stylize -> enhance faces -> write -> log.
 
 `Converter` holds the loaded models and the options and turns jobs into
-records, in input order. A batch keeps two files in flight (`_Lanes`): each
-lane carries one file from probe to write while the other lane works on the
-next, and the two share the cores (tiles.Cores). So one file's single-threaded
-steps (decode, face detection, encode and write) run beside the other's
-network instead of leaving a core idle, and the last file gets every core.
-Their memory is reserved up front (`_Ledger`), so the two together stay within
---memory-limit; a file too big to share runs alone, on the whole budget.
+records, in input order. By default two files are in flight (lanes.Lanes),
+sharing the cores and the memory budget (budget.Ledger); `--sequential` and
+`Converter.convert` carry one file at a time. Whatever a file trips over ends
+in its record (see `recorded`), never in an exception out of the batch,
+except a disk-full error, which stops it (errors.Fatal).
 """
 
 from __future__ import annotations
 
 import io
-import sys
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-import numpy as np
 from PIL import Image
 
-from . import output, probe
-from .decode import Decoded, decode, target_size
+from . import budget, clips, output, photos, probe
+from .destinations import Destinations
+from .sniff import VIDEO_KINDS, sniff
+from .decode import Decoded
 from .discover import STDIN, Job
-from .errors import InputError, OutputError, UnsupportedFormat
-from .telemetry import PeakTracker, Record, rss_bytes
-from .tiles import Cancelled, trim_malloc
+from .faces import file_identity
+from .errors import Cancelled, Fatal, InputError, OutputError, OutputExists, UnsupportedFormat
+from .options import Options
+from .telemetry import PeakTracker, Record
+from .engine import trim_malloc
 
-DEFAULT_MAX_SIDE = 1280
-DEFAULT_MEMORY_LIMIT = 1024**3
-# What the process needs beyond the files' own reservations: encoder buffers,
-# the allocator's slack, Python's own churn.
-_RESERVE = 96 * 1024**2
 LANES = 2  # files in flight in a batch
 
 
-@dataclass
-class Options:
-    output_dir: Path | None = Path("anime-out")  # None: write to stdout
-    max_side: int = DEFAULT_MAX_SIDE
-    format: str = "auto"
-    quality: int = 95
-    overwrite: bool = False
-    face_enhance: bool = True
-    min_face: int | None = None  # None: the face module's default
-    face_size: int = 512
-    max_file_size: int = probe.DEFAULT_MAX_FILE_SIZE
-    max_pixels: int = probe.DEFAULT_MAX_PIXELS
-    memory_limit: int = DEFAULT_MEMORY_LIMIT  # bytes of RSS for the whole process; 0: none
-    pipelined: bool = True  # two files in flight (False: --sequential)
-
-
 @dataclass(eq=False)  # identity: a key for the peak tracker
-class _Loaded:
+class Loaded:
+    """One file on its way through the stages."""
+
     job: Job
     record: Record
     dest: Path | None = None
@@ -66,414 +47,236 @@ class _Loaded:
     image: Image.Image | None = None  # probed, not yet decoded
     share: int | None = None  # bytes reserved when sharing the budget; None: alone, on all of it
     cancel: object | None = None  # is_set(): stop this file (the batch stopped before it)
+    stage: str = "probe"
+    identity: tuple | None = None  # the input file as probed (see faces.file_identity)
+    metadata: object | None = None  # metadata.Metadata with --keep-metadata: what goes into the output
+    cache_key: str | None = None  # this file computes that cache entry (store.Outputs), then done()
+    clip: object | None = None  # a video or an animation (media.Clip): converted frame by frame
+    source: object | None = None  # what the clip is read from (a path, or stdin's bytes)
+
+    @property
+    def pending(self) -> bool:
+        """Probed, with work still to do."""
+        return self.image is not None or self.clip is not None
+    fatal: bool = False  # its write failed so that no later write can succeed
 
 
 class Converter:
-    def __init__(self, stylizer, options: Options, detector=None):
+    def __init__(self, stylizer, options: Options, detector=None, stdin: bytes | None = None, use_store: bool = True):
         self.stylizer = stylizer
         self.options = options
         self.detector = detector
         self.peaks = PeakTracker()
-        self._claimed: dict[Path, str] = {}  # output path -> the input that took it
-        self._inputs: set[Path] = set()
+        self.destinations = Destinations(options, use_store)
+        self.names = self.destinations.names  # None: the picture goes to stdout
+        self.progress = None  # an observer of work (progress.WorkProgress), set by the caller
+        self._stdin = stdin  # the bytes of '-' (None: read sys.stdin when it comes)
         # Set when the batch stops early (disk full, Ctrl-C): no output may appear after it.
-        self._halt = threading.Event()
+        self.halt = threading.Event()
+
+    @property
+    def faces_on(self) -> bool:
+        return self.options.face_enhance and self.detector is not None
 
     # -- the batch ---------------------------------------------------------
     def run(self, jobs: Iterable[Job], stdin: bytes | None = None) -> Iterator[Record]:
+        """Records for `jobs`, in their order. Raises errors.Fatal (with the
+        record of the file that hit it) when a write dooms all later ones."""
+        from .lanes import Lanes
+
         jobs = list(jobs)
-        self._inputs = {output.real_path(j.path) for j in jobs if j.path is not None}
-        self._stdin = stdin
-        self._halt.clear()
-        lanes = min(LANES, self.stylizer.threads, len(jobs)) if self.options.pipelined else 1
+        self.destinations.open(self.stylizer, self.faces_on)
+        if self.names is not None:
+            self.names.inputs |= {output.real_path(j.path) for j in jobs if j.path is not None}
+        if stdin is not None:
+            self._stdin = stdin
+        self.halt.clear()
+        pipelined = self.options.pipelined and not self.options.dry_run
+        lanes = min(LANES, self.stylizer.threads, len(jobs)) if pipelined else 1
         if lanes > 1:
-            yield from _Lanes(self, jobs, lanes).records()
+            yield from Lanes(self, jobs, lanes).records()
             return
         for job in jobs:
-            yield self._process(self._load(job))
+            yield self.process(self.load(self.open(job)))
 
     def convert(self, job: Job) -> Record:
-        """One job, start to end, no overlap: the simplest way in from Python."""
-        return self._process(self._load(job))
+        """One job, start to end, no overlap: the simplest way in from Python.
+        Raises errors.Fatal like run()."""
+        self.destinations.open(self.stylizer, self.faces_on)
+        if self.names is not None and job.path is not None:
+            self.names.inputs.add(output.real_path(job.path))
+        return self.process(self.load(self.open(job)))
+
+    def close(self) -> None:
+        self.destinations.close()
+
+    @property
+    def store_error(self) -> str | None:
+        return self.destinations.store_error
+
+    def claim(self, loaded: Loaded, fmt: str | None, size: tuple[int, int], suffix: str | None = None) -> None:
+        self.destinations.claim(loaded, fmt, size, suffix)
+
+    def from_cache(self, loaded: Loaded, size: tuple[int, int], source) -> bool:
+        return self.destinations.from_cache(loaded, size, source, loaded.cancel or self.halt)
 
     # -- stages ------------------------------------------------------------
-    def _load(self, job: Job) -> _Loaded:
-        return self._decode(self._open(job))
-
-    def _open(self, job: Job) -> _Loaded:
-        """probe -> output name -> exists? The image stays open for _decode when
-        there is work to do. Never raises for input problems."""
-        loaded = _Loaded(job, Record(input=job.input))
+    def open(self, job: Job) -> Loaded:
+        """probe -> output name -> exists? The image stays open for load()
+        when there is work to do. Never raises for input problems."""
+        loaded = Loaded(job, Record(input=job.input, style=self.options.style))
         rec = loaded.record
-        with self.peaks.active(loaded), self._recorded(loaded):
+        units = 0
+        with self.peaks.active(loaded), recorded(loaded):
             with rec.stage("probe"):
-                source, nbytes = self._source(job)
+                source, nbytes = _source(job, self.options, self._stdin)
                 rec.input_bytes = nbytes
-                im, pr = probe.open_image(source, nbytes, job.input, self.options.max_pixels)
-            with _closed_on_error(im):
-                loaded.probe = pr
-                rec.input_format = pr.format
-                rec.input_size = list(pr.oriented_size)
-                fmt = output.output_format(pr.format, pr.has_alpha or _palette_alpha(im), self.options.format)
-                loaded.fmt = fmt
-                if self.options.output_dir is not None:
-                    loaded.dest = self._claim(job, fmt)
-                    if loaded.dest.exists() and not self.options.overwrite:
-                        rec.status, rec.reason = "skipped", "exists"
-                        rec.output = None
-                        im.close()
-                        return loaded
-                loaded.reopen = self._reopener(job, source)
-            loaded.image = im
+                kind = sniff(source)
+                if kind is not None:  # a video or an animation: frame by frame (clips.py)
+                    units = clips.open_clip(self, loaded, kind, source)
+                    im = None
+                else:
+                    im, pr = probe.open_image(source, nbytes, job.input, self.options.max_pixels)
+                    loaded.identity = file_identity(job.path) if job.path is not None else None
+            if im is not None:
+                with _closed_on_error(im):
+                    units = photos.open_photo(self, loaded, im, pr, source, reopener)
+        if self.progress is not None:
+            self.progress.planned(loaded, job.input, units)
         return loaded
 
-    def _decode(self, loaded: _Loaded) -> _Loaded:
-        if loaded.image is None:
+    def load(self, loaded: Loaded) -> Loaded:
+        """Decode an opened photo to its working size (a dry run: plan it instead).
+        A clip is decoded frame by frame as it is converted."""
+        if not loaded.pending:
             return loaded
-        rec = loaded.record
-        with self.peaks.active(loaded), self._recorded(loaded), loaded.image as im:
-            loaded.image = None
-            with rec.stage("decode"):
-                loaded.decoded = decode(im, loaded.probe, self.options.max_side, loaded.job.input)
-            rec.decode_size = list(loaded.decoded.decode_size)
-            rec.notes += loaded.decoded.notes
+        if self.options.dry_run:
+            budget.plan_only(self, loaded)
+        elif loaded.image is not None:
+            with self.peaks.active(loaded), recorded(loaded, "decode"):
+                photos.decode_photo(self, loaded)
         return loaded
 
-    @contextmanager
-    def _recorded(self, loaded: _Loaded):
-        """Input problems (and output-name ones) become the file's record, never
-        an exception: one bad file never stops the batch, whatever it trips."""
-        rec, job = loaded.record, loaded.job
+    def process(self, loaded: Loaded) -> Record:
+        """Stylize, enhance faces and write one loaded file; its record.
+        Raises errors.Fatal after the record is complete when the write
+        failed for good (disk full)."""
         try:
-            yield
-        except UnsupportedFormat as e:
-            rec.status, rec.reason = "skipped", e.reason
-            rec.error = None
-        except InputError as e:
-            rec.status, rec.error, rec.reason = "error", str(e), e.reason
-        except OutputError as e:
-            rec.status, rec.error, rec.reason = "error", str(e), "output"
-        except OSError as e:  # on the output side: a name too long (ENAMETOOLONG), an odd folder
-            rec.status, rec.reason = "error", "output"
-            rec.error = f"{e.filename or job.input}: {e.strerror or e}"
-        except Exception as e:
-            rec.status, rec.reason = "error", "unexpected error"
-            rec.error = f"{job.input}: unexpected {type(e).__name__} ({str(e).splitlines()[0][:120] if str(e) else ''})"
-        else:
-            return
-        loaded.decoded = loaded.image = None
+            if loaded.clip is not None:
+                with self.peaks.active(loaded), recorded(loaded, "stylize"):
+                    clips.convert_clip(self, loaded)
+            if loaded.decoded is not None:
+                with self.peaks.active(loaded), recorded(loaded, "stylize"):
+                    photos.write_photo(self, loaded, photos.stylize_photo(self, loaded))
+        finally:  # stopped (Cancelled) or not, an identical file waiting for this one may go on
+            self.destinations.done(loaded)
+        rec = self._finish(loaded)
+        if loaded.fatal:
+            raise Fatal(rec)
+        return rec
 
-    def _stylize(self, loaded: _Loaded) -> np.ndarray | None:
-        """The network (and faces) on a loaded file; None when there is nothing to do."""
-        d, rec = loaded.decoded, loaded.record
-        if d is None:
-            return None
-        with self.peaks.active(loaded):
-            return self._stylize_inside(loaded)
-
-    def _stylize_inside(self, loaded: _Loaded) -> np.ndarray | None:
-        d, rec = loaded.decoded, loaded.record
-        try:
-            with rec.stage("stylize"):
-                out = self.stylizer.stylize(d.rgb, budget_bytes=self._budget(loaded), cancel=loaded.cancel)
-            rec.plan = getattr(self.stylizer, "last_plan", None)
-            if self.options.face_enhance and self.detector is not None:
-                with rec.stage("faces"):
-                    out, rec.faces = self._faces(loaded, out)
-            return out
-        except Cancelled:
-            raise
-        except MemoryError:
-            rec.status, rec.error, rec.reason = "error", f"{rec.input}: out of memory in the network", "out of memory"
-            return None
-        except Exception as e:  # e.g. a picture too small for the network's padding: this file fails, not the batch
-            text = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-            rec.status, rec.error, rec.reason = "error", f"{rec.input}: the network failed ({text})", "network failed"
-            return None
-
-    def _faces(self, loaded: _Loaded, stylized: np.ndarray):
-        from .faces import FileSource, enhance_faces
-
-        d = loaded.decoded
-        src = FileSource(loaded.reopen, loaded.probe, d.rgb, self._face_decode_pixels(loaded))
-        kw = {"face_size": self.options.face_size}
-        if self.options.min_face is not None:
-            kw["min_face"] = self.options.min_face
-        return enhance_faces(self.stylizer, d.rgb, stylized, self.detector, src, cancel=loaded.cancel, **kw)
-
-    def _write(self, loaded: _Loaded, image: np.ndarray | None) -> None:
-        rec = loaded.record
-        if image is None:
-            return
-        with self.peaks.active(loaded), rec.stage("write"):
-            alpha = loaded.decoded.alpha
-            im = output.encode(image, alpha, loaded.fmt, self.options.quality)
-            if loaded.dest is None:
-                output.write_stdout(im, loaded.fmt, self.options.quality)
-                rec.output = STDIN
-            else:
-                output.write_atomic(im, loaded.dest, loaded.fmt, self.options.quality, self.options.overwrite,
-                                    abort=loaded.cancel or self._halt)
-                rec.output = str(loaded.dest)
-        rec.status = "ok"
-        rec.output_size = [image.shape[1], image.shape[0]]
-
-    def _process(self, loaded: _Loaded) -> Record:
-        """Stylize and write one loaded file; its record. A write error is the
-        file's error, and a fatal one (disk full) stops the batch."""
-        try:
-            self._write(loaded, self._stylize(loaded))
-        except OutputError as e:
-            loaded.record.status, loaded.record.error, loaded.record.reason = "error", str(e), "output"
-            if getattr(e, "fatal", False):
-                raise _Fatal(self._finish(loaded)) from None
-        return self._finish(loaded)
-
-    def _finish(self, loaded: _Loaded) -> Record:
+    def _finish(self, loaded: Loaded) -> Record:
         rec = loaded.record
         if loaded.decoded is not None:
             loaded.decoded = None  # release the pixels now, not when the batch ends
             trim_malloc()  # and give them back: kept by the allocator they would count against the next files
+        if self.names is None and rec.status == "skipped" and not self.options.dry_run:
+            # `-o -`: the caller waits for a picture on stdout; none is an error
+            rec.status, rec.error = "error", f"{rec.input}: nothing written to stdout ({rec.reason})"
         rec.seconds = round(sum(rec.timings.values()), 4)
         rec.peak_rss_mb = round(self.peaks.take(loaded) / 1e6, 1)
-        if rec.status != "ok":
+        rec.rss_method = self.peaks.method
+        if self.progress is not None:
+            self.progress.finished(loaded)
+        if rec.status not in ("ok", "planned"):
             rec.output = None
         return rec
 
     # -- helpers -------------------------------------------------------------
-    def _source(self, job: Job):
-        if job.path is None:
-            data = self._stdin if self._stdin is not None else sys.stdin.buffer.read(self.options.max_file_size + 1)
-            return probe.read_bytes(data, STDIN, self.options.max_file_size)
-        return probe.read_source(job.path, self.options.max_file_size)
+    def advance(self, loaded: Loaded):
+        """The engine's progress callback for this file, or None."""
+        bar = self.progress
+        return (lambda units: bar.advance(loaded, units)) if bar is not None else None
 
-    def _reopener(self, job: Job, source):
-        if isinstance(source, io.BytesIO):
-            data = source.getvalue()
-            return lambda: Image.open(io.BytesIO(data), formats=probe.FORMATS)
-        return lambda: Image.open(source, formats=probe.FORMATS)
+    def work(self, h: int, w: int) -> float:
+        """The work of converting an h x w picture, in the progress bar's units."""
+        work = getattr(self.stylizer, "work", None)
+        return work(h, w, None) if work is not None else float(h * w)
 
-    def _claim(self, job: Job, fmt: str) -> Path:
-        """The output path for `job`: its relative path with the output format's
-        suffix. Two inputs never share an output: the later one (in walk order)
-        gets its source suffix added (photo.png -> photo_png.jpg), then _2, _3..."""
-        rel = job.rel.with_name(output.output_name(job.rel.name, fmt))
-        dest = self.options.output_dir / rel
-        if dest in self._claimed and self._claimed[dest] != job.input:
-            src_ext = job.rel.suffix.lstrip(".").lower()
-            stem, suffix = dest.stem, dest.suffix
-            candidates = ([f"{stem}_{src_ext}{suffix}"] if src_ext and f".{src_ext}" != suffix.lower() else [])
-            candidates += [f"{stem}_{n}{suffix}" for n in range(2, 10_000)]
-            dest = next(dest.with_name(c) for c in candidates if dest.with_name(c) not in self._claimed)
-        if output.real_path(dest) in self._inputs or (job.path is not None and output.same_file(dest, job.path)):
-            raise OutputError(f"{job.input}: output {dest} would overwrite an input file; choose another -o")
-        self._claimed[dest] = job.input
-        return dest
+    def footprint(self, loaded: Loaded) -> int:
+        """What the file holds at once, for the memory ledger (from its header)."""
+        if loaded.clip is not None:
+            return clips.footprint(self, loaded)
+        return budget.footprint(loaded.probe, self.options, self.stylizer, self.faces_on)
 
-    def _budget(self, loaded: _Loaded) -> int | None:
-        """What the network may add for this file: its reservation less its own
-        picture when it shares the budget; alone, what the limit leaves now."""
-        if not self.options.memory_limit:
-            return None
-        if loaded.share is not None:
-            return max(0, loaded.share - loaded.decoded.rgb.nbytes)
-        return max(0, self.options.memory_limit - rss_bytes() - _RESERVE)
-
-    def _footprint(self, loaded: _Loaded) -> int:
-        """The most a file holds at once, from its header: its decode; or its
-        picture (working copy, output, the encoder's copy) and the network on
-        its fastest plan; or, for faces, the picture, one face render and the
-        original decoded again for the crops (8 bytes a pixel, as _decode_bytes)."""
-        pr = loaded.probe
-        w, h = target_size(pr.size, self.options.max_side)
-        px = 4 * w * h  # bytes of the picture, alpha included
-        need = max(self._decode_bytes(pr), 3 * px + self.stylizer.fastest_bytes(h, w))
-        if self.options.face_enhance and self.detector is not None:
-            side = self.options.face_size
-            need = max(need, 3 * px + self.stylizer.fastest_bytes(side, side) + 8 * pr.size[0] * pr.size[1])
-        return need
-
-    def _decode_bytes(self, pr: probe.Probe) -> int:
-        """What decoding `pr` may hold at once: the decoded picture (JPEG: DCT-scaled
-        to at most twice the target) and its converted copy, 4 bytes a pixel each."""
-        w, h = pr.size
-        if pr.format == "JPEG":
-            tw, th = target_size(pr.size, self.options.max_side)
-            w, h = min(w, 2 * tw), min(h, 2 * th)
-        return 8 * w * h
-
-    def _face_decode_pixels(self, loaded: _Loaded) -> int:
-        if loaded.share is not None:
-            return 10**12  # the file's reservation covers the whole original (see _footprint)
-        budget = self._budget(loaded)
-        return 10**12 if budget is None else max(1, budget // 8)
+    def budget(self, loaded: Loaded, picture: int | None = None) -> int | None:
+        """What the network may add for this file (see budget.room)."""
+        if picture is None:
+            picture = loaded.decoded.rgb.nbytes if loaded.decoded is not None else 0
+        return budget.room(self.options.memory_limit, loaded.share, picture)
 
 
-class _Lanes:
-    """A batch with files in flight side by side. Each lane takes the next file
-    in input order and carries it from probe to write; the probes, output names
-    and memory reservations happen one file at a time, in input order, so names
-    and the order of admission do not depend on timing. Records come out in
-    input order; a file's output is on disk only once its record is reported,
-    or gone if the batch stops first (outputs on disk are exactly the files
-    logged ok)."""
-
-    def __init__(self, conv: Converter, jobs: list[Job], lanes: int):
-        self.conv, self.jobs, self.n = conv, jobs, lanes
-        self.cond = threading.Condition()
-        self.dispatch = threading.Lock()  # probe, name and reserve one file at a time
-        self.next = 0  # the next file a lane takes
-        self.limit = len(jobs) - 1  # the last file that may be written: lowered by a disk-full error
-        self.done: dict[int, tuple[_Loaded, bool] | BaseException] = {}
-        limit = conv.options.memory_limit
-        self.ledger = _Ledger(limit - rss_bytes() - _RESERVE if limit else None)
-
-    def records(self) -> Iterator[Record]:
-        lanes = [threading.Thread(target=self._lane, name=f"lane-{k}", daemon=True) for k in range(self.n)]
-        for t in lanes:
-            t.start()
-        reported = 0
-        try:
-            for i in range(len(self.jobs)):
-                with self.cond:
-                    while i not in self.done:
-                        self.cond.wait()
-                    result = self.done.pop(i)
-                if isinstance(result, BaseException):
-                    raise result
-                loaded, fatal = result
-                if fatal:
-                    raise _Fatal(loaded.record)
-                reported = i + 1
-                yield loaded.record
-        finally:
-            if reported < len(self.jobs):  # stopped early: Ctrl-C, disk full, or the caller stopped reading
-                self.conv._halt.set()
-                self.ledger.wake()
-            while True:
-                try:
-                    self._wind_up(lanes)
-                    break
-                except KeyboardInterrupt:  # a second Ctrl-C must not cut the clean-up short
-                    continue
-
-    def _wind_up(self, lanes: list[threading.Thread]) -> None:
-        """Wait for the lanes (a stopped file stops within a strip of the
-        network), then undo the outputs of files finished but never reported."""
-        for t in lanes:
-            t.join()
-        for result in self.done.values():
-            if not isinstance(result, BaseException):
-                loaded = result[0]
-                if loaded.record.status == "ok" and loaded.dest is not None:
-                    loaded.dest.unlink(missing_ok=True)
-
-    def _lane(self) -> None:
-        conv = self.conv
-        while True:
-            with self.dispatch:
-                with self.cond:
-                    i = self.next
-                    if i > self.limit or conv._halt.is_set():
-                        return
-                    self.next += 1
-                loaded = grant = None
-                try:
-                    loaded = conv._open(self.jobs[i])
-                    loaded.cancel = _Stop(self, i)
-                    if loaded.image is not None:
-                        grant = self.ledger.acquire(conv._footprint(loaded), loaded.cancel)
-                except BaseException as e:  # stopped while waiting for memory, or a bug: the main thread raises it
-                    if loaded is not None and loaded.image is not None:
-                        loaded.image.close()
-                    self._put(i, e)
-                    return
-            fatal = False
-            try:
-                if grant is not None and not grant.alone:
-                    loaded.share = grant.bytes
-                with conv.stylizer.cores.busy():
-                    conv._process(conv._decode(loaded))
-            except _Fatal:  # disk full: no file after this one may be written
-                fatal = True
-                loaded.cancel.set()
-            except BaseException as e:  # Cancelled (never reported), or a bug: the main thread raises it
-                self._put(i, e)
-                return
-            finally:
-                if loaded.image is not None:
-                    loaded.image.close()
-                self.ledger.release(grant)
-            self._put(i, (loaded, fatal))
-
-    def _put(self, i: int, result) -> None:
-        with self.cond:
-            self.done[i] = result
-            self.cond.notify_all()
+@contextmanager
+def recorded(loaded: Loaded, stage: str | None = None):
+    """The one translation of what a file trips over into its record:
+    one bad file never stops the batch, whatever it trips."""
+    rec, job = loaded.record, loaded.job
+    if stage:
+        loaded.stage = stage
+    try:
+        yield
+    except Cancelled:
+        raise
+    except UnsupportedFormat as e:
+        rec.status, rec.reason, rec.error = "skipped", e.reason, None
+    except OutputExists:
+        rec.status, rec.reason, rec.error = "skipped", "exists", None
+    except InputError as e:
+        rec.status, rec.error, rec.reason = "error", str(e), e.reason
+    except OutputError as e:
+        rec.status, rec.error, rec.reason = "error", str(e), "output"
+        loaded.fatal = e.fatal
+    except MemoryError:
+        rec.status, rec.reason = "error", "out of memory"
+        rec.error = f"{job.input}: out of memory in the {loaded.stage} stage"
+    except OSError as e:  # on the output side: a name too long (ENAMETOOLONG), an odd folder
+        rec.status, rec.reason = "error", "output"
+        rec.error = f"{e.filename or job.input}: {e.strerror or e}"
+    except Exception as e:
+        text = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        if loaded.stage in ("stylize", "faces"):  # e.g. a picture the network cannot pad
+            rec.status, rec.reason = "error", "network failed"
+            rec.error = f"{job.input}: the network failed ({text})"
+        else:
+            rec.status, rec.reason = "error", "unexpected error"
+            rec.error = f"{job.input}: unexpected {type(e).__name__} ({text})"
+    else:
+        return
+    if loaded.image is not None:
+        loaded.image.close()
+    loaded.decoded = loaded.image = loaded.clip = None
 
 
-class _Stop:
-    """Whether file i must stop: the batch was stopped, or a disk-full error
-    came at an earlier file. set(): this file's write hit a disk-full error."""
-
-    def __init__(self, lanes: _Lanes, i: int):
-        self.lanes, self.i = lanes, i
-
-    def is_set(self) -> bool:
-        return self.lanes.conv._halt.is_set() or self.i > self.lanes.limit
-
-    def set(self) -> None:
-        with self.lanes.cond:
-            self.lanes.limit = min(self.lanes.limit, self.i)
-
-
-@dataclass
-class _Grant:
-    bytes: int
-    alone: bool  # no other file holds memory: this one may use the whole budget
+def _source(job: Job, options: Options, stdin: bytes | None):
+    """What the probe reads: a path, or the bytes of stdin or a pipe. Videos
+    are streamed frame by frame, never held: --max-frames and --max-pixels
+    bound them, not --max-file-size."""
+    if job.path is None:
+        if stdin is not None:
+            return probe.read_bytes(stdin, STDIN, options.max_file_size)
+        return probe.read_stdin(options.max_file_size)
+    limit = options.max_file_size
+    if job.path.is_file() and sniff(job.path) in VIDEO_KINDS:
+        limit = 1 << 62
+    return probe.read_source(job.path, limit)
 
 
-class _Ledger:
-    """Memory reserved by the files in flight, out of what the limit leaves
-    after the models (total; None: no limit). A file waits until its
-    footprint is free; one that does not fit beside the others waits until it
-    is alone and then has the whole budget to itself (the network then plans
-    within it, streaming if it must). Nothing runs beside it."""
-
-    def __init__(self, total: int | None):
-        self.total = self.free = total
-        self.holders = 0
-        self.cond = threading.Condition()
-
-    def acquire(self, want: int, stop) -> _Grant:
-        with self.cond:
-            while True:
-                if stop.is_set():
-                    raise Cancelled()
-                if self.total is None or want <= self.free:
-                    got = _Grant(want, alone=False)
-                    break
-                if self.holders == 0:
-                    got = _Grant(self.free, alone=True)
-                    break
-                self.cond.wait()
-            self.holders += 1
-            if self.total is not None:
-                self.free -= got.bytes
-            return got
-
-    def release(self, grant: _Grant | None) -> None:
-        if grant is None:
-            return
-        with self.cond:
-            self.holders -= 1
-            if self.total is not None:
-                self.free += grant.bytes
-            self.cond.notify_all()
-
-    def wake(self) -> None:
-        with self.cond:
-            self.cond.notify_all()
+def reopener(source):
+    """A way to open the same picture again (faces re-read the original)."""
+    if isinstance(source, io.BytesIO):
+        data = source.getvalue()
+        return lambda: Image.open(io.BytesIO(data), formats=probe.FORMATS)
+    return lambda: Image.open(source, formats=probe.FORMATS)
 
 
 @contextmanager
@@ -483,16 +286,4 @@ def _closed_on_error(im: Image.Image):
     except BaseException:
         im.close()
         raise
-
-
-class _Fatal(Exception):
-    """A write failed in a way that dooms every later write (disk full)."""
-
-    def __init__(self, record: Record):
-        super().__init__(record.error)
-        self.record = record
-
-
-def _palette_alpha(im: Image.Image) -> bool:
-    return "transparency" in im.info
 

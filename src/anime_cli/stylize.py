@@ -13,7 +13,6 @@ methods (a new family's Stylizer, a test's stand-in) can convert a batch.
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -57,6 +56,8 @@ class StyleModel(Protocol):
 
     def work(self, h: int, w: int, budget_bytes: int | None = None) -> int: ...
 
+    def plan(self, h: int, w: int, budget_bytes: int | None = None) -> str: ...
+
 
 class Stylizer:
     """threads: worker threads for the network (default: the cores this
@@ -72,7 +73,6 @@ class Stylizer:
         self.cores = Cores(threads)
         self.engine = Engine(network, precision=precision, cores=self.cores)
         self._bytes: dict[tuple[int, int, int | None], int] = {}  # (h, w, None or 0) -> engine bytes of that plan
-        self._local = threading.local()  # only for last_plan, below
 
     @classmethod
     def from_style(cls, name: str = "hayao", threads: int | None = None, precision: str = "auto") -> "Stylizer":
@@ -95,21 +95,12 @@ class Stylizer:
             raise ValueError(f"expected an HxWx3 RGB array, got shape {rgb.shape}")
         if rgb.dtype != np.uint8:
             rgb = rgb.astype(np.uint8)
-        rendered = self.engine.render(rgb, budget_bytes, cancel, progress)
-        self._local.plan = rendered.plan
-        return rendered
+        return self.engine.render(rgb, budget_bytes, cancel, progress)
 
     def stylize(self, rgb: np.ndarray, budget_bytes: int | None = None, cancel=None,
                 progress: Progress | None = None) -> np.ndarray:
         """HxWx3 uint8 RGB -> HxWx3 uint8 RGB, same size; see StyleModel."""
         return self.render(rgb, budget_bytes, cancel, progress).image
-
-    @property
-    def last_plan(self) -> str | None:
-        """How this thread's last call ran. Kept only until the pipeline takes
-        the plan from render(); new code should not use it."""
-        plan = getattr(self._local, "plan", None)
-        return plan.describe() if plan is not None else None
 
     def _plan_bytes(self, h: int, w: int, budget: int | None) -> int:
         """Engine bytes of the plan for a budget (asked for every file, and for
@@ -118,6 +109,10 @@ class Stylizer:
         if key not in self._bytes:
             self._bytes[key] = self.engine.make_plan(*self.engine.padded(h, w), budget).bytes
         return self._bytes[key]
+
+    def plan(self, h: int, w: int, budget_bytes: int | None = None) -> str:
+        """How a call for an h x w picture would run within budget_bytes (a dry run's plan)."""
+        return self.engine.make_plan(*padded_size(h, w), budget_bytes).describe()
 
     def fastest_bytes(self, h: int, w: int) -> int:
         """What stylize() adds to the process for an h x w picture when nothing

@@ -1,10 +1,14 @@
-"""Where the weights live, and how they are checked, installed and loaded.
+"""Where the weights live, and how they are checked and loaded.
 
+The manifest (manifest.json beside this module, shipped in the wheel) lists
+every file anime-cli knows: the styles with their generator family, and the
+face detector; each with its sha256, source and licence.
 Search order for a weights folder: $ANIME_CLI_WEIGHTS, the project's own
-weights/ folder (a source checkout), then the user data folder
+weights/ folder (a source checkout only), then the user data folder
 ($XDG_DATA_HOME/anime-cli/weights, by default ~/.local/share/anime-cli/weights).
 Every file is checked against the manifest's sha256 before torch.load, and is
 loaded with weights_only=True so that nothing but tensors is ever unpickled.
+Installing (from a folder, a file or a URL) is install.py's.
 """
 
 from __future__ import annotations
@@ -13,7 +17,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -23,27 +26,33 @@ import torch
 from .errors import WeightsError
 
 _HERE = Path(__file__).resolve().parent
-_MANIFEST_PLACES = (_HERE / "manifest.json", _HERE.parents[1] / "weights" / "manifest.json")
-INSTALL_HINT = "install them with `make weights` or `anime-cli install-weights ../shared/weights`"
+MANIFEST = _HERE / "manifest.json"
+# src/anime_cli -> the checkout's root; in an installed wheel there is no pyproject.toml there.
+_CHECKOUT = _HERE.parents[1] if (_HERE.parents[1] / "pyproject.toml").is_file() else None
+INSTALL_HINT = "run `anime-cli install-weights FOLDER|FILE|URL` (e.g. `anime-cli install-weights ../shared/weights`)"
 
 
 @dataclass(frozen=True)
 class WeightFile:
     name: str
-    kind: str
-    file: str
+    kind: str  # "style" or "face-detector"
+    file: str  # path inside a weights folder
     sha256: str
     source: str
     licence: str
+    family: str = ""  # a style's generator family (models.FAMILIES)
+    description: str = ""
 
 
 @lru_cache(maxsize=1)
 def manifest() -> dict[str, WeightFile]:
-    for place in _MANIFEST_PLACES:
-        if place.is_file():
-            entries = json.loads(place.read_text())["files"]
-            return {e["name"]: WeightFile(**e) for e in entries}
-    raise WeightsError("weights manifest not found (broken installation of anime-cli)")
+    try:
+        entries = json.loads(MANIFEST.read_text())["files"]
+        return {e["name"]: WeightFile(**e) for e in entries}
+    except FileNotFoundError:
+        raise WeightsError(f"weights manifest not found ({MANIFEST}): a broken installation of anime-cli") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise WeightsError(f"{MANIFEST}: not a valid weights manifest ({e}): a broken installation of anime-cli") from None
 
 
 def user_data_dir() -> Path:
@@ -55,7 +64,8 @@ def search_dirs() -> list[Path]:
     dirs = []
     if os.environ.get("ANIME_CLI_WEIGHTS"):
         dirs.append(Path(os.environ["ANIME_CLI_WEIGHTS"]).expanduser())
-    dirs.append(_HERE.parents[1] / "weights")
+    if _CHECKOUT is not None:
+        dirs.append(_CHECKOUT / "weights")
     dirs.append(user_data_dir())
     return dirs
 
@@ -115,51 +125,46 @@ def styles() -> list[WeightFile]:
     return [w for w in manifest().values() if w.kind == "style"]
 
 
+def installed_styles() -> list[str]:
+    """Names of the styles whose file is in a search folder (not yet verified)."""
+    return [w.name for w in styles() if any((d / w.file).is_file() for d in search_dirs())]
+
+
+def resolve_style(name: str) -> WeightFile:
+    """The manifest entry of style `name`; a one-line WeightsError, naming the
+    installed styles, when it is unknown or not installed."""
+    known = {w.name: w for w in styles()}
+    installed = installed_styles()
+    have = f"installed styles: {', '.join(installed)}" if installed else "no style is installed"
+    if name not in known:
+        raise WeightsError(f"unknown style '{name}' ({have}; known styles: {', '.join(known)}; or use --weights PATH)")
+    if name not in installed:
+        raise WeightsError(f"style '{name}' is not installed ({have}); {INSTALL_HINT}")
+    return known[name]
+
+
 def status(name: str) -> str:
-    """'ok', 'missing' or 'sha256 mismatch' for manifest entry `name`."""
+    """'ok', 'not installed' or 'sha256 mismatch' for manifest entry `name`."""
     try:
         path = locate(name)
     except WeightsError:
-        return "missing"
+        return "not installed"
     return "ok" if sha256_of(path) == manifest()[name].sha256 else "sha256 mismatch"
 
 
-def install(source_dir: Path, dest_dir: Path | None = None) -> list[Path]:
-    """Copy every manifest file from `source_dir` into `dest_dir` (default: the
-    first writable search folder), checking sha256 before the file is put in place."""
-    source_dir = Path(source_dir)
-    dest_dir = Path(dest_dir) if dest_dir else _default_install_dir()
-    done = []
-    for entry in manifest().values():
-        src = source_dir / entry.file
-        if not src.is_file():
-            raise WeightsError(f"{src}: not found; expected the weights listed in the manifest")
-        if sha256_of(src) != entry.sha256:
-            raise WeightsError(f"{src}: sha256 does not match the manifest, refusing to install it")
-        dst = dest_dir / entry.file
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if not (dst.is_file() and sha256_of(dst) == entry.sha256):
-            tmp = dst.with_name(dst.name + ".part")
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, dst)
-        lic = src.parent / "LICENSE.md"
-        if lic.is_file() and not (dst.parent / "LICENSE.md").exists():
-            shutil.copyfile(lic, dst.parent / "LICENSE.md")
-        done.append(dst)
-    return done
-
-
-def _default_install_dir() -> Path:
+def default_install_dir() -> Path:
+    """$ANIME_CLI_WEIGHTS, else the checkout's weights/ when writable, else the user data folder."""
     if os.environ.get("ANIME_CLI_WEIGHTS"):
         return Path(os.environ["ANIME_CLI_WEIGHTS"]).expanduser()
-    repo = _HERE.parents[1] / "weights"
-    if (repo / "manifest.json").is_file() and os.access(repo, os.W_OK):
-        return repo
+    if _CHECKOUT is not None and os.access(_CHECKOUT / "weights", os.W_OK):
+        return _CHECKOUT / "weights"
     return user_data_dir()
 
 
 if __name__ == "__main__":  # used by the Makefile: python -m anime_cli.weights SRC [DEST]
     import sys
 
-    for p in install(Path(sys.argv[1]), Path(sys.argv[2]) if len(sys.argv) > 2 else None):
+    from .install import install
+
+    for p in install(sys.argv[1], Path(sys.argv[2]) if len(sys.argv) > 2 else None):
         print(f"installed {p}")

@@ -26,8 +26,7 @@ from .norms import norm_affine
 from .stored import Image, Stored, Tracker
 
 
-class Cancelled(Exception):
-    """The caller's `cancel` was set during a run."""
+from ..errors import Cancelled  # noqa: E402  (the batch's signal: the engine raises it)
 
 
 class Rendered(NamedTuple):

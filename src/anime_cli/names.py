@@ -1,0 +1,162 @@
+"""Output file names from a user's pattern (`--name '{stem}_{style}'`).
+
+The pattern names the file without its suffix: the output format's suffix is
+always added (`{stem}_{style}` -> `photo_hayao.jpg`), so a pattern can never
+write a JPEG under `.png`. A pattern that already ends with that suffix
+(`{stem}.{ext}`) does not get it twice. The default pattern `{stem}` gives the
+names anime-cli always gave: the input's suffix is kept
+when it already names the output format (photo.JPEG stays photo.JPEG).
+
+Fields: {stem} the input's name without its suffix; {ext} the output's suffix
+without the dot (jpg, png, webp, tif, or the input's own spelling when kept:
+JPEG); {input_ext} the input's suffix without the dot ('' when it has none);
+{style} the style's name; {width}, {height} the output's size in pixels.
+Nothing else: no positional fields, attributes, indexes, conversions or format
+specs, so a pattern cannot reach into Python objects or build huge strings.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import string
+from pathlib import Path
+
+from PIL import Image
+
+from .errors import OutputError
+from .output import WRITABLE, cut_name, real_path, same_file
+from .telemetry import safe
+
+DEFAULT = "{stem}"
+FIELDS = ("stem", "ext", "style", "width", "height", "input_ext")
+NAME_MAX = 255  # bytes in one file name on Linux, macOS and Windows file systems
+
+# Stand-ins to try a pattern with before any file is seen; input_ext is empty, as
+# for a file without a suffix, so a pattern made of it alone is refused up front.
+_SAMPLE = {"stem": "photo", "ext": "jpg", "style": "hayao", "width": 1280, "height": 960, "input_ext": ""}
+_SEPARATORS = {"/", os.sep, os.altsep or "/", "\0"}
+
+
+def check(pattern: str) -> None:
+    """Raise ValueError with a one-line message if `pattern` cannot name files.
+    Call before any work: the CLI prints the message and exits 2."""
+    q = safe(pattern)  # the message lands on a terminal
+    try:
+        parts = list(string.Formatter().parse(pattern))
+    except ValueError:
+        raise ValueError(f"--name '{q}': unbalanced braces (write {{{{ or }}}} for a brace itself)") from None
+    for literal, field, spec, conversion in parts:
+        if any(c in _SEPARATORS for c in literal):
+            raise ValueError(f"--name '{q}': a name cannot hold a path separator")
+        if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in literal):
+            raise ValueError(f"--name '{q}': a name cannot hold a control character")
+        if field is None:
+            continue
+        if field not in FIELDS:
+            raise ValueError(f"--name '{q}': unknown field {{{field}}} (fields: "
+                             + ", ".join(f"{{{f}}}" for f in FIELDS) + ")")
+        if spec or conversion:
+            raise ValueError(f"--name '{q}': {{{field}}} takes no format spec or conversion")
+    base = pattern.format(**_SAMPLE)
+    if base.strip() in ("", ".", ".."):
+        raise ValueError(f"--name '{q}': gives no usable name ('{base}')")
+
+
+def suffix_for(input_name: str, fmt: str) -> str:
+    """The output's suffix: the input's own when it names `fmt` (photo.JPEG), else
+    the format's usual one (.jpg)."""
+    suffix = Path(input_name).suffix
+    if suffix and Image.registered_extensions().get(suffix.lower()) == fmt:
+        return suffix
+    return WRITABLE[fmt][0]
+
+
+def render(pattern: str, input_name: str, fmt: str | None, style: str = "", size: tuple[int, int] = (0, 0),
+           suffix: str | None = None) -> str:
+    """The output file name (suffix included) for the input called `input_name`
+    (a file name, not a path), written as Pillow format `fmt` at `size` (w, h),
+    or with the given `suffix` (a video's .mp4). `pattern` must have passed
+    check(). At most NAME_MAX bytes: a long stem is shortened, the suffix kept."""
+    p = Path(input_name)
+    suffix = suffix or suffix_for(input_name, fmt)
+    values = {"stem": p.stem, "ext": suffix[1:], "style": style, "width": size[0], "height": size[1],
+              "input_ext": p.suffix[1:]}
+    base = _base(pattern, values, suffix)
+    if base.strip() in ("", ".", ".."):  # {input_ext} alone, for a file without one
+        base = _base(DEFAULT, values, suffix)
+    over = _len(base + suffix) - NAME_MAX
+    if over > 0 and "{stem}" in pattern:
+        # shorten the stem, not what the pattern puts after it ({style}, the size)
+        stem_bytes = _len(values["stem"])
+        values["stem"] = cut(values["stem"], max(stem_bytes - over, min(stem_bytes, 16)))
+        base = _base(pattern, values, suffix)
+    return fit(base, suffix)
+
+
+def _base(pattern: str, values: dict, suffix: str) -> str:
+    base = pattern.format(**values)
+    if suffix and base.lower().endswith(suffix.lower()) and base[:-len(suffix)].strip():
+        base = base[:-len(suffix)]  # '{stem}.{ext}': the suffix is added once
+    return base
+
+
+def fit(base: str, suffix: str, limit: int = NAME_MAX) -> str:
+    """base + suffix in at most `limit` bytes, cutting the end of base (never inside
+    a character). For collision suffixes too: fit(f'{stem}_2', '.jpg') would cut
+    the _2, so pass fit(stem, '_2.jpg')."""
+    return cut(base, max(limit - _len(suffix), 1)) + suffix
+
+
+cut = cut_name
+
+
+def _len(text: str) -> int:
+    return len(os.fsencode(text))
+
+
+class Names:
+    """Output paths for one batch. An input's output is its path relative to
+    its input root, named by the pattern with the output format's suffix.
+    Two inputs never share an output: the later one (in walk order) gets its
+    source suffix added (photo.png -> photo_png.jpg), then _2, _3... Names
+    stay under NAME_MAX bytes (the stem is shortened). No output may be an
+    input."""
+
+    def __init__(self, output_dir: Path, inputs: set[Path], pattern: str = DEFAULT, style: str = ""):
+        self.output_dir, self.pattern, self.style = output_dir, pattern, style
+        self.inputs = inputs  # real paths of every input of the batch
+        self.claimed: dict[Path, str] = {}  # output path -> the input that took it
+        # The output folder's database (store.Store): which input owns which name,
+        # across runs and processes. None: this batch's own names only (a dry run).
+        self.store = None
+
+    def claim(self, job, fmt: str | None, size: tuple[int, int], suffix: str | None = None) -> Path:
+        """The output path of `job`, written as Pillow format `fmt` (or with
+        `suffix`, for a video) at `size` (w, h)."""
+        name = render(self.pattern, job.rel.name, fmt, self.style, size, suffix)
+        dest = self.output_dir / job.rel.with_name(name)
+        if self.store is not None and job.path is not None:
+            # the name this input had in earlier runs, else one no other input owns
+            from .store import input_key
+
+            rel = lambda p: p.relative_to(self.output_dir).as_posix()  # noqa: E731
+            others = itertools.islice(self.alternatives(dest, job.rel.suffix), 10_000)
+            got = self.store.claim(input_key(job.path), rel(dest), map(rel, others))
+            dest = self.output_dir / got
+        elif dest in self.claimed and self.claimed[dest] != job.input:
+            dest = next(c for c in self.alternatives(dest, job.rel.suffix) if c not in self.claimed)
+        if real_path(dest) in self.inputs or (job.path is not None and same_file(dest, job.path)):
+            raise OutputError(f"{job.input}: output {dest} would overwrite an input file; choose another -o")
+        self.claimed[dest] = job.input
+        return dest
+
+    @staticmethod
+    def alternatives(dest: Path, src_suffix: str):
+        """Other names for `dest`, in the order they are tried."""
+        stem, suffix = dest.stem, dest.suffix
+        src_ext = src_suffix.lstrip(".").lower()
+        if src_ext and f".{src_ext}" != suffix.lower():
+            yield dest.with_name(fit(stem, f"_{src_ext}{suffix}"))
+        for n in range(2, 100_000):
+            yield dest.with_name(fit(stem, f"_{n}{suffix}"))

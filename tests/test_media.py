@@ -1,0 +1,52 @@
+"""media.probe/convert (the pipeline's way in) and FrameStylizer with the real
+face detector."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from clips import make_clip, pan_frames, packets
+
+from anime_cli import media
+from anime_cli.errors import InputError
+from anime_cli.framestyle import VIDEO_FACE_SIZE, FrameStylizer
+from anime_cli.sniff import sniff
+
+pytest.importorskip("av")
+
+
+def test_probe_then_convert_a_video(tmp_path):
+    src = make_clip(tmp_path / "in.mov", n=4, size=(64, 48))
+    clip = media.probe(src, sniff(src), max_side=1280)
+    assert (clip.kind, clip.suffix, clip.size, clip.frames) == ("mov", ".mp4", (64, 48), 4)
+    assert 0 < clip.hold_bytes < 50e6
+    res = media.convert(clip, src, tmp_path / f"out{clip.suffix}", lambda x: 255 - x)
+    assert res.frames == 4 and res.suffix == ".mp4"
+    assert packets(src, "audio") == packets(tmp_path / "out.mp4", "audio")
+
+
+def test_probe_then_convert_an_animation(tmp_path):
+    frames = [Image.fromarray(f) for f in pan_frames(4, (64, 48), step=3)]
+    frames[0].save(tmp_path / "in.webp", save_all=True, append_images=frames[1:], duration=[40, 80, 40, 80], loop=0)
+    clip = media.probe(tmp_path / "in.webp", sniff(tmp_path / "in.webp"))
+    assert (clip.kind, clip.suffix, clip.frames, clip.hold_bytes) == ("webp", ".webp", 4, 4 * 64 * 48 * 4)
+    res = media.convert(clip, tmp_path / "in.webp", tmp_path / "out.webp", lambda x: x)
+    assert res.frames == 4 and res.duration == 0.24
+    with pytest.raises(InputError) as e:
+        media.probe(tmp_path / "in.webp", "webp", max_frames=3)
+    assert e.value.reason == "too many frames"
+
+
+def test_frame_stylizer_enhances_faces_and_times_its_stages(tmp_path, stylizer):
+    from anime_cli.faces import FaceDetector
+
+    # the astronaut at 240 px high: her face ~40 px, a crop well under 256 px
+    src = make_clip(tmp_path / "in.mp4", n=2, size=(320, 240), tile=True, audio=False)
+    fs = FrameStylizer(stylizer, FaceDetector.load())
+    assert fs.face_size == VIDEO_FACE_SIZE == 256
+    clip = media.probe(src, "mp4")
+    res = media.convert(clip, src, tmp_path / "out.mp4", fs)
+    assert fs.faces >= 2  # at least one a frame
+    assert set(res.timings) == {"decode", "stylize", "faces", "encode"}
+    assert res.timings["faces"] > 0 and res.timings["stylize"] > 0
