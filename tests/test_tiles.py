@@ -443,7 +443,7 @@ def v3_tiny_eager(sd, x):
 @pytest.fixture(scope="module")
 def cute():
     from anime_cli.engine.families import v3_tiny_layers
-    from conftest import SHARED
+    from helpers import SHARED
 
     path = SHARED / "weights" / "animeganv3_tiny_cute.pt"
     if not path.is_file():
@@ -487,7 +487,7 @@ def test_v3_tiny_bf16_and_odd_sizes(cute, photos, name):
 
 def test_a_stylizer_runs_v3_tiny_from_its_weights_file(cute, photos):
     from anime_cli.stylize import Stylizer
-    from conftest import SHARED
+    from helpers import SHARED
 
     sd, layers = cute
     st = Stylizer.from_weights(SHARED / "weights" / "animeganv3_tiny_cute.pt", threads=2)
@@ -537,7 +537,7 @@ def v3_eager(sd, x):
 @pytest.fixture(scope="module", params=["animeganv3_shinkai37", "animeganv3_hayao36"])
 def v3(request):
     from anime_cli.engine.families import layers_for
-    from conftest import SHARED
+    from helpers import SHARED
 
     sd = torch.load(SHARED / "weights" / f"{request.param}.pt", weights_only=True)
     return sd, layers_for(sd)

@@ -112,7 +112,7 @@ class Stylizer:
 
     def plan(self, h: int, w: int, budget_bytes: int | None = None) -> str:
         """How a call for an h x w picture would run within budget_bytes (a dry run's plan)."""
-        return self.engine.make_plan(*padded_size(h, w), budget_bytes).describe()
+        return self.engine.make_plan(*self.engine.padded(h, w), budget_bytes).describe()
 
     def fastest_bytes(self, h: int, w: int) -> int:
         """What stylize() adds to the process for an h x w picture when nothing
@@ -132,6 +132,8 @@ class Stylizer:
 def _network(sd: dict, source: str):
     """The network of a state dict: an AnimeGANv2 Generator, or the layers of
     another family the engine runs (recognised from its keys)."""
+    if "b1.2.sep_s2.dw.weight" in sd:
+        raise weights.WeightsError(f"{source}: AnimeGAN (v1) weights; the strip engine does not run that family yet")
     if any(k in sd for k in FAMILY_MARKERS):
         try:
             return layers_for(sd)

@@ -15,18 +15,16 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from ..errors import Cancelled  # the batch's signal: the engine raises it
 from .bands import Band
 from .cpu import Cores, bound_malloc, resolve_precision, trim_malloc
 from .families import layers_for
 from .layers import Layer, layer_dtype
+from .norms import norm_affine
 from .pictures import PictureSink, PictureSource, TensorSource
 from .plan import Geometry, Plan, best_plan, padded_size, pass_units
 from .rows import CL, BlockPool, Scratch
-from .norms import norm_affine
 from .stored import Image, Stored, Tracker
-
-
-from ..errors import Cancelled  # noqa: E402  (the batch's signal: the engine raises it)
 
 
 class Rendered(NamedTuple):
