@@ -112,10 +112,19 @@ class Sizes:
         rows = self.stream_strip[i] - 1 + self.in_rows(i + 1, reader)
         for j, L in enumerate(self.layers):
             if L.residual == i:
-                rows += sum(self.stream_strip[k] for k in range(i + 1, j + 1))
+                rows += sum(self._lag(i, k) for k in range(i + 1, j + 1))
         row = self.row_bytes(i)
         per_block = max(1, WINDOW_BYTES // row)
         return (rows // per_block + 1) * max(WINDOW_BYTES, row)  # whole blocks (Pages)
+
+    def _lag(self, i: int, k: int) -> int:
+        """Rows of layer i that layer k's strip and halo hold back, in layer
+        i's rows: a row of a layer at 1/16 of the resolution stands for 16 of a
+        full-resolution skip (a U-Net's skip waits for the whole way down and up)."""
+        scale = self.shapes[i].h / self.shapes[k].h
+        if scale == 1:
+            return self.stream_strip[k]
+        return math.ceil((self.stream_strip[k] + self.layers[k].kernel) * scale)
 
     def scratch(self, i) -> int:
         """A worker's scratch for one strip of layer i (see Scratch)."""
