@@ -106,7 +106,7 @@ def fraction(mp_per_s: float) -> float:
 
 
 def mb(n: int) -> str:
-    return f"{n / 2**20:6.0f} MB"
+    return f"{n / 2**20:6.0f} MiB"
 
 
 def speed(tmp: Path, runs: int, extra: list[str]) -> None:
