@@ -54,7 +54,8 @@ def fidelity(styles: list[str]) -> None:
     from anime_cli.stylize import Stylizer
 
     print("fidelity: the strip engine against one eager float32 pass of the style's module (PSNR, dB)")
-    print(f"  {'style':10s} {'picture':18s} {'bf16':>7s} {'fp32':>7s} {'fp32 streamed':>14s}")
+    print("  (least memory: the budget of min_bytes, a stream plan whose stored layers may be kept in 8 bits)")
+    print(f"  {'style':10s} {'picture':18s} {'bf16':>7s} {'fp32':>7s} {'fp32 least memory':>18s}")
     for style in styles:
         module = models.load_style(style)
         runs = {p: Stylizer.from_style(style, precision=p) for p in ("bf16", "fp32")}
@@ -62,7 +63,7 @@ def fidelity(styles: list[str]) -> None:
             ref = models.render_rgb(module, rgb)
             got = [psnr(runs["bf16"].stylize(rgb), ref), psnr(runs["fp32"].stylize(rgb), ref),
                    psnr(runs["fp32"].stylize(rgb, budget_bytes=runs["fp32"].min_bytes(*rgb.shape[:2])), ref)]
-            print(f"  {style:10s} {label:18s} " + " ".join(f"{v:7.1f}" for v in got[:2]) + f" {got[2]:14.1f}",
+            print(f"  {style:10s} {label:18s} " + " ".join(f"{v:7.1f}" for v in got[:2]) + f" {got[2]:18.1f}",
                   flush=True)
     print()
 
