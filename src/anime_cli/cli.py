@@ -27,12 +27,13 @@ except ImportError:
 
 from .download import TIMEOUT_S
 from .errors import AnimeCliError
-from .options import (DEFAULT_CRF, DEFAULT_FACE_SIZE, DEFAULT_MAX_FRAMES, VIDEO_FACE_SIZE, DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE,
-                      DEFAULT_MEMORY_LIMIT, DEFAULT_OUTPUT, DEFAULT_QUALITY, DEFAULT_STYLE, FORMATS, PRECISIONS,
-                      format_bytes, format_count, parse_bytes, parse_choice, parse_count)
+from .options import (DEFAULT_CRF, DEFAULT_FACE_SIZE, DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_FRAMES, DEFAULT_MAX_PIXELS,
+                      DEFAULT_MAX_SIDE, DEFAULT_MEMORY_LIMIT, DEFAULT_OUTPUT, DEFAULT_QUALITY, DEFAULT_STYLE, FORMATS,
+                      PRECISIONS, VIDEO_FACE_SIZE, format_bytes, format_count, parse_bytes, parse_choice, parse_count)
 
 # torch (through weights/stylize) is imported only once a command runs, after main()
 # has taken over the signals: an early Ctrl-C exits 130 instead of a traceback.
+
 
 class _OneLine(UsageError):
     """A usage error shown as one line that names the option (Click's own
