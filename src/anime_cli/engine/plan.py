@@ -92,9 +92,10 @@ class Sizes:
 
     def compactable(self, i) -> bool:
         """Whether layer i may be stored in 8 bits: not a residual layer (its
-        fold adds the skip in place), the output, nor attention logits."""
+        fold adds the skip in place), the output, attention logits, nor a layer
+        its family keeps in its precision."""
         L = self.layers[i]
-        return L.residual is None and not L.tanh and L.norm != "softmax"
+        return L.eight_bit and L.residual is None and not L.tanh and L.norm != "softmax"
 
     def row_bytes(self, i) -> int:
         s = self.shapes[i]
