@@ -585,3 +585,77 @@ def test_a_stylizer_runs_v3_from_its_weights_file(v3, photos, tmp_path):
     torch.save({**sd, "extra.weight": torch.zeros(1)}, tmp_path / "odd.pt")
     with pytest.raises(WeightsError, match="unknown layout"):
         Stylizer.from_weights(tmp_path / "odd.pt")
+
+
+# -- AnimeGAN v1 (paprika) ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def paprika():
+    """The state dict, its eager module (models.animeganv1, whole picture, float32) and its layers."""
+    from anime_cli import models
+    from anime_cli.engine.families import layers_for
+    from helpers import SHARED
+
+    path = SHARED / "weights" / "animeganv1_paprika.pt"
+    if not path.is_file():
+        pytest.fail(f"{path} not found")
+    sd = torch.load(path, weights_only=True)
+    return sd, models.load(sd, family="animeganv1"), layers_for(sd)
+
+
+def v1_reference(module, rgb: np.ndarray) -> np.ndarray:
+    """The eager module on the picture padded at the right and bottom to multiples of 4, cropped back."""
+    h, w = rgb.shape[:2]
+    padded = torch.nn.functional.pad(tensor(rgb), (0, -w % 4, 0, -h % 4), mode="reflect")
+    with torch.inference_mode():
+        y = module(padded)[0, :, :h, :w]
+    return y.add(1.0).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def test_v1_is_exact_on_every_plan(paprika, monkeypatch, photos):
+    """float32: whatever is stored or recomputed, in strips of a few rows
+    (band edges inside the Down blocks' branch and its every-second-pixel
+    input), and the least-memory stream plan, give the eager module's output."""
+    monkeypatch.setattr(planning, "STRIP_BYTES", 64 << 10)
+    monkeypatch.setattr(planning, "STREAM_BYTES", 32 << 10)
+    sd, module, layers = paprika
+    engine = tiles.Engine(layers, threads=2, precision="fp32")
+    x = tensor(load_rgb(photos / "astronaut.png")[40:120, 100:204])  # 80 x 104
+    with torch.inference_mode():
+        ref = module(x)
+    least = engine.make_plan(80, 104, 0)
+    assert least.name == "stream"
+    for plan in random_plans(engine, 80, 104, count=3) + [least]:
+        assert (engine.run(x, plan=plan) - ref).abs().max().item() < 1e-4, sorted(plan.stored)
+
+
+@pytest.mark.parametrize("name", ["portrait", "coffee.png"])
+def test_v1_bf16_and_odd_sizes(paprika, photos, name):
+    """Any size (padded at the right and bottom to multiples of 4, then
+    cropped): fp32 within 80 dB and bf16 within 45 dB of the eager float32
+    module, no seams."""
+    _, module, layers = paprika
+    rgb = portrait(photos, 200)[:197, :183] if name == "portrait" else load_rgb(photos / name)[:205, :301]
+    ref = v1_reference(module, rgb)
+    for precision, db in (("fp32", 80), ("bf16", 45)):
+        out = tiles.Engine(layers, threads=2, precision=precision).stylize(rgb)
+        assert psnr(out, ref) >= db, precision
+        assert_no_seam(out, ref)
+
+
+def test_a_stylizer_runs_v1_by_name_and_from_its_weights_file(paprika, photos, tmp_path):
+    from anime_cli.stylize import Stylizer
+    from anime_cli.weights import WeightsError
+    from helpers import SHARED
+
+    sd, module, _ = paprika
+    rgb = load_rgb(photos / "rocket.jpg")[:122, :178]
+    ref = v1_reference(module, rgb)
+    for st in (Stylizer.from_style("paprika", threads=2),
+               Stylizer.from_weights(SHARED / "weights" / "animeganv1_paprika.pt", threads=2)):
+        assert psnr(st.stylize(rgb), ref) >= 45 and st.engine.multiple == 4
+    assert st.min_bytes(3000, 4000) < st.fastest_bytes(3000, 4000)
+    torch.save({**sd, "extra.weight": torch.zeros(1)}, tmp_path / "odd.pt")
+    with pytest.raises(WeightsError, match="unknown layout"):
+        Stylizer.from_weights(tmp_path / "odd.pt")

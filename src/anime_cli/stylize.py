@@ -132,8 +132,6 @@ class Stylizer:
 def _network(sd: dict, source: str):
     """The network of a state dict: an AnimeGANv2 Generator, or the layers of
     another family the engine runs (recognised from its keys)."""
-    if "b1.2.sep_s2.dw.weight" in sd:
-        raise weights.WeightsError(f"{source}: AnimeGAN (v1) weights; the strip engine does not run that family yet")
     if any(k in sd for k in FAMILY_MARKERS):
         try:
             return layers_for(sd)

@@ -80,7 +80,7 @@ class LayerNode:
     # -- computing --------------------------------------------------------------
     def _produce(self, r0, r1):
         self.run.check()  # a streaming band can take seconds: look at every strip
-        src, scratch = self.band.nodes[self.index - 1], self.band.scratch
+        src, scratch = self.band.nodes[self.geo.src[self.index]], self.band.scratch
         a, b = self.geo.input_rows(self.index, r0, r1)
         va, vb = max(a, 0), min(b, self.in_shape.h)
         s0, s1 = self.geo.source_rows(self.index, va, vb)
@@ -106,7 +106,7 @@ class LayerNode:
 
     def _gather(self, src, a, b, va, vb, s0, s1) -> torch.Tensor:
         """The padded input block [a, b) (rows [va, vb) real, the rest
-        reflected), activated and upsampled as the layer reads it."""
+        reflected), activated and upsampled (or halved) as the layer reads it."""
         L, ins, scratch = self.L, self.in_shape, self.band.scratch
         pl, pr = L.pad[0], L.pad[1]
         x = scratch.take(ins.c, b - a, ins.w + pl + pr, self.dtype)
@@ -120,6 +120,10 @@ class LayerNode:
             else:
                 torch._C._nn.upsample_bilinear2d(t, [up.shape[2], up.shape[3]], False, 2.0, 2.0, out=up)
             inner.copy_(up[:, :, va - 2 * s0 : vb - 2 * s0])
+        elif L.half:  # TensorFlow's legacy x0.5 of an even side: rows and columns 0, 2, 4 ...
+            t = scratch.take(ins.c, s1 - s0, self.src_shape.w, self.dtype)
+            src.read(s0, s1, t)
+            inner.copy_(t[:, :, ::2, ::2])
         else:
             src.read(va, vb, inner)
         _reflect_rows(x, va - a, vb - a)

@@ -39,6 +39,11 @@ class Layer:
     lade: torch.Tensor | None = None  # LADE's 1x1 conv, OIHW
     act_after_skip: bool = False  # add the skip between the norm and the activation
     exact: bool = False  # float32 whatever the precision (attention logits: exp() magnifies rounding)
+    # The layer whose output this one reads (None: the previous one). A branch (AnimeGAN v1's Down: two
+    # convs of one input) reads an earlier layer; readers always come after what they read.
+    source: int | None = None
+    half: bool = False  # the input is every second row and column of the source (TF's legacy x0.5)
+    eight_bit: bool = True  # may be stored in 8 bits (plan.Sizes.compactable)
 
     @property
     def cin(self) -> int:
@@ -47,6 +52,11 @@ class Layer:
     @property
     def cout(self) -> int:
         return self.weight.shape[0]
+
+
+def sources(layers: list[Layer]) -> list[int]:
+    """The index of the layer each layer reads (-1: the image)."""
+    return [j - 1 if L.source is None else L.source for j, L in enumerate(layers)]
 
 
 def flatten(g: Generator) -> list[Layer]:

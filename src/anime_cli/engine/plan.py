@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .layers import layer_dtype
+from .layers import layer_dtype, sources
 
 STRIP_BYTES = 4 << 20  # target size of a pass's strips (input or output block): cache-sized
 STREAM_BYTES = 1 << 20  # the same for layers that stream: their windows add up along a chain
@@ -46,22 +46,27 @@ class Sizes:
         self.dtypes = [layer_dtype(precision, i, L) for i, L in enumerate(layers)]
         # rows are kept (stored or streamed) in the layer's own precision
         self.store = list(self.dtypes)
+        self.src = sources(layers)  # the layer each layer reads (-1: the image)
         self.shapes, self.in_shapes = [], []
-        prev = Shape(h, w, 3)
-        for L in layers:
-            ih, iw = (prev.h * 2, prev.w * 2) if L.upsample else (prev.h, prev.w)
+        for j, L in enumerate(layers):
+            prev = self.shapes[self.src[j]] if self.src[j] >= 0 else Shape(h, w, 3)
+            if L.upsample:
+                ih, iw = prev.h * 2, prev.w * 2
+            elif L.half:  # every second row and column from 0 (the network's multiple keeps the source even)
+                ih, iw = prev.h // 2, prev.w // 2
+            else:
+                ih, iw = prev.h, prev.w
             pl, pr, pt, pb = L.pad
             out = Shape((ih + pt + pb - L.kernel) // L.stride + 1, (iw + pl + pr - L.kernel) // L.stride + 1, L.cout)
             self.in_shapes.append(Shape(ih, iw, L.cin))
             self.shapes.append(out)
-            prev = out
         self.strip = [self._strip_rows(i, STRIP_BYTES) for i in range(len(layers))]
         self.stream_strip = [self._strip_rows(i, STREAM_BYTES) for i in range(len(layers))]
 
     def _strip_rows(self, i, nbytes) -> int:
         s, si, L = self.shapes[i], self.in_shapes[i], self.layers[i]
         item = self.dtypes[i].itemsize
-        per_row = max(s.w * s.c, L.stride * si.w * si.c) * item
+        per_row = max(s.w * s.c, L.stride * si.w * si.c * (4 if L.half else 1)) * item
         return max(1, min(s.h, nbytes // per_row))
 
     def flops(self, i) -> float:
@@ -87,29 +92,34 @@ class Sizes:
 
     def compactable(self, i) -> bool:
         """Whether layer i may be stored in 8 bits: not a residual layer (its
-        fold adds the skip in place), the output, nor attention logits."""
+        fold adds the skip in place), the output, attention logits, nor a layer
+        its family keeps in its precision."""
         L = self.layers[i]
-        return L.residual is None and not L.tanh and L.norm != "softmax"
+        return L.eight_bit and L.residual is None and not L.tanh and L.norm != "softmax"
 
     def row_bytes(self, i) -> int:
         s = self.shapes[i]
         return s.w * s.c * self.store[i].itemsize
 
     def in_rows(self, i, rows) -> int:
-        """Rows of layer i-1 that one strip of `rows` rows of layer i reads."""
+        """Rows of layer i's source that one strip of `rows` rows of layer i reads."""
         L = self.layers[i]
         n = (rows - 1) * L.stride + L.kernel
-        return n // 2 + 3 if L.upsample else n
+        if L.upsample:
+            return n // 2 + 3
+        return 2 * n if L.half else n
 
-    def window(self, i, feeds_target: bool = False) -> int:
-        """Bytes a streaming layer keeps: the rows its reader's next strip
-        reads (big strips if the reader is the pass's target), one strip of
-        its own made ahead, and for a block's input the rows between the
+    def window(self, i, target: int | None = None) -> int:
+        """Bytes a streaming layer keeps: the rows its readers' next strips
+        read (big strips for a reader that is the pass's `target`), one strip
+        of its own made ahead, and for a block's input the rows between the
         block's first layer and the skip that reads them last."""
-        if i + 1 >= len(self.layers):  # the output layer: its rows go straight to the sink
+        readers = [j for j, s in enumerate(self.src) if s == i]
+        if not readers:  # the output layer: its rows go straight to the sink
             return 0
-        reader = self.strip[i + 1] if feeds_target else self.stream_strip[i + 1]
-        rows = self.stream_strip[i] - 1 + self.in_rows(i + 1, reader)
+        rows = self.stream_strip[i] - 1
+        for j in readers:  # a branch's readers each hold their own rows (summed: they need not be in step)
+            rows += self.in_rows(j, self.strip[j] if j == target else self.stream_strip[j])
         for j, L in enumerate(self.layers):
             if L.residual == i:
                 rows += sum(self._lag(i, k) for k in range(i + 1, j + 1))
@@ -135,6 +145,8 @@ class Sizes:
         if L.upsample:  # source rows, and their x2
             src_rows = min(in_rows // 2 + 4, si.h // 2)
             total += src_rows * (si.w // 2) * si.c * item + 2 * src_rows * si.w * si.c * item
+        if L.half:  # source rows, every second one kept
+            total += min(2 * in_rows, 2 * si.h) * (2 * si.w) * si.c * item
         out = rows * s.w * s.c
         total += out * 4  # float32 copy for the statistics
         if L.residual is not None:
@@ -152,8 +164,9 @@ class Geometry(Sizes):
     """Sizes, and which rows of which layers each computation reads: the
     layers a pass computes, the rows each band of it needs."""
     def src_shape(self, j: int) -> Shape:
-        """The shape of what layer j reads: the previous layer's output, or the image."""
-        return self.shapes[j - 1] if j > 0 else Shape(self.h, self.w, 3)
+        """The shape of what layer j reads: its source layer's output, or the image."""
+        s = self.src[j]
+        return self.shapes[s] if s >= 0 else Shape(self.h, self.w, 3)
 
     def input_rows(self, j: int, r0: int, r1: int) -> tuple[int, int]:
         """Rows [a, b) of layer j's (upsampled, unpadded) input read by its
@@ -162,11 +175,14 @@ class Geometry(Sizes):
         return r0 * L.stride - L.pad[2], (r1 - 1) * L.stride + L.kernel - L.pad[2]
 
     def source_rows(self, j: int, va: int, vb: int) -> tuple[int, int]:
-        """Source rows behind input rows [va, vb): the same, or for the x2
-        upsampling one more source row on each side (torch's bilinear blends
+        """Source rows behind input rows [va, vb): the same; for a half input
+        (every second row) rows 2*va .. 2*(vb-1); or for the x2 upsampling
+        one more source row on each side (torch's bilinear blends
         rows floor(u/2)-1 .. floor(u/2)+1; at the image's edges interpolate's
         clamping is the true behaviour)."""
         up = self.layers[j].upsample
+        if self.layers[j].half:  # input row u is source row 2u
+            return 2 * va, 2 * vb - 1
         if not up:
             return va, vb
         # TensorFlow's legacy x2 reads source rows floor(u/2) and the one after
@@ -182,13 +198,13 @@ class Geometry(Sizes):
         and its skip unless j is the target (the target's statistics are taken
         before the skip is added; a stored target adds it in its fold)."""
         r = self.layers[j].residual
-        return [j - 1] + ([r] if r is not None and j != target else [])
+        return [self.src[j]] + ([r] if r is not None and j != target else [])
 
     def readers(self, node: int, chain, target: int) -> list[int]:
         """Reader keys of `node` among the layers computed in a pass (see skip_key)."""
         keys = []
         for j in chain:
-            if j == node + 1:
+            if self.src[j] == node:
                 keys.append(j)
             if self.layers[j].residual == node and j != target:
                 keys.append(skip_key(j))
@@ -274,6 +290,8 @@ class Planner:
     sum_i flops(c+1..i); the last segment ends at the output layer. A residual
     block's skip input must be stored if any layer inside the block is (its
     fold and its readers need the skip's rows after they have streamed by).
+    A branch (a layer j reading an earlier layer s than j-1) is such a block
+    too: storing a layer in (s, j] means storing s, which j reads later.
     """
 
     def __init__(self, geo: Geometry, compact: bool = False):
@@ -284,14 +302,17 @@ class Planner:
         # values held in 8 bits, per layer (what encoding and decoding cost scales with)
         self.values = [s.h * s.w * s.c if compact and geo.compactable(i) else 0 for i, s in enumerate(geo.shapes)] + [0]
         self.blocks = [(L.residual, j) for j, L in enumerate(layers) if L.residual is not None]
+        self.blocks += [(s, j) for j, s in enumerate(geo.src) if s != j - 1]
+        self.src = geo.src
         cum = np.concatenate([[0.0], np.cumsum([geo.flops(i) for i in range(self.n)])])
         self.cum = cum  # cum[i + 1] = flops of layers 0..i
         self.total = cum[-1]
         self.work = [geo.work(i) for i in range(self.n)]
         self.stream_work = [geo.work(i, target=False) for i in range(self.n)]
         self.scratch = geo.workers * max(geo.scratch(i) for i in range(self.n))  # made once a run
-        window = [geo.window(i) for i in range(self.n)]
-        self.feeder = [geo.window(i, feeds_target=True) for i in range(self.n)]
+        window = self.window = [geo.window(i) for i in range(self.n)] + [0]
+        # the window of each layer's source when that layer is a pass's target (its big strips)
+        self.feeder = [geo.window(s, target=i) if s >= 0 else 0 for i, s in enumerate(geo.src)]
         self.windows = np.concatenate([[0], np.cumsum(window)])  # windows[j] = sum of window[:j]
         self.slack = [2 * geo.strip[i] * geo.row_bytes(i) for i in range(self.n)]
         self.segments = {
@@ -311,11 +332,14 @@ class Planner:
         cost = sum(self._chain_flops(c, i) for i in passes)
         if self.compact:  # 8-bit codes: made once, read by every pass of the segment
             cost += DECODE_FLOPS * self.values[c] * len(passes) + (0 if k is None else ENCODE_FLOPS * self.values[k])
-        # Pass i streams layers c+1 .. i-1 (the last of them feeding the target i);
-        # every worker has its own windows and temporaries.
+        # Pass i streams layers c+1 .. i-1 (at most: a branch skips some), its source
+        # feeding the target i; every worker has its own windows and temporaries.
         kept = 0
         for i in passes:
-            windows = self.windows[max(i - 1, c + 1)] - self.windows[c + 1] + (self.feeder[i - 1] if i - 1 > c else 0)
+            s = self.src[i]
+            windows = self.windows[i] - self.windows[c + 1] if i > c + 1 else 0
+            if s > c:
+                windows += self.feeder[i] - self.window[s]
             temps = max([self.work[i]] + [self.stream_work[j] for j in range(c + 1, i)])
             kept = max(kept, geo.workers * int(windows + temps))
         target = 0 if k is None else self.size[k]
