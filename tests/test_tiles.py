@@ -22,7 +22,7 @@ from anime_cli import engine as tiles
 from anime_cli.engine import plan as planning
 from anime_cli.model import load_generator
 from anime_cli.weights import load
-from helpers import SAMPLES, load_rgb, psnr
+from helpers import SAMPLES, load_rgb, psnr, untiled
 
 
 @pytest.fixture(scope="module")
@@ -38,26 +38,6 @@ def fp32(generator):
 @pytest.fixture(scope="module")
 def bf16(generator):
     return tiles.Engine(generator, threads=2, precision="bf16")
-
-
-def pad_to_multiple(x: torch.Tensor, m: int) -> torch.Tensor:
-    """Pad right and bottom to multiples of m, as the engine does without copying:
-    reflection, or replication where the picture is too small to reflect."""
-    h, w = x.shape[-2:]
-    ph, pw = -h % m, -w % m
-    if ph == 0 and pw == 0:
-        return x
-    mode = "reflect" if ph < h and pw < w else "replicate"
-    return torch.nn.functional.pad(x, (0, pw, 0, ph), mode=mode)
-
-
-def untiled(generator, rgb: np.ndarray) -> np.ndarray:
-    """What the plain generator makes of an RGB picture (the old Stylizer)."""
-    h, w = rgb.shape[:2]
-    x = torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float().div_(127.5).sub_(1.0)
-    with torch.inference_mode():
-        y = generator(pad_to_multiple(x, 4))[0, :, :h, :w]
-        return y.add(1.0).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
 
 
 def portrait(photos, size=512) -> np.ndarray:
