@@ -69,9 +69,10 @@ class Run:
 
 def measure(cmd: list[str], log_file: Path | None = None) -> Run:
     """Wall time and peak RSS of a whole process. anime-cli resets its own
-    high-water mark per file (so getrusage misses earlier peaks): the peak is
-    the largest of getrusage, a 5 ms sampler of VmRSS, and the log's per-file
-    peaks."""
+    high-water mark per file (so getrusage misses earlier peaks), and a forked
+    child's ru_maxrss counts the parent's pages before exec (a bench process
+    that ran models itself would pollute it): the peak is the largest of a
+    5 ms sampler of the process's VmRSS after exec and the log's per-file peaks."""
     if log_file is not None and log_file.exists():
         log_file.unlink()
     t0 = time.perf_counter()
@@ -91,13 +92,13 @@ def measure(cmd: list[str], log_file: Path | None = None) -> Run:
 
     threading.Thread(target=sample, daemon=True).start()
     stderr = p.stderr.read()
-    _, status, usage = os.wait4(p.pid, 0)
+    _, status, _ = os.wait4(p.pid, 0)
     seconds = time.perf_counter() - t0
     p.returncode = os.waitstatus_to_exitcode(status)
     if p.returncode != 0:
         sys.exit(f"failed ({p.returncode}): {' '.join(cmd)}\n{stderr.decode(errors='replace')[-2000:]}")
     log = [json.loads(line) for line in log_file.read_text().splitlines()] if log_file else []
-    peak = max([usage.ru_maxrss * 1024, sampled[0]] + [int((r.get("peak_rss_mb") or 0) * 2**20) for r in log])
+    peak = max([sampled[0]] + [int((r.get("peak_rss_mb") or 0) * 1e6) for r in log])
     return Run(seconds, peak, log)
 
 
