@@ -18,9 +18,9 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from . import weights
+from . import models, weights
 from .engine import Cores, Engine, Rendered
-from .engine.families import FAMILY_MARKERS, layers_for
+from .engine.families import layers_for
 from .model import load_generator
 
 Progress = Callable[[int], None]
@@ -132,7 +132,11 @@ class Stylizer:
 def _network(sd: dict, source: str):
     """The network of a state dict: an AnimeGANv2 Generator, or the layers of
     another family the engine runs (recognised from its keys)."""
-    if any(k in sd for k in FAMILY_MARKERS):
+    try:
+        family = models.family_of(sd)
+    except weights.WeightsError:
+        family = None  # the AnimeGANv2 loader says what is wrong with it
+    if family not in (None, "animeganv2"):
         try:
             return layers_for(sd)
         except (KeyError, ValueError) as e:

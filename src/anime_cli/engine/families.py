@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import WeightsError
 from .layers import Layer, flatten
 
 
@@ -57,39 +58,31 @@ def v3_tiny_keys(layers: list[Layer]) -> set[str]:
 
 
 # keys only AnimeGANv3 tiny's, AnimeGANv3's, AnimeGAN (v1)'s state dicts have
-FAMILY_MARKERS = ("main.12.weight", "ea.mk.weight", "b1.2.sep_s2.dw.weight")
-
-
 def layers_for(network) -> list[Layer]:
     """The engine's layers for a network: a list of layers as it is, an
     AnimeGANv2 Generator, or a module or state dict of another family the
-    engine runs (recognised from its keys). ValueError for anything else."""
+    engine runs (recognised from its keys, as models.family_of does).
+    ValueError for anything else."""
     from ..model import Generator
+    from ..models import FAMILIES, family_of
 
     if isinstance(network, list):
         return network
     if isinstance(network, Generator):
         return flatten(network)
     sd = network.state_dict() if isinstance(network, torch.nn.Module) else network
-    if "main.12.weight" in sd:
-        layers = v3_tiny_layers(sd)
-        extra = set(sd) - v3_tiny_keys(layers)
-        if extra:
-            raise ValueError(f"not an AnimeGANv3 tiny generator: unexpected keys {sorted(extra)[:3]}")
-        return layers
-    if "b1.2.sep_s2.dw.weight" in sd:
-        layers = v1_layers(sd)
-        extra = set(sd) - v1_keys(sd)
-        if extra:
-            raise ValueError(f"not an AnimeGAN (v1) generator: unexpected keys {sorted(extra)[:3]}")
-        return layers
-    if "ea.mk.weight" in sd:
-        layers = v3_layers(sd)
-        extra = set(sd) - V3_KEYS
-        if extra:
-            raise ValueError(f"not an AnimeGANv3 generator: unexpected keys {sorted(extra)[:3]}")
-        return layers
-    raise ValueError(f"{type(network).__name__}: not a generator family the strip engine runs")
+    try:
+        family = family_of(sd)
+    except WeightsError:
+        family = None
+    if family not in _LAYERS:
+        raise ValueError(f"{type(network).__name__}: not a generator family the strip engine runs")
+    build, keys = _LAYERS[family]
+    layers = build(sd)
+    extra = set(sd) - keys(sd, layers)
+    if extra:
+        raise ValueError(f"not an {FAMILIES[family].title} generator: unexpected keys {sorted(extra)[:3]}")
+    return layers
 
 
 def _lade(sd, key, stride=1, **kw) -> Layer:
@@ -193,3 +186,11 @@ def v1_keys(sd) -> set[str]:
     reading = _Reading(sd)
     v1_layers(reading)
     return reading.read
+
+
+# family (models.FAMILIES) -> (its layer list, the keys that list reads)
+_LAYERS = {
+    "animeganv3": (v3_layers, lambda sd, layers: V3_KEYS),
+    "animeganv3-tiny": (v3_tiny_layers, lambda sd, layers: v3_tiny_keys(layers)),
+    "animeganv1": (v1_layers, lambda sd, layers: v1_keys(sd)),
+}
