@@ -420,15 +420,21 @@ def v3_tiny_eager(sd, x):
     return torch.tanh(c("main.12", y))
 
 
+def shared_weights(name: str) -> dict:
+    """A state dict from ../shared/weights (the tests compare against its README's layer lists)."""
+    from helpers import SHARED
+
+    path = SHARED / "weights" / f"{name}.pt"
+    if not path.is_file():
+        pytest.fail(f"{path} not found")
+    return torch.load(path, weights_only=True)
+
+
 @pytest.fixture(scope="module")
 def cute():
     from anime_cli.engine.families import v3_tiny_layers
-    from helpers import SHARED
 
-    path = SHARED / "weights" / "animeganv3_tiny_cute.pt"
-    if not path.is_file():
-        pytest.fail(f"{path} not found")
-    sd = torch.load(path, weights_only=True)
+    sd = shared_weights("animeganv3_tiny_cute")
     return sd, v3_tiny_layers(sd)
 
 
@@ -517,9 +523,8 @@ def v3_eager(sd, x):
 @pytest.fixture(scope="module", params=["animeganv3_shinkai37", "animeganv3_hayao36"])
 def v3(request):
     from anime_cli.engine.families import layers_for
-    from helpers import SHARED
 
-    sd = torch.load(SHARED / "weights" / f"{request.param}.pt", weights_only=True)
+    sd = shared_weights(request.param)
     return sd, layers_for(sd)
 
 
@@ -575,12 +580,8 @@ def paprika():
     """The state dict, its eager module (models.animeganv1, whole picture, float32) and its layers."""
     from anime_cli import models
     from anime_cli.engine.families import layers_for
-    from helpers import SHARED
 
-    path = SHARED / "weights" / "animeganv1_paprika.pt"
-    if not path.is_file():
-        pytest.fail(f"{path} not found")
-    sd = torch.load(path, weights_only=True)
+    sd = shared_weights("animeganv1_paprika")
     return sd, models.load(sd, family="animeganv1"), layers_for(sd)
 
 
