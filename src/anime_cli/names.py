@@ -17,10 +17,10 @@ specs, so a pattern cannot reach into Python objects or build huge strings.
 
 from __future__ import annotations
 
-import itertools
 import os
 import string
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Iterator
 
 from PIL import Image
 
@@ -134,29 +134,30 @@ class Names:
     def claim(self, job, fmt: str | None, size: tuple[int, int], suffix: str | None = None) -> Path:
         """The output path of `job`, written as Pillow format `fmt` (or with
         `suffix`, for a video) at `size` (w, h)."""
-        name = render(self.pattern, job.rel.name, fmt, self.style, size, suffix)
-        dest = self.output_dir / job.rel.with_name(name)
+        rel = job.rel.with_name(render(self.pattern, job.rel.name, fmt, self.style, size, suffix)).as_posix()
         if self.store is not None and job.path is not None:
             # the name this input had in earlier runs, else one no other input owns
             from .store import input_key
 
-            rel = lambda p: p.relative_to(self.output_dir).as_posix()  # noqa: E731
-            others = itertools.islice(self.alternatives(dest, job.rel.suffix), 10_000)
-            got = self.store.claim(input_key(job.path), rel(dest), map(rel, others))
-            dest = self.output_dir / got
-        elif dest in self.claimed and self.claimed[dest] != job.input:
-            dest = next(c for c in self.alternatives(dest, job.rel.suffix) if c not in self.claimed)
+            rel = self.store.claim(input_key(job.path), rel, alternatives(rel, job.rel.suffix))
+        elif self.claimed.get(self.output_dir / rel, job.input) != job.input:
+            rel = next(c for c in alternatives(rel, job.rel.suffix) if self.output_dir / c not in self.claimed)
+        dest = self.output_dir / rel
         if real_path(dest) in self.inputs or (job.path is not None and same_file(dest, job.path)):
             raise OutputError(f"{job.input}: output {dest} would overwrite an input file; choose another -o")
         self.claimed[dest] = job.input
         return dest
 
-    @staticmethod
-    def alternatives(dest: Path, src_suffix: str):
-        """Other names for `dest`, in the order they are tried."""
-        stem, suffix = dest.stem, dest.suffix
-        src_ext = src_suffix.lstrip(".").lower()
-        if src_ext and f".{src_ext}" != suffix.lower():
-            yield dest.with_name(fit(stem, f"_{src_ext}{suffix}"))
-        for n in range(2, 100_000):
-            yield dest.with_name(fit(stem, f"_{n}{suffix}"))
+
+def alternatives(rel: str, source_suffix: str) -> Iterator[str]:
+    """The names an output (a '/'-separated path) falls back to when another
+    input owns it, in the order they are tried: the source's suffix added
+    (photo.png -> photo_gif.png for photo.gif), then _2, _3, ...; each kept
+    under NAME_MAX bytes by shortening the stem."""
+    p = PurePosixPath(rel)
+    stem, suffix = p.stem, p.suffix
+    src = source_suffix.lstrip(".").lower()
+    if src and f".{src}" != suffix.lower():
+        yield str(p.with_name(fit(stem, f"_{src}{suffix}")))
+    for n in range(2, 10_000):
+        yield str(p.with_name(fit(stem, f"_{n}{suffix}")))

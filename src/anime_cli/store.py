@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from .errors import OutputError
+from .names import alternatives as name_candidates  # noqa: F401  (the one order of fallback names)
 from .output import cut_name
 
 DB_NAME = ".anime-cli.sqlite"
@@ -214,23 +215,6 @@ class _Immediate:
 
     def __exit__(self, exc_type, exc, tb):
         self.db.execute("ROLLBACK" if exc_type else "COMMIT")
-
-
-def name_candidates(rel: str, source_suffix: str):
-    """`rel` (the wanted output path, '/'-separated) and the names it falls back
-    to when another input owns it, as pipeline._claim orders them: the source's
-    suffix added (photo.png -> photo_gif.png for photo.gif), then _2, _3, ..."""
-    head, _, name = rel.rpartition("/")
-    stem, dot, suffix = name.rpartition(".")
-    if not dot:
-        stem, suffix = name, ""
-    suffix = dot + suffix
-    src = source_suffix.lstrip(".").lower()
-    prefix = f"{head}/" if head else ""
-    if src and f".{src}" != suffix.lower():
-        yield f"{prefix}{stem}_{src}{suffix}"
-    for n in range(2, 10_000):
-        yield f"{prefix}{stem}_{n}{suffix}"
 
 
 def _is_uri(path: str) -> bool:
