@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from .decode import target_size
 from .errors import Cancelled
+from .telemetry import rss_bytes
 
 # What the process needs beyond the files' own reservations: encoder buffers,
 # the allocator's slack, Python's own churn.
@@ -28,8 +29,6 @@ def room(limit: int, share: int | None, picture: int) -> int | None:
     """What the network may add for a file: its reservation (share) less its
     own `picture` bytes when it shares the budget; alone (share None), what
     the limit leaves now. None: no limit."""
-    from .telemetry import rss_bytes
-
     if not limit:
         return None
     if share is not None:
@@ -37,7 +36,7 @@ def room(limit: int, share: int | None, picture: int) -> int | None:
     return max(0, limit - rss_bytes() - RESERVE)
 
 
-def face_decode_pixels(limit: int, share: int | None, room_now: int | None) -> int:
+def face_decode_pixels(share: int | None, room_now: int | None) -> int:
     """How many pixels of the original the face crops may decode."""
     if share is not None or room_now is None:
         return 10**12  # the file's reservation covers the whole original (see footprint)
@@ -126,8 +125,6 @@ def plan_only(conv, loaded) -> None:
     """A dry run's record: what converting would do, from the header alone
     (the output's path and size, the engine's plan, the peak it expects).
     Nothing is decoded; the probed file is closed."""
-    from .telemetry import rss_bytes
-
     rec, opts = loaded.record, conv.options
     if loaded.image is not None:
         loaded.image.close()

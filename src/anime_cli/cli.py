@@ -399,8 +399,7 @@ def _usage_line(e) -> str:
     msg = msg.removeprefix("Value error, ")
     param = getattr(e, "param", None)
     if isinstance(e, typer.BadParameter) and param is not None:
-        name = param.opts[0] if getattr(param, "opts", None) else param.human_readable_name
-        name = max(param.opts, key=len) if getattr(param, "opts", None) else name
+        name = max(param.opts, key=len) if getattr(param, "opts", None) else param.human_readable_name
         if msg.startswith(name):
             return safe(msg)
         return safe(f"{name} {msg}" if msg.startswith("must") else f"{name}: {msg}")

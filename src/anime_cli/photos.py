@@ -67,7 +67,7 @@ def stylize_photo(conv, loaded) -> np.ndarray:
 def _faces(conv, loaded, stylized: np.ndarray):
     opts, rgb = conv.options, loaded.decoded.rgb
     # crops come from the original file at the resolution they need, unless it changed since the probe
-    pixels = face_decode_pixels(opts.memory_limit, loaded.share, conv.budget(loaded))
+    pixels = face_decode_pixels(loaded.share, conv.budget(loaded))
     src = FileSource(loaded.reopen, loaded.probe, rgb, pixels,
                      identity=loaded.identity, path=loaded.job.path)
     kw = {"face_size": opts.face_px()}

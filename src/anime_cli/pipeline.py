@@ -129,9 +129,8 @@ class Converter:
         units = 0
         with self.peaks.active(loaded), recorded(loaded):
             with rec.stage("probe"):
-                source, nbytes = _source(job, self.options, self._stdin)
+                source, nbytes, kind = _source(job, self.options, self._stdin)
                 rec.input_bytes = nbytes
-                kind = sniff(source)
                 if kind is not None:  # a video or an animation: frame by frame (clips.py)
                     units = clips.open_clip(self, loaded, kind, source)
                     im = None
@@ -258,17 +257,21 @@ def recorded(loaded: Loaded, stage: str | None = None):
 
 
 def _source(job: Job, options: Options, stdin: bytes | None):
-    """What the probe reads: a path, or the bytes of stdin or a pipe. Videos
-    are streamed frame by frame, never held: --max-frames and --max-pixels
-    bound them, not --max-file-size."""
+    """(what the probe reads: a path, or the bytes of stdin or a pipe; its
+    size; its clip kind from sniff, None for a photo). Videos are streamed
+    frame by frame, never held: --max-frames and --max-pixels bound them,
+    not --max-file-size."""
     if job.path is None:
         if stdin is not None:
-            return probe.read_bytes(stdin, STDIN, options.max_file_size)
-        return probe.read_stdin(options.max_file_size)
-    limit = options.max_file_size
-    if job.path.is_file() and sniff(job.path) in VIDEO_KINDS:
-        limit = 1 << 62
-    return probe.read_source(job.path, limit)
+            source, n = probe.read_bytes(stdin, STDIN, options.max_file_size)
+        else:
+            source, n = probe.read_stdin(options.max_file_size)
+        return source, n, sniff(source)
+    kind = sniff(job.path) if job.path.is_file() else None  # a FIFO's bytes are sniffed once read
+    source, n = probe.read_source(job.path, 1 << 62 if kind in VIDEO_KINDS else options.max_file_size)
+    if isinstance(source, io.BytesIO):
+        kind = sniff(source)
+    return source, n, kind
 
 
 def reopener(source):
