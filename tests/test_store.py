@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from anime_cli.store import (DB_NAME, Inflight, Store, cache_key, file_sha256, input_key, is_store_file,
-                             name_candidates, place)
+from anime_cli.store import (DB_NAME, Inflight, Store, StoreError, cache_key, file_sha256, input_key,
+                             is_store_file, name_candidates, place)
 from helpers import make_photo
 
 
@@ -268,3 +268,28 @@ def test_cache_survives_moving_the_output_folder(tmp_path):
     (first).rename(tmp_path / "moved")
     with Store(tmp_path / "moved") as s:
         assert s.lookup("k") == str(tmp_path / "moved" / "sub" / "o.png")
+
+
+def _opener(folder: str, start, queue) -> None:
+    start.wait()
+    try:
+        Store(folder).close()
+        queue.put("ok")
+    except StoreError as e:
+        queue.put(str(e))
+
+
+def test_processes_creating_a_new_folders_database_together_all_open_it(tmp_path):
+    """Switching a new database to WAL makes SQLite answer "locked" at once to the
+    others; a run started beside another must not fail on it."""
+    ctx = mp.get_context("fork")
+    for i in range(10):
+        folder = tmp_path / str(i)
+        start, q = ctx.Barrier(6), ctx.Queue()
+        procs = [ctx.Process(target=_opener, args=(str(folder), start, q)) for _ in range(6)]
+        for p in procs:
+            p.start()
+        answers = [q.get(timeout=60) for _ in procs]
+        for p in procs:
+            p.join(30)
+        assert answers == ["ok"] * 6

@@ -30,6 +30,7 @@ import shutil
 import sqlite3
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -107,7 +108,7 @@ class Store:
             self._db.execute(f"PRAGMA busy_timeout = {_BUSY_MS}")
             # WAL: readers never block the writer. Where the filesystem cannot share
             # memory (NFS), SQLite keeps its rollback journal, still safe, only slower.
-            self._db.execute("PRAGMA journal_mode = WAL")
+            _when_free(lambda: self._db.execute("PRAGMA journal_mode = WAL"))
             self._db.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable at checkpoints, never corrupt
             with self._transaction():
                 for statement in _SCHEMA.split(";"):
@@ -215,6 +216,24 @@ class _Immediate:
 
     def __exit__(self, exc_type, exc, tb):
         self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _when_free(statement: Callable[[], object]) -> None:
+    """Run `statement`, retrying while another process holds the database.
+    Switching to WAL takes an exclusive lock and SQLite answers "database is
+    locked" at once instead of calling the busy handler, so two processes opening
+    a new folder's database together would see one of them fail."""
+    deadline = time.monotonic() + _BUSY_MS / 1000
+    pause = 0.001
+    while True:
+        try:
+            statement()
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
 
 
 def _is_uri(path: str) -> bool:
