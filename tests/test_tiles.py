@@ -255,6 +255,24 @@ def test_planner_fits_the_budget_and_prefers_less_recomputation(fp32):
     assert least.bytes < full.bytes
 
 
+def test_a_plan_nearly_as_fast_for_much_less_memory_is_taken(paprika):
+    """paprika at 1280 x 960 (the default size of a 4:3 photo): storing every
+    layer needs ~430 MiB; recomputing its cheap layers costs 5% more passes
+    and holds ~140 MiB less, which the planner takes. Never for 8-bit storage
+    (memory alone keeps fp32 exact), never beyond 10% more passes."""
+    from anime_cli.engine.plan import Planner
+
+    _, _, layers = paprika
+    for precision in ("fp32", "bf16"):
+        engine = tiles.Engine(layers, threads=2, precision=precision)
+        geo = engine.geometry(960, 1280)
+        strips = Planner(geo).plan(None)
+        plan = engine.make_plan(960, 1280, None)
+        assert strips.name == "strips" and plan.name == "stream" and not plan.compact
+        assert plan.passes <= 1.1 and plan.bytes <= strips.bytes - (100 << 20), plan.describe()
+        assert engine.make_plan(960, 1280, 700 << 20) == plan
+
+
 def test_default_threads_follow_affinity():
     import os
 
