@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from .layers import conv
 from .plan import WINDOW_BYTES, skip_key
 from .rows import Pages
 from .norms import LEAK, _norm, strip_statistics
@@ -90,7 +91,7 @@ class LayerNode:
         if r1 < self.limit:
             src.release(self.index, self.geo.needs(self.index, r1, r1 + 1)[0])
         w, bias = self.run.weights[self.index]
-        y = F.conv2d(x, w, bias, stride=self.L.stride, groups=self.L.groups)
+        y = conv(x, w, bias, stride=self.L.stride, groups=self.L.groups)
         y32 = None
         if self.kind != "stream" and self.L.norm is not None:
             y32 = self._accumulate(y)

@@ -9,6 +9,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .layers import conv
 from .rows import _flat
 
 LEAK = 0.2
@@ -37,7 +38,7 @@ def strip_statistics(L, y32: torch.Tensor, lade: torch.Tensor | None):
         top = v.amax(dim=0)
         return (v - top).exp_().sum(dim=0).double() * top.double().exp(), 0.0
     if L.norm in ("instance", "lade"):  # per channel: over the rows and columns of NHWC memory
-        parts = [y32] if lade is None else [y32, F.conv2d(y32, lade)]
+        parts = [y32] if lade is None else [y32, conv(y32, lade)]
         moments = [channel_moments(p.permute(0, 2, 3, 1).reshape(-1, p.shape[1])) for p in parts]
         return torch.cat([m[0] for m in moments]), torch.cat([m[1] for m in moments])
     # GroupNorm(1): per strip in float32 (torch sums blockwise); across strips in float64
