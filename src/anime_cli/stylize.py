@@ -116,7 +116,8 @@ class Stylizer:
 
     def fastest_bytes(self, h: int, w: int) -> int:
         """What stylize() adds to the process for an h x w picture when nothing
-        holds it back: the fastest plan's memory and the output array."""
+        holds it back: the memory of the plan it then takes (the fastest, or one
+        nearly as fast for much less: engine.plan.best_plan) and the output array."""
         return self._plan_bytes(h, w, None) + 3 * h * w
 
     def min_bytes(self, h: int, w: int) -> int:

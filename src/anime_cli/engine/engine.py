@@ -55,7 +55,7 @@ class Engine:
     temporaries. It does not include the input, nor the torch runtime and
     the weights; stylize() and render() count their output array in it, run()
     does not (it allocates a (1, 3, H, W) float32 output, 12 bytes a pixel,
-    on top). None: the fastest plan, whatever its memory.
+    on top). None: no limit (the fastest plan, or one nearly as fast for much less memory).
 
     progress: a callable given work units as they complete, from worker
     threads: units are picture pixels times passes of the network (a pass
