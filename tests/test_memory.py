@@ -25,7 +25,6 @@ def test_full_resolution_with_faces_stays_inside_the_limit(tmp_path):
     assert peak < 900e6, f"true peak {peak / 1e6:.0f} MB over the 900 MB limit ({rec['plan']})"
 
 
-
 _RENDER = """
 import sys, threading, time
 import numpy as np

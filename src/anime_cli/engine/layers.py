@@ -20,11 +20,10 @@ def conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
     For a 1x1 float32 convolution of one picture on one thread, torch otherwise
     takes its reference path, which copies the input into a fresh buffer every
     strip: 1.7x slower, and those buffers fragmented the heap (a paprika render
-    in float32 held 1.3-1.9x its planned memory, only 1.0x through oneDNN)."""
+    in float32 held up to 1.9x its planned memory, under 1.0x through oneDNN)."""
     if _ONEDNN:
         return torch.mkldnn_convolution(x, weight, bias, [0, 0], [stride, stride], [1, 1], groups)
     return F.conv2d(x, weight, bias, stride=stride, groups=groups)
-
 
 
 @dataclass(eq=False)
