@@ -90,8 +90,10 @@ def test_ray_gives_the_pictures_and_records_of_the_pipeline(tmp_path, local_ray,
     got = list(convert_dataset([str(src)], str(ray_out), Options(max_side=128), threads=1))
     assert [r.input for r in got] == [r.input for r in plain]  # input order, one record each
     for p, r in zip(plain, got):
-        if r.input.endswith("coffee_copy.png") or r.input.endswith("coffee.png"):
+        if r.input.endswith("coffee_copy.png") or r.input.endswith("coffee.png"):  # which one computes may differ
             assert r.status == p.status == "ok" and r.output_size == p.output_size
+            assert (r.input_bytes, r.input_format, r.input_size, r.style) == (p.input_bytes, p.input_format,
+                                                                             p.input_size, p.style)
             continue
         assert {k: getattr(r, k) for k in COMPARED} == {k: getattr(p, k) for k in COMPARED}, r.input
         if p.status == "ok":
@@ -113,6 +115,7 @@ def test_ray_gives_the_pictures_and_records_of_the_pipeline(tmp_path, local_ray,
     (src / "rocket.jpg").rename(src / "moved_rocket.jpg")
     again = {Path(r.input).name: r for r in convert_dataset([str(src)], str(ray_out), Options(max_side=128))}
     assert again["moved_rocket.jpg"].status == "ok" and again["moved_rocket.jpg"].cached
+    assert (again["moved_rocket.jpg"].input_format, again["moved_rocket.jpg"].input_size) == ("JPEG", [640, 427])
     assert (ray_out / "moved_rocket.jpg").read_bytes() == (ray_out / "rocket.jpg").read_bytes()
     assert {n: r.status for n, r in again.items() if n.endswith(".png")} == dict.fromkeys(
         ["astronaut.png", "chelsea.png", "coffee.png", "coffee_copy.png"], "skipped")

@@ -284,11 +284,20 @@ class _Worker:
         rec.output = dest if self.out.fs is None else self.out.show(name)
         return dest
 
+    def _probed(self, job: Job) -> Record:
+        """The record of a dry run (the header read, nothing decoded): what a
+        cache hit says of its input, as the in-process pipeline's does."""
+        make, stylizer, detector = self._models
+        dry = dataclasses.replace(self.converter.options, dry_run=True)
+        return make(stylizer, dry, detector, use_store=False).convert(job)
+
     def _from_cache(self, row: dict, job: Job, hit: str) -> Record:
         """The record of a file whose output is already computed: link or copy it."""
         from PIL import Image
 
-        rec = Record(input=row["input"], input_bytes=job.path.stat().st_size)
+        probed = self._probed(job)
+        rec = Record(input=row["input"], input_bytes=job.path.stat().st_size, input_format=probed.input_format,
+                     input_size=probed.input_size, style=probed.style)
         name = self._final_name(row, PurePosixPath(hit).suffix)
         dest = self.out.join(name)
         rec.status = "ok"
