@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from anime_cli.store import is_store_file
-from helpers import PHOTOS, SAMPLES, load_rgb, psnr
+from helpers import PHOTOS, SAMPLES, load_rgb, psnr, run_cli
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
@@ -130,6 +130,16 @@ def test_bad_inputs_are_one_line_errors_before_any_work(tmp_path):
         convert_dataset(["nosuch://bucket/x"], str(tmp_path / "o"))
     with pytest.raises(MissingInput):
         convert_dataset([str(tmp_path / "absent")], str(tmp_path / "o"))
+
+
+def test_a_cluster_address_nothing_answers_at_is_one_line_before_any_work(tmp_path):
+    """ray.init retried a wrong address for minutes, printing warnings, and
+    then the CLI died in a traceback."""
+    for address in (f"127.0.0.1:{_free_port()}", f"ray://127.0.0.1:{_free_port()}"):
+        code, _, err = run_cli("convert", PHOTOS / "rocket.jpg", "-o", tmp_path / "out", "--ray", address,
+                               "--log-file", tmp_path / "run.jsonl")
+        assert code == 2 and err.strip() == f"anime-cli: cannot reach Ray at {address} (Connection refused)", err
+        assert not (tmp_path / "out").exists() and not (tmp_path / "run.jsonl").exists()
 
 
 def test_s3_round_trip(tmp_path, local_ray, s3):

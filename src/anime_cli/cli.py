@@ -255,6 +255,9 @@ def _run(batch, quiet: bool, json_out: bool = False) -> int:
         with progress:
             for rec, line in batch.records():
                 report(rec, line)
+    except AnimeCliError as e:  # the batch cannot go on at all (Ray could not be started or joined)
+        say(f"anime-cli: {e}")
+        return 2
     except KeyboardInterrupt:
         for s in previous:  # a second Ctrl-C must not cut the clean-up short
             signal.signal(s, signal.SIG_IGN)

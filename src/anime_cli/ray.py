@@ -34,6 +34,8 @@ import json
 import logging
 import os
 import shutil
+import socket
+import sys
 import tempfile
 import time
 from pathlib import Path, PurePosixPath
@@ -333,14 +335,18 @@ def convert_dataset(inputs: Iterable[str], output: str, options=None, *, recursi
     threads: the network's threads in each actor; actors: how many (default:
     as many as the CPUs hold at `threads` each, and the memory at --memory-limit each).
     on_total(n): called with the number of input files once they are listed.
-    Raises at once (not at the first record) RayError for no Ray or an
-    unlistable URI, discover.MissingInput for a missing input; RayError for a
-    cluster it cannot start or reach comes at the first record."""
+    Raises at once (not at the first record) RayError for no Ray, an
+    unlistable URI or a cluster address nothing answers at, discover.MissingInput
+    for a missing input; RayError for a cluster it cannot start or join comes
+    at the first record."""
     if importlib.util.find_spec("ray") is None or importlib.util.find_spec("pyarrow") is None:
         raise RayError("--ray needs Ray: pip install 'anime-cli[ray]'")
     from .pipeline import Options
 
     options = options or Options()
+    joined = "ray" in sys.modules and sys.modules["ray"].is_initialized()  # then `address` is not used
+    if address and not joined:
+        _reachable(address)
     try:
         out = _where(output)
         rows, systems = _rows(inputs, recursive, Path(out.path) if out.fs is None else None)
@@ -385,6 +391,24 @@ def _stream(rows, systems, out, options, style, weights, threads, precision, add
 
 class RayError(AnimeCliError):
     """Ray cannot run the batch: the CLI prints this one line and exits 2."""
+
+
+_CONNECT_S = 10  # a head node answers in milliseconds; a wrong address would have ray.init retry for minutes
+
+
+def _reachable(address: str) -> None:
+    """A cluster's `host:port` (or `ray://host[:port]`) accepts connections, or RayError
+    in one line now: given a wrong address, ray.init retries for minutes, printing warnings."""
+    rest = address.split("://", 1)[1] if "://" in address else address
+    host, _, port = rest.rpartition(":")
+    if "://" in address and (not host or "]" in port):  # ray://head: the client server's default port
+        host, port = rest, "10001"
+    if not host or not port.isdigit():
+        return  # "auto", or a form Ray itself understands and reports on
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=_CONNECT_S).close()
+    except OSError as e:
+        raise RayError(f"cannot reach Ray at {address} ({e.strerror or e})") from None
 
 
 def _first_line(e: BaseException) -> str:
