@@ -6,7 +6,7 @@ from PIL import Image
 
 from anime_cli import probe
 from anime_cli.decode import decode, target_size
-from helpers import PHOTOS, invoke, make_photo, psnr, read_log
+from helpers import PHOTOS, exif_orientation, invoke, make_photo, psnr, read_log
 
 
 def open_probe(path):
@@ -65,18 +65,12 @@ def test_cli_logs_the_reduced_decode(big_jpeg, tmp_path):
 
 
 def test_cli_rotates_exif_jpeg(tmp_path):
-    src = make_photo(tmp_path / "in" / "r.jpg", size=(64, 48), quality=95, exif=_exif(6))
+    src = make_photo(tmp_path / "in" / "r.jpg", size=(64, 48), quality=95, exif=exif_orientation(6))
     code, _, err = invoke("convert", src, "-o", tmp_path / "out", "--no-face-enhance")
     assert code == 0, err
     with Image.open(tmp_path / "out" / "r.jpg") as out:
         assert out.size == (48, 64)
         assert 0x0112 not in out.getexif()  # pixels are upright: no orientation to apply twice
-
-
-def _exif(orientation):
-    e = Image.Exif()
-    e[0x0112] = orientation
-    return e
 
 
 def test_png_alpha_is_kept(tmp_path):

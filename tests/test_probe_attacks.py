@@ -27,7 +27,7 @@ from PIL import Image
 from anime_cli import probe
 from anime_cli.decode import decode
 from anime_cli.errors import InputError, UnsupportedFormat
-from helpers import CLI, PHOTOS, invoke, read_log, run_cli
+from helpers import CLI, PHOTOS, encoded, exif_orientation, invoke, read_log, run_cli
 
 # ----------------------------------------------------------------------------- makers
 
@@ -86,18 +86,6 @@ def webp_canvas(w: int, h: int) -> bytes:
     data[i + 12:i + 15] = (w - 1).to_bytes(3, "little")
     data[i + 15:i + 18] = (h - 1).to_bytes(3, "little")
     return bytes(data)
-
-
-def encoded(im: Image.Image, fmt: str, **kw) -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, fmt, **kw)
-    return buf.getvalue()
-
-
-def exif_bytes(orientation: int) -> bytes:
-    e = Image.Exif()
-    e[0x0112] = orientation
-    return e.tobytes()
 
 
 def pattern(size=(60, 40)) -> Image.Image:
@@ -179,7 +167,7 @@ def _stored(upright: Image.Image, orientation: int) -> Image.Image:
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_exif_orientation_is_applied_once(fmt, kw, tol, orientation):
     upright = pattern()
-    data = encoded(_stored(upright, orientation), fmt, exif=exif_bytes(orientation), **kw)
+    data = encoded(_stored(upright, orientation), fmt, exif=exif_orientation(orientation), **kw)
     im, pr = front(data, "o." + fmt.lower())
     with im:
         assert im._im is None
@@ -194,7 +182,7 @@ def test_png_exif_after_the_image_data_is_found_without_decoding():
     upright = pattern()
     plain = encoded(_stored(upright, 6), "PNG")
     iend = plain.rindex(b"IEND") - 4
-    data = plain[:iend] + chunk(b"eXIf", exif_bytes(6)[6:]) + plain[iend:]  # the chunk has no "Exif\0\0"
+    data = plain[:iend] + chunk(b"eXIf", exif_orientation(6)[6:]) + plain[iend:]  # the chunk has no "Exif\0\0"
     im, pr = front(data, "late.png")
     with im:
         assert im._im is None and pr.orientation == 6
