@@ -69,6 +69,12 @@ def random_plans(engine, h, w, count, seed=0):
 # -- exactness (float32) --------------------------------------------------------
 
 
+def assert_exact(engine, x, ref, plans):
+    """float32: each plan gives the reference output, up to float rounding."""
+    for plan in plans:
+        assert (engine.run(x, plan=plan) - ref).abs().max().item() < 1e-4, sorted(plan.stored)
+
+
 def test_fp32_every_plan_is_exact(generator, fp32, monkeypatch, photos):
     """Any set of stored layers, with strips of a few rows, gives the untiled result."""
     monkeypatch.setattr(planning, "STRIP_BYTES", 48 << 10)  # many strips, many band edges
@@ -76,9 +82,7 @@ def test_fp32_every_plan_is_exact(generator, fp32, monkeypatch, photos):
     x = tensor(rgb)
     with torch.inference_mode():
         ref = generator(x)
-    for plan in random_plans(fp32, 72, 104, count=6):
-        y = fp32.run(x, plan=plan)
-        assert (y - ref).abs().max().item() < 1e-4, sorted(plan.stored)
+    assert_exact(fp32, x, ref, random_plans(fp32, 72, 104, count=6))
 
 
 @pytest.mark.parametrize("h,w", [(8, 1000), (1000, 8), (8, 8), (100, 36)])
@@ -395,8 +399,7 @@ def test_instance_norm_legacy_resize_and_one_sided_stride_are_exact(monkeypatch,
     x = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(h + w)) * 2 - 1
     with torch.inference_mode():
         ref = family_eager(layers, x)
-    for plan in random_plans(engine, h, w, count=4):
-        assert (engine.run(x, plan=plan) - ref).abs().max().item() < 1e-4, sorted(plan.stored)
+    assert_exact(engine, x, ref, random_plans(engine, h, w, count=4))
     assert (engine.run(x, 0) - ref).abs().max().item() < 1e-4  # the least-memory plan
 
 
@@ -466,9 +469,7 @@ def test_v3_tiny_is_exact_on_every_plan(cute, monkeypatch, photos):
     x = tensor(load_rgb(photos / "astronaut.png")[40:136, 100:180])  # 96 x 80
     with torch.inference_mode():
         ref = v3_tiny_eager(sd, x)
-    plans = random_plans(engine, 96, 80, count=3) + [engine.make_plan(96, 80, 0)]
-    for plan in plans:
-        assert (engine.run(x, plan=plan) - ref).abs().max().item() < 1e-4, sorted(plan.stored)
+    assert_exact(engine, x, ref, random_plans(engine, 96, 80, count=3) + [engine.make_plan(96, 80, 0)])
 
 
 @pytest.mark.parametrize("name", ["portrait", "chelsea.png"])
@@ -554,8 +555,7 @@ def test_v3_is_exact_on_every_plan(v3, monkeypatch, photos):
     x = tensor(load_rgb(photos / "astronaut.png")[40:120, 100:204])  # 80 x 104
     with torch.inference_mode():
         ref = v3_eager(sd, x)
-    for plan in random_plans(engine, 80, 104, count=3):
-        assert (engine.run(x, plan=plan) - ref).abs().max().item() < 1e-4, sorted(plan.stored)
+    assert_exact(engine, x, ref, random_plans(engine, 80, 104, count=3))
 
 
 @pytest.mark.parametrize("name", ["portrait", "coffee.png"])
@@ -625,8 +625,7 @@ def test_v1_is_exact_on_every_plan(paprika, monkeypatch, photos):
         ref = module(x)
     least = engine.make_plan(80, 104, 0)
     assert least.name == "stream"
-    for plan in random_plans(engine, 80, 104, count=3) + [least]:
-        assert (engine.run(x, plan=plan) - ref).abs().max().item() < 1e-4, sorted(plan.stored)
+    assert_exact(engine, x, ref, random_plans(engine, 80, 104, count=3) + [least])
 
 
 @pytest.mark.parametrize("name", ["portrait", "coffee.png"])
