@@ -17,6 +17,7 @@ import pytest
 
 from anime_cli import download, models, weights
 from anime_cli.errors import WeightsError
+from anime_cli.store import file_sha256
 from anime_cli.install import install
 from helpers import SHARED, invoke
 
@@ -259,7 +260,7 @@ def test_styles_without_a_manifest_fails_in_one_line(tmp_path, monkeypatch):
 
 def test_the_manifest_lists_every_shared_file_with_its_sha256():
     for entry in weights.manifest().values():
-        assert weights.sha256_of(SHARED / "weights" / entry.file) == entry.sha256, entry.name
+        assert file_sha256(SHARED / "weights" / entry.file) == entry.sha256, entry.name
         if entry.kind == "style":
             assert entry.family in models.FAMILIES and entry.description and "non-commercial" in entry.licence
 

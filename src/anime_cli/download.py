@@ -12,7 +12,6 @@ urllib's default opener reads them.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import sys
@@ -53,7 +52,9 @@ def fetch(url: str, dest: Path, sha256: str | None = None, timeout: float = TIME
             if attempt == RESUMES:
                 raise WeightsError(f"{url}: the transfer kept ending early ({done} of {total} bytes); "
                                    "run the command again to resume")
-    if sha256 is not None and _sha256(part) != sha256:
+    from .store import file_sha256  # not at import: the CLI imports this module to start
+
+    if sha256 is not None and file_sha256(part) != sha256:
         part.unlink()
         raise WeightsError(f"{url}: sha256 does not match the manifest, refusing to install it")
     os.replace(part, dest)
@@ -105,14 +106,6 @@ def _reason(e: Exception, timeout: float) -> str:
     if isinstance(inner, TimeoutError) or isinstance(e, TimeoutError):
         return f"the server stalled (no data for {timeout:g} s)"
     return " ".join(str(inner).split()) or type(inner).__name__
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 class _Bar:

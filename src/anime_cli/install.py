@@ -18,7 +18,8 @@ from urllib.parse import urljoin, urlsplit
 
 from . import download
 from .errors import WeightsError
-from .weights import WeightFile, default_install_dir, manifest, sha256_of
+from .store import file_sha256
+from .weights import WeightFile, default_install_dir, manifest
 
 
 def install(source: str | Path, dest_dir: Path | None = None, timeout: float | None = None,
@@ -46,7 +47,7 @@ def _from_folder(folder: Path, dest_dir: Path) -> list[Path]:
                            f"({', '.join(e.file for e in manifest().values())})")
     done = []
     for e in entries:  # check every file before installing any
-        if sha256_of(folder / e.file) != e.sha256:
+        if file_sha256(folder / e.file) != e.sha256:
             raise WeightsError(f"{folder / e.file}: sha256 does not match the manifest, refusing to install it")
     for e in entries:
         done.append(_put(folder / e.file, e, dest_dir))
@@ -55,7 +56,7 @@ def _from_folder(folder: Path, dest_dir: Path) -> list[Path]:
 
 
 def _from_file(path: Path, dest_dir: Path) -> Path:
-    digest = sha256_of(path)
+    digest = file_sha256(path)
     entry = next((e for e in manifest().values() if e.sha256 == digest), None)
     if entry is None:
         named = next((e for e in manifest().values() if Path(e.file).name == path.name), None)
@@ -69,13 +70,13 @@ def _from_file(path: Path, dest_dir: Path) -> Path:
 def _put(src: Path, entry: WeightFile, dest_dir: Path) -> Path:
     """Copy `src` (already verified) to its place, unless an identical file is there."""
     dst = dest_dir / entry.file
-    if dst.is_file() and sha256_of(dst) == entry.sha256:
+    if dst.is_file() and file_sha256(dst) == entry.sha256:
         return dst
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.part")  # opened plainly: the umask's permissions
     try:
         shutil.copyfile(src, tmp)
-        if sha256_of(tmp) != entry.sha256:  # the source changed while we copied it
+        if file_sha256(tmp) != entry.sha256:  # the source changed while we copied it
             raise WeightsError(f"{src}: changed while it was copied; try again")
         os.replace(tmp, dst)
     finally:
@@ -106,7 +107,7 @@ def _from_url(url: str, dest_dir: Path, timeout: float, progress: bool | None) -
 
 def _download(url: str, entry: WeightFile, dest_dir: Path, timeout, progress) -> Path:
     dst = dest_dir / entry.file
-    if dst.is_file() and sha256_of(dst) == entry.sha256:
+    if dst.is_file() and file_sha256(dst) == entry.sha256:
         return dst
     return download.fetch(url, dst, sha256=entry.sha256, timeout=timeout, progress=progress)
 

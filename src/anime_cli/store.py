@@ -276,7 +276,7 @@ def weights_sha256(style: str, weights: str | os.PathLike | None = None) -> str:
     from . import weights as w
 
     if weights:
-        return w.sha256_of(Path(weights))
+        return file_sha256(Path(weights))
     return w.manifest()[style].sha256
 
 

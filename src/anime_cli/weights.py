@@ -13,7 +13,6 @@ Installing (from a folder, a file or a URL) is install.py's.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -24,6 +23,7 @@ from pathlib import Path
 import torch
 
 from .errors import WeightsError
+from .store import file_sha256
 
 _HERE = Path(__file__).resolve().parent
 MANIFEST = _HERE / "manifest.json"
@@ -70,14 +70,6 @@ def search_dirs() -> list[Path]:
     return dirs
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def locate(name: str) -> Path:
     """Path of the installed file for manifest entry `name` (not yet verified)."""
     entry = manifest()[name]
@@ -92,7 +84,7 @@ def load_state_dict(path: Path, sha256: str | None = None) -> dict[str, torch.Te
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: weights file not found")
-    if sha256 is not None and sha256_of(path) != sha256:
+    if sha256 is not None and file_sha256(path) != sha256:
         raise WeightsError(f"{path}: sha256 does not match the manifest; reinstall the weights ({INSTALL_HINT})")
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
@@ -149,7 +141,7 @@ def status(name: str) -> str:
         path = locate(name)
     except WeightsError:
         return "not installed"
-    return "ok" if sha256_of(path) == manifest()[name].sha256 else "sha256 mismatch"
+    return "ok" if file_sha256(path) == manifest()[name].sha256 else "sha256 mismatch"
 
 
 def default_install_dir() -> Path:
