@@ -6,6 +6,13 @@ prints it without a traceback."""
 from __future__ import annotations
 
 
+def first_line(e: BaseException, limit: int | None = 160) -> str:
+    """An exception's message cut to one line (and to `limit` characters; None:
+    uncut) for a record or the terminal, its type's name when it has none:
+    library messages run over many lines."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:limit]
+
+
 class AnimeCliError(Exception):
     """Base class: str(err) is the whole message, one line."""
 

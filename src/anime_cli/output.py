@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .errors import OutputError, OutputExists
+from .errors import OutputError, OutputExists, first_line
 from .probe import TEMPORARY  # one pattern for the temporaries we write and the inputs we skip
 
 try:
@@ -104,8 +104,7 @@ def write_atomic(im: Image.Image, dest: Path, fmt: str, quality: int, overwrite:
     except OSError as e:
         raise _os_error(dest, e, abort) from None
     except (ValueError, TypeError) as e:  # the encoder refuses: a 17000 px wide WebP, say
-        text = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise OutputError(f"{dest}: cannot encode as {fmt} ({text})") from None
+        raise OutputError(f"{dest}: cannot encode as {fmt} ({first_line(e)})") from None
     finally:
         _discard_temp(tmp)
 

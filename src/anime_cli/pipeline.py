@@ -25,7 +25,7 @@ from .sniff import VIDEO_KINDS, sniff
 from .decode import Decoded
 from .discover import STDIN, Job
 from .faces import file_identity
-from .errors import Cancelled, Fatal, InputError, OutputError, OutputExists, UnsupportedFormat
+from .errors import Cancelled, Fatal, InputError, OutputError, OutputExists, UnsupportedFormat, first_line
 from .options import Options
 from .telemetry import PeakTracker, Record
 from .engine import trim_malloc
@@ -242,7 +242,7 @@ def recorded(loaded: Loaded, stage: str | None = None):
         rec.status, rec.reason = "error", "output"
         rec.error = f"{e.filename or job.input}: {e.strerror or e}"
     except Exception as e:
-        text = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        text = first_line(e)
         if loaded.stage in ("stylize", "faces"):  # e.g. a picture the network cannot pad
             rec.status, rec.reason = "error", "network failed"
             rec.error = f"{job.input}: the network failed ({text})"

@@ -42,7 +42,7 @@ from pathlib import Path, PurePosixPath
 from typing import Iterable, Iterator
 
 from .discover import Job, discover
-from .errors import AnimeCliError
+from .errors import AnimeCliError, first_line
 from .store import (DB_NAME, Inflight, Stat, Store, cache_key, file_sha256, input_key, name_candidates, place,
                     weights_sha256)
 from .telemetry import Record
@@ -205,7 +205,7 @@ class _Worker:
             try:
                 rec, cached = self._convert(row, Path(work), ray)
             except Exception as e:  # a failing file is a record, never a failed job
-                text = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+                text = first_line(e)
                 rec.status, rec.reason, rec.error = "error", "unexpected error", f"{row['input']}: {text}"
                 rec.output = None
         out = dataclasses.asdict(rec)
@@ -351,7 +351,7 @@ def convert_dataset(inputs: Iterable[str], output: str, options=None, *, recursi
         out = _where(output)
         rows, systems = _rows(inputs, recursive, Path(out.path) if out.fs is None else None)
     except (OSError, ValueError) as e:  # pyarrow: unknown scheme, no credentials, no such bucket
-        raise RayError(f"cannot list the inputs ({_first_line(e)})") from None
+        raise RayError(f"cannot list the inputs ({first_line(e, 200)})") from None
     if on_total is not None:
         on_total(len(rows))
     return _stream(rows, systems, out, options, style, weights, threads, precision, address, actors)
@@ -371,7 +371,8 @@ def _stream(rows, systems, out, options, style, weights, threads, precision, add
             else:
                 ray.init(num_cpus=len(os.sched_getaffinity(0)), object_store_memory=_LOCAL_STORE_MB * 2**20, **kw)
         except Exception as e:  # ConnectionError, or Ray's own errors for a bad address
-            raise RayError(f"cannot start or reach Ray{' at ' + address if address else ''} ({_first_line(e)})") from None
+            where = f" at {address}" if address else ""
+            raise RayError(f"cannot start or reach Ray{where} ({first_line(e, 200)})") from None
         started = True
     service = None
     try:
@@ -409,10 +410,6 @@ def _reachable(address: str) -> None:
         socket.create_connection((host.strip("[]"), int(port)), timeout=_CONNECT_S).close()
     except OSError as e:
         raise RayError(f"cannot reach Ray at {address} ({e.strerror or e})") from None
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 
 def _actors(threads: int, memory_limit: int) -> int:

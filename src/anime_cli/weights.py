@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import WeightsError
+from .errors import WeightsError, first_line
 from .store import file_sha256
 
 _HERE = Path(__file__).resolve().parent
@@ -103,7 +103,7 @@ def _refusal(e: Exception) -> str:
     if m:
         return f"refused: it holds pickled code or objects ({m.group(1)}), not only tensors; it was not run"
     m = re.search(r"WeightsUnpickler error:\s*(.+)", text)
-    detail = m.group(1).strip() if m else (text.strip().splitlines() or [type(e).__name__])[0]
+    detail = m.group(1).strip() if m else first_line(e, None)
     detail = re.sub(r"\x1b\[[0-9;]*m", "", detail)[:100] or type(e).__name__
     return f"not a PyTorch weights file of plain tensors ({detail})"
 
