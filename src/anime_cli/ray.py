@@ -362,6 +362,8 @@ def _stream(rows, systems, out, options, style, weights, threads, precision, add
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+    from .engine import default_threads
+
     started = False
     if not ray.is_initialized():
         kw = {"logging_level": "ERROR", "log_to_driver": False, "include_dashboard": False}
@@ -369,7 +371,7 @@ def _stream(rows, systems, out, options, style, weights, threads, precision, add
             if address:
                 ray.init(address=address, **kw)
             else:
-                ray.init(num_cpus=len(os.sched_getaffinity(0)), object_store_memory=_LOCAL_STORE_MB * 2**20, **kw)
+                ray.init(num_cpus=default_threads(), object_store_memory=_LOCAL_STORE_MB * 2**20, **kw)
         except Exception as e:  # ConnectionError, or Ray's own errors for a bad address
             where = f" at {address}" if address else ""
             raise RayError(f"cannot start or reach Ray{where} ({first_line(e, 200)})") from None
