@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from clips import make_clip, pan_frames, packets
+from clips import decoded, make_clip, pan_frames, packets
 
 from anime_cli import media
 from anime_cli.errors import InputError
@@ -50,3 +50,54 @@ def test_frame_stylizer_enhances_faces_and_times_its_stages(tmp_path, stylizer):
     assert fs.faces >= 2  # at least one a frame
     assert set(res.timings) == {"decode", "stylize", "faces", "encode"}
     assert res.timings["faces"] > 0 and res.timings["stylize"] > 0
+
+
+_SWEEP = "import sys; from pathlib import Path; from anime_cli.output import remove_stale_temps; " \
+         "print(remove_stale_temps(Path(sys.argv[1])))"
+
+
+def test_another_runs_sweep_never_takes_a_video_being_written(tmp_path):
+    """Two runs (two --shard processes) into one folder: the other one's sweep of
+    stale temporaries found a video's temporary unlocked once it was 10 s old,
+    and deleted it while the encoder was writing it."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    src = make_clip(tmp_path / "in.mov", n=80, size=(64, 48), audio=False)
+    out = tmp_path / "out"
+    out.mkdir()
+    swept = []
+
+    def stylize(x):
+        temps = [p for p in out.iterdir() if p.name.endswith(".tmp")]
+        if not swept and temps and temps[0].stat().st_size > 0:  # the encoder is writing it: age it, sweep
+            old = time.time() - 60
+            os.utime(temps[0], (old, old))
+            swept.append(subprocess.run([sys.executable, "-c", _SWEEP, out], capture_output=True, text=True))
+        return x
+
+    res = media.convert(media.probe(src, "mov"), src, out / "clip.mp4", stylize)
+    assert swept and swept[0].returncode == 0, swept and swept[0].stderr
+    assert swept[0].stdout.strip() == "0", "the sweep took the live temporary"
+    assert res.frames == 80 and len(decoded(out / "clip.mp4")) == 80
+
+
+def test_a_clip_output_another_run_wrote_first_is_kept(tmp_path):
+    """The output appeared while the clip was written: the clip is `skipped
+    exists` (OutputExists), and the other run's file is not replaced."""
+    from anime_cli.errors import OutputExists
+
+    src = make_clip(tmp_path / "in.mov", n=3, size=(64, 48))
+    dest = tmp_path / "out.mp4"
+
+    def stylize(x):
+        if not dest.exists():
+            dest.write_bytes(b"another run's output")
+        return x
+
+    with pytest.raises(OutputExists):
+        media.convert(media.probe(src, "mov"), src, dest, stylize)
+    assert dest.read_bytes() == b"another run's output"
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []

@@ -27,7 +27,7 @@ from PIL import Image
 from . import output
 from .decode import over_white, target_size
 from .errors import InputError, OutputError
-from .video import DEFAULT_MAX_FRAMES, VideoResult, _publish, _temp_for
+from .video import DEFAULT_MAX_FRAMES, VideoResult, _temp_for
 
 FORMATS = {"gif": "GIF", "webp": "WEBP", "apng": "PNG"}
 SUFFIXES = {"GIF": ".gif", "WEBP": ".webp", "PNG": ".png"}
@@ -140,11 +140,12 @@ def _write(frames, durations, disposals, loop, alpha_any, fmt, dest: Path, quali
         extra = {"quality": quality, "method": 4} if fmt == "WEBP" else {"disposal": disposals, "blend": 0}
     if loop is not None:
         extra["loop"] = loop
-    tmp = _temp_for(dest)
+    fd, tmp = _temp_for(dest)
     try:
-        with open(tmp, "wb") as f:
+        with os.fdopen(fd, "wb") as f:
             images[0].save(f, format=fmt, save_all=True, append_images=images[1:], duration=durations, **extra)
-        _publish(tmp, dest, overwrite, cancel)
+            f.flush()
+            output.finish(f.fileno(), tmp, dest, overwrite, cancel)
     except OSError as e:
         raise output._os_error(dest, e, None) from None
     except (ValueError, TypeError) as e:

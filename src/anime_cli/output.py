@@ -87,26 +87,41 @@ def write_atomic(im: Image.Image, dest: Path, fmt: str, quality: int, overwrite:
     if abort is not None and abort.is_set():
         raise OutputError(f"{dest}: not written (the batch was stopped)")
     try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(dest.parent)
-        fd, tmp = _temp_file(dest)
+        fd, tmp = open_temp(dest)
     except OSError as e:
         raise _os_error(dest, e, abort) from None
     try:
         with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o666 & ~_UMASK)  # mkstemp's 0600 would stick to the output
             im.save(f, format=fmt, **save_kwargs(fmt, quality), **(extra or {}))
             f.flush()
-            os.fsync(f.fileno())
-            if abort is not None and abort.is_set():
-                raise OutputError(f"{dest}: not written (the batch was stopped)")
-            _publish(tmp, dest, overwrite)  # while the lock is held: a cleaner never takes a live temp
+            finish(f.fileno(), tmp, dest, overwrite, abort)
     except OSError as e:
         raise _os_error(dest, e, abort) from None
     except (ValueError, TypeError) as e:  # the encoder refuses: a 17000 px wide WebP, say
         raise OutputError(f"{dest}: cannot encode as {fmt} ({first_line(e)})") from None
     finally:
         _discard_temp(tmp)
+
+
+def open_temp(dest: Path) -> tuple[int, str]:
+    """The folder of `dest` made (and swept of stale temporaries, see
+    remove_stale_temps), then a locked temporary in it (see _temp_file):
+    its descriptor and its name, for a writer that may also open it by name
+    (an encoder). Keep the descriptor open until finish() has published it."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(dest.parent)
+    return _temp_file(dest)
+
+
+def finish(fd: int, tmp: str, dest: Path, overwrite: bool, abort: threading.Event | None = None) -> None:
+    """The temporary written, durable, readable as the user's files are, and
+    published under its name (see publish) while its lock is still held, so
+    that a cleaner never takes it. `abort` set: nothing is published."""
+    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 would stick to the output
+    os.fsync(fd)
+    if abort is not None and abort.is_set():
+        raise OutputError(f"{dest}: not written (the batch was stopped)")
+    publish(tmp, dest, overwrite)
 
 
 def _temp_file(dest: Path) -> tuple[int, str]:
@@ -122,7 +137,9 @@ def _temp_file(dest: Path) -> tuple[int, str]:
     return fd, tmp
 
 
-def _publish(tmp: str, dest: Path, overwrite: bool) -> None:
+def publish(tmp: str, dest: Path, overwrite: bool) -> None:
+    """Give the complete temporary `tmp` its final name: replace `dest`, or
+    without overwrite link(2) it there, which never clobbers (OutputExists)."""
     if overwrite:
         os.replace(tmp, dest)
         return

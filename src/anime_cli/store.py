@@ -23,6 +23,7 @@ that must skip them (an output folder given as an input of another run).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -35,9 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .errors import OutputError
+from .errors import OutputError, OutputExists
 from .names import alternatives as name_candidates  # noqa: F401  (the one order of fallback names)
-from .output import cut_name
+from .output import cut_name, publish
 
 DB_NAME = ".anime-cli.sqlite"
 _COMPANIONS = ("", "-wal", "-shm", "-journal")
@@ -314,10 +315,10 @@ def place(cached: str | os.PathLike, dest: str | os.PathLike, overwrite: bool = 
             shutil.copyfile(cached, tmp)
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
-        if overwrite:
-            os.replace(tmp, dest)
-        else:
-            os.link(tmp, dest)  # fails if dest exists: never clobbers another run's output
+        try:
+            publish(tmp, dest, overwrite)  # never clobbers another run's output
+        except OutputExists:
+            raise FileExistsError(errno.EEXIST, "exists", str(dest)) from None
     finally:
         try:
             os.unlink(tmp)

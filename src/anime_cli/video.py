@@ -18,7 +18,6 @@ that names the extra.
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -241,13 +240,16 @@ def convert_video(src: str | os.PathLike, dest: str | os.PathLike, stylize_frame
         size = _working_size(info, max_side, name)
         v = c.streams.video[0]
         v.thread_type = "AUTO"
-        tmp = _temp_for(dest)
+        fd, tmp = _temp_for(dest)
         try:
             with _Writer(av, tmp, dest.suffix, v, c.streams.audio, info.rate, crf) as wr:
                 res = _run(c, v, info, size, name, max_frames, stylize_frame, wr, progress, cancel)
-            _publish(tmp, dest, overwrite, cancel)
+            output.finish(fd, tmp, dest, overwrite, cancel)  # the encoder wrote it by name; fd holds its lock
+        except OSError as e:
+            raise output._os_error(dest, e, None) from None
         finally:
             output._discard_temp(tmp)
+            os.close(fd)
     res.suffix = dest.suffix
     return res
 
@@ -389,30 +391,12 @@ class _Writer:
                 raise OutputError(f"{self.path}: cannot write ({_short(e)})") from None
 
 
-def _temp_for(dest: Path) -> str:
+def _temp_for(dest: Path) -> tuple[int, str]:
+    """output.open_temp, its failure one line."""
     try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name[:40]}.", suffix=".tmp")
+        return output.open_temp(dest)
     except OSError as e:
         raise OutputError(f"{dest}: cannot write ({e.strerror or e})") from None
-    os.close(fd)
-    with output._temp_lock:  # so that output.remove_temp_files() clears it on Ctrl-C
-        output._temp_files.add(tmp)
-    return tmp
-
-
-def _publish(tmp: str, dest: Path, overwrite: bool, cancel) -> None:
-    try:
-        with open(tmp, "rb+") as f:
-            os.fchmod(f.fileno(), 0o666 & ~output._UMASK)
-            os.fsync(f.fileno())
-        if not overwrite and dest.exists():
-            raise OutputError(f"{dest}: exists (appeared during the run); not overwritten")
-        if cancel is not None and cancel.is_set():
-            raise OutputError(f"{dest}: not written (the batch was stopped)")
-        os.replace(tmp, dest)
-    except OSError as e:
-        raise output._os_error(dest, e, None) from None
 
 
 def _short(e: BaseException) -> str:
