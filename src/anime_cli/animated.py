@@ -26,7 +26,7 @@ from PIL import Image
 
 from . import output
 from .decode import over_white, target_size
-from .errors import InputError, OutputError
+from .errors import InputError, OutputError, first_line
 from .video import DEFAULT_MAX_FRAMES, VideoResult, _temp_for
 
 FORMATS = {"gif": "GIF", "webp": "WEBP", "apng": "PNG"}
@@ -56,7 +56,7 @@ def convert_animated(src: str | os.PathLike, dest: str | os.PathLike, kind: str,
     try:
         im = Image.open(src, formats=[fmt])
     except Exception as e:
-        raise InputError(f"{name}: not a readable {fmt} animation ({_short(e)})", "corrupt header") from None
+        raise InputError(f"{name}: not a readable {fmt} animation ({first_line(e, 120)})", "corrupt header") from None
     with im:
         n, (w, h) = getattr(im, "n_frames", 1), im.size
         size = check_limits(n, (w, h), name, max_side, max_pixels, max_frames, max_total_pixels)
@@ -87,7 +87,7 @@ def convert_animated(src: str | os.PathLike, dest: str | os.PathLike, kind: str,
                 if progress is not None:
                     progress(i + 1, n)
         except (OSError, EOFError, SyntaxError, ValueError) as e:  # a truncated or broken frame
-            raise InputError(f"{name}: corrupt animation at frame {len(frames) + 1} ({_short(e)})",
+            raise InputError(f"{name}: corrupt animation at frame {len(frames) + 1} ({first_line(e, 120)})",
                              "corrupt data") from None
     t = time.perf_counter()
     _write(frames, durations, disposals, loop, alpha_any, fmt, Path(dest), quality, overwrite, cancel)
@@ -149,7 +149,7 @@ def _write(frames, durations, disposals, loop, alpha_any, fmt, dest: Path, quali
     except OSError as e:
         raise output._os_error(dest, e, None) from None
     except (ValueError, TypeError) as e:
-        raise OutputError(f"{dest}: cannot encode as {fmt} ({_short(e)})") from None
+        raise OutputError(f"{dest}: cannot encode as {fmt} ({first_line(e, 120)})") from None
     finally:
         output._discard_temp(tmp)
 
@@ -188,8 +188,3 @@ def _gif_frames(frames, alpha_any: bool):
 def _rgba(rgb: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
     a = alpha if alpha is not None else np.full(rgb.shape[:2], 255, np.uint8)
     return np.dstack([rgb, a])
-
-
-def _short(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:120] if text else type(e).__name__

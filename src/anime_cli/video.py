@@ -28,7 +28,7 @@ import numpy as np
 
 from . import output
 from .decode import target_size
-from .errors import InputError, OutputError, UnsupportedFormat
+from .errors import InputError, OutputError, UnsupportedFormat, first_line
 from .options import DEFAULT_CRF, DEFAULT_MAX_FRAMES
 from .sniff import ANIMATED_KINDS, VIDEO_KINDS, VIDEO_SUFFIXES, sniff  # noqa: F401  (the API in one place)
 
@@ -400,7 +400,5 @@ def _temp_for(dest: Path) -> tuple[int, str]:
 
 
 def _short(e: BaseException) -> str:
-    if getattr(e, "strerror", None):  # FFmpeg's own words, without the errno and the path again
-        return e.strerror
-    text = str(e).strip().splitlines()
-    return text[0][:120] if text else type(e).__name__
+    # FFmpeg's own words, without the errno and the path again
+    return getattr(e, "strerror", None) or first_line(e, 120)
