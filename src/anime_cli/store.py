@@ -365,7 +365,7 @@ class Outputs:
 
         outs = Outputs(options.output_dir, weights_sha256(style, weights), stylizer.engine.precision,
                        options, faces=detector is not None)
-        dest = outs.dest(job, wanted_rel)         # in _claim: the stable name
+        dest = ...                                # names.Names.claim, through outs.store: the stable name
         key = outs.key(job.path)                  # after the probe, before the decode
         hit = outs.cached(key)                    # a finished output to place(), or None: compute it
         ...write_atomic(...) -> outs.done(key, dest)   # done(key, None) when it failed
@@ -380,11 +380,6 @@ class Outputs:
 
     def close(self) -> None:
         self.store.close()
-
-    def dest(self, path: str | os.PathLike, wanted_rel: str, source_suffix: str) -> Path:
-        """The output path for the input at `path` (see Store.claim)."""
-        name = self.store.claim(input_key(path), wanted_rel, name_candidates(wanted_rel, source_suffix))
-        return self.folder / name
 
     def key(self, path: str | os.PathLike | None = None, data: bytes | None = None) -> str:
         """The cache key of a file (or of stdin's bytes) under this batch's options."""
