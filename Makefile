@@ -1,5 +1,6 @@
 # make demo   venv + install + weights + convert ../shared/photos into out/
 # make test   same set-up, then the whole test suite
+# make fuzz   the probe/decode fuzzer at full strength (2,000 examples)
 # make bench  speed and memory figures (not a test): photos, styles, video, scale-out
 SHARED  ?= ../shared
 WEIGHTS ?= $(SHARED)/weights
@@ -14,7 +15,7 @@ TORCH_INDEX ?=
 # Optional features are real features: tests cover HEIC input, video and the Ray runner.
 EXTRAS  ?= heic,video,ray
 
-.PHONY: demo test test-fast bench weights install clean
+.PHONY: demo test test-fast fuzz bench weights install clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -35,6 +36,9 @@ test: weights
 
 test-fast: weights
 	$(PY) -m pytest -q -m "not slow"
+
+fuzz: weights
+	ANIME_CLI_FUZZ=full $(PY) -m pytest -q tests/test_fuzz.py
 
 bench: weights
 	$(PY) bench/bench.py

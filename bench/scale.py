@@ -52,25 +52,25 @@ def worker(way: str, src: str, out: str, max_side: int, faces: bool, shard: str 
         shard = None
     """One process of one way; prints its records' count and wall time as JSON."""
     t0 = time.perf_counter()
-    from anime_cli.pipeline import Options
+    from anime_cli.run.converter import Options
 
     options = Options(output_dir=Path(out), max_side=max_side, face_enhance=faces)
     if way == "ray":
-        from anime_cli.ray import convert_dataset
+        from anime_cli.run.on_ray import convert_dataset
 
         n = sum(1 for _ in convert_dataset([src], out, options, threads=1))
     else:
-        from anime_cli.discover import discover
-        from anime_cli.pipeline import Converter
-        from anime_cli.shard import parse
-        from anime_cli.stylize import Stylizer
+        from anime_cli.inputs.discover import discover
+        from anime_cli.run.converter import Converter
+        from anime_cli.run.shard import parse
+        from anime_cli.stylize.session import Stylizer
 
         jobs = discover([src], False)
         if shard:
             jobs = parse(shard).select(jobs)
         detector = None
         if faces:
-            from anime_cli.faces import FaceDetector
+            from anime_cli.faces.enhance import FaceDetector
 
             detector = FaceDetector.load()
         n = sum(1 for _ in Converter(Stylizer.from_style("hayao", threads=threads), options, detector).run(jobs))

@@ -51,7 +51,7 @@ def pictures() -> dict[str, np.ndarray]:
 
 def fidelity(styles: list[str]) -> None:
     from anime_cli import models
-    from anime_cli.stylize import Stylizer
+    from anime_cli.stylize.session import Stylizer
 
     print("fidelity: the strip engine against one eager float32 pass of the style's module (PSNR, dB)")
     print("  (least memory: the budget of min_bytes, a stream plan whose stored layers may be kept in 8 bits)")

@@ -30,9 +30,9 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
 
 from clips import make_clip  # noqa: E402
 
-from anime_cli import video  # noqa: E402
-from anime_cli.framestyle import FrameStylizer  # noqa: E402
-from anime_cli.stylize import Stylizer  # noqa: E402
+from anime_cli.kinds import video  # noqa: E402
+from anime_cli.kinds.frames import FrameStylizer  # noqa: E402
+from anime_cli.stylize.session import Stylizer  # noqa: E402
 
 SIZES = {"480p": (854, 480), "720p": (1280, 720)}
 
@@ -67,7 +67,7 @@ def main() -> None:
     ap.add_argument("--photo", default="astronaut.png")
     ap.add_argument("--sizes", default="480p,720p")
     args = ap.parse_args()
-    from anime_cli.faces import FaceDetector
+    from anime_cli.faces.enhance import FaceDetector
 
     stylizer = Stylizer.from_style("hayao")
     detector = FaceDetector.load()

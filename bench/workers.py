@@ -15,7 +15,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from anime_cli.stylize import Stylizer
+from anime_cli.stylize.session import Stylizer
 from anime_cli.engine import Engine, default_threads
 
 from bench import PHOTOS

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from anime_cli import models, weights
+from anime_cli import models
+from anime_cli.weights import catalog as weights
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT.parent / "shared" / "photos" / "astronaut.png"

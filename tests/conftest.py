@@ -16,6 +16,6 @@ def photos():
 
 @pytest.fixture(scope="session")
 def stylizer():
-    from anime_cli.stylize import Stylizer
+    from anime_cli.stylize.session import Stylizer
 
     return Stylizer.from_style("hayao")

@@ -51,7 +51,7 @@ def invoke(*args, input: bytes | None = None):
     """The CLI in-process (Typer's CliRunner): (exit code, stdout, stderr)."""
     from typer.testing import CliRunner
 
-    from anime_cli.cli import app
+    from anime_cli.cli.app import app
 
     r = CliRunner().invoke(app, [str(a) for a in args], input=input, catch_exceptions=False)
     return r.exit_code, r.stdout, r.stderr
@@ -172,7 +172,7 @@ def sampled_peak(cmd: list, timeout: float = 900) -> tuple[int, int, str]:
 def files_in(folder: Path, recursive: bool = False) -> list[str]:
     """The names (relative paths) of the files in an output folder, without the
     folder's own database (.anime-cli.sqlite and its journals)."""
-    from anime_cli.store import is_store_file
+    from anime_cli.folder.database import is_store_file
 
     folder = Path(folder)
     found = folder.rglob("*") if recursive else folder.iterdir()

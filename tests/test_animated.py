@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clips import pan_frames
+from clip_makers import pan_frames
 from helpers import psnr
 
-from anime_cli import animated, video
+from anime_cli.kinds import animation as animated
+from anime_cli.kinds import video
 from anime_cli.errors import InputError
 from anime_cli.errors import Cancelled
 

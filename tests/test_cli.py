@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import files_in, invoke, load_rgb, make_photo, read_log, run_cli
+from helpers import ROOT, files_in, invoke, load_rgb, make_photo, read_log, run_cli
 
 FAST = ("--no-face-enhance",)
 
@@ -164,7 +164,7 @@ def test_unknown_style_is_a_usage_error(tmp_path):
 
 
 def test_missing_weights_say_how_to_install(tmp_path, monkeypatch):
-    from anime_cli import weights
+    from anime_cli.weights import catalog as weights
 
     monkeypatch.setattr(weights, "search_dirs", lambda: [tmp_path / "nowhere"])
     src = make_photo(tmp_path / "p.png")
@@ -173,19 +173,44 @@ def test_missing_weights_say_how_to_install(tmp_path, monkeypatch):
     assert "not installed" in err and "install-weights" in err
 
 
+def convert_options() -> list[str]:
+    """Every option of `convert`, as Click declares it: its spellings, longest first."""
+    import typer.main
+
+    from anime_cli.cli.app import app
+
+    cmd = typer.main.get_command(app).commands["convert"]
+    return [" ".join(sorted(p.opts + p.secondary_opts, key=len, reverse=True))
+            for p in cmd.params if p.param_type_name == "option"]
+
+
+def readme_section(title: str) -> str:
+    text = (ROOT / "README.md").read_text()
+    start = text.index(title)
+    return text[start:text.index("\n### ", start + len(title))]
+
+
+@pytest.mark.parametrize("option", convert_options())
+def test_every_convert_option_is_in_the_readme_table_with_an_example(option):
+    longest, *spellings = option.split()
+    section = readme_section("### `convert` options")
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    examples = [line for line in section.splitlines() if line.startswith("anime-cli ")]
+    assert any(longest in row.split("|")[1] for row in rows), f"{longest} has no row in the README's options table"
+    assert any(f" {s}" in line for s in (longest, *spellings) for line in examples), \
+        f"{longest} has no example under the README's options table"
+
+
 def test_help_shows_every_option_with_examples():
     code, out, _ = invoke("convert", "--help")
     assert code == 0
-    for opt in ("--output", "--recursive", "--max-side", "--format", "--quality", "--overwrite",
-                "--no-face-enhance", "--style", "--weights", "--log-file", "--quiet", "--max-file-size",
-                "--max-pixels", "--memory-limit", "--threads", "--precision", "--sequential",
-                "anime-cli convert photo.jpg"):
+    for opt in [*(o.split()[0] for o in convert_options()), "anime-cli convert photo.jpg"]:
         assert opt in out, opt
 
 
 def test_precision_fp32_gives_the_untiled_network_exactly(tmp_path):
-    from anime_cli.model import load_generator
-    from anime_cli.weights import load
+    from anime_cli.models.animeganv2 import load_generator
+    from anime_cli.weights.catalog import load
     from helpers import untiled
 
     src = make_photo(tmp_path / "p.png", size=(136, 100), src="astronaut.png")
@@ -197,7 +222,7 @@ def test_precision_fp32_gives_the_untiled_network_exactly(tmp_path):
 
 def test_unknown_precision_is_one_line_and_exit_2(tmp_path):
     src = make_photo(tmp_path / "p.png")
-    code, _, err = run_cli("convert", src, "-o", tmp_path / "out", "--precision", "int8")
+    code, _, err = invoke("convert", src, "-o", tmp_path / "out", "--precision", "int8")
     assert code == 2
     assert err.strip() == "anime-cli: --precision must be one of auto, bf16, fp32 (got 'int8')"
 
@@ -207,7 +232,8 @@ def test_unknown_precision_is_one_line_and_exit_2(tmp_path):
                                           ("--quality", "500"), ("--max-side", "-1")])
 def test_a_bad_option_value_touches_nothing_and_names_the_option(tmp_path, option, value):
     src = make_photo(tmp_path / "in" / "p.png")
-    code, _, err = run_cli("convert", src.parent, option, value, "--log-file", "run.jsonl", cwd=tmp_path)
+    code, _, err = invoke("convert", src.parent, option, value, "-o", tmp_path / "anime-out",
+                         "--log-file", tmp_path / "run.jsonl")
     assert code == 2
     assert err.startswith(f"anime-cli: {option}") and err.count("\n") == 1, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]  # no anime-out/, no run.jsonl

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anime_cli import probe
-from anime_cli.decode import decode, target_size
+from anime_cli.inputs import probe
+from anime_cli.inputs.decode import decode, target_size
 from helpers import PHOTOS, exif_orientation, invoke, make_photo, psnr, read_log
 
 

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFilter
 
-from anime_cli import weights
-from anime_cli.faces import (
+from anime_cli.weights import catalog as weights
+from anime_cli.faces.enhance import (
     DEFAULT_MIN_FACE,
     CropSource,
     Face,
@@ -23,7 +23,7 @@ from anime_cli.faces import (
     feather_mask,
     match_tone,
 )
-from anime_cli.mtcnn import ONet, PNet, RNet
+from anime_cli.faces.mtcnn import ONet, PNet, RNet
 from helpers import PHOTOS, invoke, psnr, read_log
 
 # The astronaut's face, measured by eye on the photo: cheek to cheek, hairline to chin.
@@ -48,7 +48,7 @@ def detector():
 
 @pytest.fixture(scope="module")
 def stylizer():
-    from anime_cli.stylize import Stylizer
+    from anime_cli.stylize.session import Stylizer
 
     return Stylizer.from_style("hayao")
 
@@ -318,8 +318,8 @@ def test_enhance_changes_the_face_and_nothing_far_from_it(detector, stylizer):
 def big_astronaut(tmp_path):
     """A 2048 px JPEG of the astronaut, probed and decoded to a 512 px working
     image: (path, probe, working image)."""
-    from anime_cli import probe
-    from anime_cli.decode import decode
+    from anime_cli.inputs import probe
+    from anime_cli.inputs.decode import decode
 
     path = tmp_path / "big.jpg"
     with Image.open(PHOTOS / "astronaut.png") as im:
@@ -331,7 +331,7 @@ def big_astronaut(tmp_path):
 
 
 def test_file_source_cuts_faces_from_the_original_resolution(tmp_path):
-    from anime_cli.faces import FileSource
+    from anime_cli.faces.enhance import FileSource
 
     path, pr, working = big_astronaut(tmp_path)
     box = (150.0, 60.0, 290.0, 200.0)  # the face, in working-image pixels
@@ -355,7 +355,7 @@ def test_cli_enhances_the_astronauts_face(tmp_path):
 def test_faces_are_found_on_a_copy_no_larger_than_detection_needs(detector, monkeypatch):
     """A full-resolution picture (--max-side 0) is not run through MTCNN whole: its
     pyramid over a 24 MP photo held ~1 GB. The boxes come back in the picture's pixels."""
-    from anime_cli.faces import DETECT_SIDE
+    from anime_cli.faces.enhance import DETECT_SIDE
 
     big = np.asarray(Image.fromarray(photo("astronaut.png")).resize((2048, 2048), Image.Resampling.LANCZOS))
     seen = []
@@ -370,7 +370,7 @@ def test_a_file_replaced_mid_conversion_is_not_read_for_faces(tmp_path):
     """The crop would come from another picture (a coffee cup pasted on the face):
     a file whose device, inode, size or mtime changed since the probe is not
     re-read; the working image serves."""
-    from anime_cli.faces import FileSource, file_identity
+    from anime_cli.faces.enhance import FileSource, file_identity
 
     path, pr, working = big_astronaut(tmp_path)
     identity = file_identity(path)

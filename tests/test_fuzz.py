@@ -3,12 +3,13 @@ lightly, the other allowed formats) are mutated by hypothesis; whatever comes ou
 front either gives a sane picture or raises the tool's own InputError, never anything
 else, and fast.
 
-Bounded for CI: derandomized (the same examples every run), no example database,
-about 2000 examples in all, well under a minute.
+Derandomized (the same examples every run), no example database. A run of the
+suite takes 100 examples in all; `make fuzz` (ANIME_CLI_FUZZ=full) the 2,000.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -85,7 +86,8 @@ def mutate(data: bytes, mutations) -> bytes:
 
 def front(data: bytes, name: str):
     """read -> probe -> decode, as the pipeline does it."""
-    from anime_cli import decode, probe
+    from anime_cli.inputs import decode
+    from anime_cli.inputs import probe
 
     src, n = probe.read_bytes(data, name, 10**8)
     im, pr = probe.open_image(src, n, name, MAX_PIXELS)
@@ -110,7 +112,15 @@ def check_front(data: bytes, name: str) -> None:
     assert time.perf_counter() - t < SLOW, f"{name}: {time.perf_counter() - t:.1f}s"
 
 
-FUZZ = settings(max_examples=1000, deadline=None, derandomize=True, database=None, print_blob=True,
+# A quick sample by default; ANIME_CLI_FUZZ=full (`make fuzz`) runs the 2,000 examples.
+FULL = os.environ.get("ANIME_CLI_FUZZ") == "full"
+
+
+def examples(n: int) -> int:
+    return n if FULL else max(10, n // 20)
+
+
+FUZZ = settings(max_examples=examples(1000), deadline=None, derandomize=True, database=None, print_blob=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
@@ -120,13 +130,13 @@ def test_mutated_jpeg_and_png_raise_only_input_errors(name, mutations):
     check_front(mutate(SEEDS[name], mutations), name)
 
 
-@settings(FUZZ, max_examples=500)
+@settings(FUZZ, max_examples=examples(500))
 @given(name=st.sampled_from(sorted(OTHERS)), mutations=st.lists(_mutation, min_size=1, max_size=6))
 def test_mutated_gif_webp_tiff_bmp_raise_only_input_errors(name, mutations):
     check_front(mutate(OTHERS[name], mutations), name)
 
 
-@settings(FUZZ, max_examples=300)
+@settings(FUZZ, max_examples=examples(300))
 @given(data=st.binary(max_size=512), prefix=st.sampled_from([b"", b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n",
                                                               b"GIF89a", b"RIFF\0\0\0\0WEBP", b"II*\0", b"BM"]))
 def test_random_bytes_behind_a_magic_number(data, prefix):
@@ -138,13 +148,13 @@ def fuzz_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("fuzz")
 
 
-@settings(FUZZ, max_examples=200)
+@settings(FUZZ, max_examples=examples(200))
 @given(name=st.sampled_from(JPEG_PNG), mutations=st.lists(_mutation, min_size=1, max_size=4))
 def test_mutated_files_through_the_converter_give_one_record(fuzz_dir, name, mutations):
     """From the file on disk to the written output: one record, never an exception;
     an ok record's output is a whole picture of the logged size."""
-    from anime_cli.discover import Job
-    from anime_cli.pipeline import Converter, Options
+    from anime_cli.inputs.discover import Job
+    from anime_cli.run.converter import Converter, Options
 
     src = fuzz_dir / "in" / name
     src.parent.mkdir(exist_ok=True)

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms
 
-from anime_cli.decode import target_size
+from anime_cli.inputs.decode import target_size
 from helpers import CLI, files_in, Identity, base, encoded, exif_orientation, invoke, read_log, with_alpha
 
 # ----------------------------------------------------------------------------- helpers
@@ -283,7 +283,7 @@ def build_corpus(d: Path) -> dict[str, tuple[str, str | None]]:
 
 
 def _has_heif() -> bool:
-    from anime_cli import probe
+    from anime_cli.inputs import probe
 
     return "HEIF" in probe.FORMATS
 
@@ -428,7 +428,8 @@ def test_corpus_run_is_quick(corpus_run):
 
 
 def _front(data: bytes, name: str, max_pixels=150_000_000, max_side=1280):
-    from anime_cli import decode, probe
+    from anime_cli.inputs import decode
+    from anime_cli.inputs import probe
 
     src, n = probe.read_bytes(data, name, 10**9)
     im, pr = probe.open_image(src, n, name, max_pixels)
@@ -439,7 +440,7 @@ def _front(data: bytes, name: str, max_pixels=150_000_000, max_side=1280):
 def test_refused_formats_never_reach_a_decoder(monkeypatch):
     """Only the allow-listed plugins are ever asked to open a file: EPS (Ghostscript),
     PDF, PSD, ICO, TGA, JPEG 2000... are recognised by their signature and skipped."""
-    from anime_cli import probe
+    from anime_cli.inputs import probe
     from anime_cli.errors import InputError, UnsupportedFormat
 
     Image.init()
@@ -496,7 +497,7 @@ def test_refused_formats_never_reach_a_decoder(monkeypatch):
 ])
 def test_bombs_are_refused_from_the_header(fmt, data):
     """No pixel is allocated: refused in well under a second, no warning."""
-    from anime_cli import telemetry
+    from anime_cli.logs import telemetry
     from anime_cli.errors import InputError
 
     rss, t = telemetry.rss_bytes(), time.perf_counter()
@@ -510,7 +511,7 @@ def test_bombs_are_refused_from_the_header(fmt, data):
 def test_max_pixels_above_pillows_own_limit_is_honoured(monkeypatch):
     """--max-pixels 400M: a 300 MP header passes the probe (Pillow's guard, 2 x 89 MP,
     is raised to agree) and a 500 MP one is refused by ours, cleanly."""
-    from anime_cli import probe
+    from anime_cli.inputs import probe
     from anime_cli.errors import InputError
 
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # restored afterwards
@@ -580,8 +581,8 @@ def test_orientation_with_reduced_decode():
 
 
 def test_file_deleted_between_listing_and_reading(tmp_path, stylizer):
-    from anime_cli.discover import discover
-    from anime_cli.pipeline import Converter, Options
+    from anime_cli.inputs.discover import discover
+    from anime_cli.run.converter import Converter, Options
 
     for n in ("a", "b", "c"):
         (tmp_path / "in").mkdir(exist_ok=True)
@@ -595,8 +596,8 @@ def test_file_deleted_between_listing_and_reading(tmp_path, stylizer):
 
 def test_outputs_never_land_on_inputs(tmp_path, stylizer):
     """-o pointing at the input folder: every output name would be its own input."""
-    from anime_cli.discover import discover
-    from anime_cli.pipeline import Converter, Options
+    from anime_cli.inputs.discover import discover
+    from anime_cli.run.converter import Converter, Options
 
     src = tmp_path / "in"
     src.mkdir()
@@ -612,8 +613,8 @@ def test_collisions_with_a_forced_format_and_a_rerun(tmp_path, stylizer):
     """--format jpg: photo.jpg, photo.png and photo.webp all want photo.jpg. The first in
     walk order gets it, the others their source suffix; a rerun makes the same choice,
     so it skips all three as existing instead of overwriting one with another."""
-    from anime_cli.discover import discover
-    from anime_cli.pipeline import Converter, Options
+    from anime_cli.inputs.discover import discover
+    from anime_cli.run.converter import Converter, Options
 
     src = tmp_path / "in"
     src.mkdir()
@@ -696,7 +697,7 @@ def test_unusable_output_folder_is_a_usage_error(tmp_path, case):
 def test_help_states_the_limits_and_their_defaults():
     from typer.testing import CliRunner
 
-    from anime_cli.cli import app
+    from anime_cli.cli.app import app
 
     text = " ".join(CliRunner().invoke(app, ["convert", "--help"], terminal_width=200).stdout.split())
     assert "--max-file-size" in text and "default: 200MB" in text, text
@@ -747,7 +748,7 @@ def test_bad_weights_are_refused_with_one_line(tmp_path):
 
 
 def test_weights_failing_their_sha256_are_refused(tmp_path, monkeypatch):
-    from anime_cli import weights
+    from anime_cli.weights import catalog as weights
 
     good = weights.locate("hayao")
     bad_dir = tmp_path / "weights"
@@ -777,7 +778,7 @@ def test_unusable_log_file_is_a_usage_error(tmp_path, case):
 
 def test_the_same_file_given_twice_is_one_job(tmp_path):
     """`dir dir/a.jpg ./dir/a.jpg`: one record, not a race for one output that fails."""
-    from anime_cli.discover import discover
+    from anime_cli.inputs.discover import discover
 
     d = tmp_path / "dir"
     d.mkdir()
@@ -790,8 +791,8 @@ def test_the_same_file_given_twice_is_one_job(tmp_path):
 def test_an_encoder_refusal_fails_that_file_only(tmp_path):
     """--format webp --max-side 0 on a 17000 px wide picture: WebP stops at 16383.
     That file is an error record (no temp file left), the next one converts."""
-    from anime_cli.discover import discover
-    from anime_cli.pipeline import Converter, Options
+    from anime_cli.inputs.discover import discover
+    from anime_cli.run.converter import Converter, Options
 
     src = tmp_path / "in"
     src.mkdir()
@@ -808,9 +809,9 @@ def test_heic_through_the_optional_extra(tmp_path):
     """pip install anime-cli[heic]: HEIF joins the allow-list; a HEIC photo converts
     (written as PNG: HEIF is not a format we write). Skipped without pillow-heif."""
     pytest.importorskip("pillow_heif", reason="the [heic] extra (pillow-heif) is not installed")
-    from anime_cli import probe
-    from anime_cli.discover import discover
-    from anime_cli.pipeline import Converter, Options
+    from anime_cli.inputs import probe
+    from anime_cli.inputs.discover import discover
+    from anime_cli.run.converter import Converter, Options
 
     assert "HEIF" in probe.FORMATS
     probe.register_plugins()  # Pillow learns HEIF on the first open; this test encodes one before that

@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from clips import decoded, make_clip, pan_frames, packets
+from clip_makers import decoded, make_clip, pan_frames, packets
 
-from anime_cli import media
+from anime_cli.kinds import media
 from anime_cli.errors import InputError
-from anime_cli.framestyle import VIDEO_FACE_SIZE, FrameStylizer
-from anime_cli.sniff import sniff
+from anime_cli.kinds.frames import VIDEO_FACE_SIZE, FrameStylizer
+from anime_cli.inputs.sniff import sniff
 
 pytest.importorskip("av")
 
@@ -39,7 +39,7 @@ def test_probe_then_convert_an_animation(tmp_path):
 
 
 def test_frame_stylizer_enhances_faces_and_times_its_stages(tmp_path, stylizer):
-    from anime_cli.faces import FaceDetector
+    from anime_cli.faces.enhance import FaceDetector
 
     # the astronaut at 240 px high: her face ~40 px, a crop well under 256 px
     src = make_clip(tmp_path / "in.mp4", n=2, size=(320, 240), tile=True, audio=False)
@@ -52,7 +52,7 @@ def test_frame_stylizer_enhances_faces_and_times_its_stages(tmp_path, stylizer):
     assert res.timings["faces"] > 0 and res.timings["stylize"] > 0
 
 
-_SWEEP = "import sys; from pathlib import Path; from anime_cli.output import remove_stale_temps; " \
+_SWEEP = "import sys; from pathlib import Path; from anime_cli.folder.files import remove_stale_temps; " \
          "print(remove_stale_temps(Path(sys.argv[1])))"
 
 

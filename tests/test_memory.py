@@ -29,7 +29,7 @@ _RENDER = """
 import sys, threading, time
 import numpy as np
 from PIL import Image
-from anime_cli.stylize import Stylizer
+from anime_cli.stylize.session import Stylizer
 
 def rss():
     with open("/proc/self/status") as f:

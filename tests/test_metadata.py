@@ -13,7 +13,7 @@ from PIL import Image, ImageCms
 from PIL.ExifTags import IFD
 from PIL.TiffImagePlugin import IFDRational
 
-from anime_cli import metadata
+from anime_cli.inputs import metadata
 
 from helpers import PHOTOS, make_photo
 
@@ -181,7 +181,7 @@ def test_a_big_png_is_walked_not_decoded(tmp_path):
     """A 100 MP PNG with its EXIF after the data: the metadata in milliseconds, no pixels."""
     import time
 
-    from anime_cli.telemetry import rss_bytes
+    from anime_cli.logs.telemetry import rss_bytes
 
     path = tmp_path / "big.png"
     Image.new("L", (10000, 10000)).save(path, "PNG", compress_level=1)

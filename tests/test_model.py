@@ -4,8 +4,8 @@
 import torch
 import torch.nn.functional as F
 
-from anime_cli import weights
-from anime_cli.model import Generator, load_generator
+from anime_cli.weights import catalog as weights
+from anime_cli.models.animeganv2 import Generator, load_generator
 from helpers import invoke, make_photo
 
 

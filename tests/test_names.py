@@ -7,7 +7,7 @@ import os
 import pytest
 from PIL import Image
 
-from anime_cli import names
+from anime_cli.folder import names
 
 
 @pytest.mark.parametrize("pattern,name,fmt,expected", [

@@ -39,7 +39,7 @@ def test_a_file_another_run_finished_first_is_skipped_exists(tmp_path):
     """The race's outcome, made deterministic: the output appears between the
     probe and the write. The publish does not replace it and the file is skipped."""
     from anime_cli.errors import OutputExists
-    from anime_cli.output import write_atomic
+    from anime_cli.folder.files import write_atomic
 
     dest = tmp_path / "p.png"
     dest.write_bytes(b"another run's picture")
@@ -86,7 +86,7 @@ def test_a_temporary_a_live_process_holds_is_left_alone(tmp_path):
 
 
 def test_only_our_pattern_is_removed(tmp_path):
-    from anime_cli.output import remove_stale_temps
+    from anime_cli.folder.files import remove_stale_temps
 
     keep = [_stale(tmp_path, n) for n in ("notes.tmp", ".hidden.tmp", ".x.png.SHORT.tmp", "x.png.abcdefgh.tmp")]
     gone = _stale(tmp_path, ".x.png.abcdefgh.tmp")

@@ -28,8 +28,8 @@ def test_pipelined_and_sequential_runs_give_identical_outputs(tmp_path):
 
 
 def test_converter_api_without_the_cli(tmp_path, stylizer):
-    from anime_cli.discover import discover
-    from anime_cli.pipeline import Converter, Options
+    from anime_cli.inputs.discover import discover
+    from anime_cli.run.converter import Converter, Options
 
     make_photo(tmp_path / "in" / "p.png")
     conv = Converter(stylizer, Options(output_dir=tmp_path / "out", face_enhance=False))
@@ -72,11 +72,11 @@ def test_two_files_in_flight_share_the_memory_limit(tmp_path):
     """Small photos run two at a time, each on its reservation; a photo too big
     to fit beside another runs alone; the whole batch stays under --memory-limit
     and gives the pictures of a one-at-a-time run."""
-    from anime_cli.discover import discover
-    from anime_cli.budget import RESERVE
-    from anime_cli.pipeline import Converter, Options
-    from anime_cli.stylize import Stylizer
-    from anime_cli.telemetry import rss_bytes
+    from anime_cli.inputs.discover import discover
+    from anime_cli.run.budget import RESERVE
+    from anime_cli.run.converter import Converter, Options
+    from anime_cli.stylize.session import Stylizer
+    from anime_cli.logs.telemetry import rss_bytes
 
     src = tmp_path / "in"
     for i, name in enumerate(["coffee.png", "chelsea.png", "rocket.jpg", "astronaut.png"]):

@@ -24,8 +24,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anime_cli import probe
-from anime_cli.decode import decode
+from anime_cli.folder import files
+from anime_cli.inputs import probe
+from anime_cli.inputs.decode import decode
 from anime_cli.errors import InputError, UnsupportedFormat
 from helpers import CLI, PHOTOS, encoded, exif_orientation, invoke, read_log, run_cli
 
@@ -119,7 +120,7 @@ def test_probing_a_big_picture_decodes_nothing(fmt):
 
 _MEASURE = textwrap.dedent("""
     import json, resource, sys, time
-    from anime_cli import probe
+    from anime_cli.inputs import probe
     from anime_cli.errors import InputError
     path, max_pixels = sys.argv[1], int(sys.argv[2])
     peak, t = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter()
@@ -236,7 +237,7 @@ def test_a_file_cut_mid_stream_is_still_an_error(fmt):
 
 
 def test_adam7_raw_size():
-    from anime_cli.pngscan import raw_size
+    from anime_cli.inputs.pngscan import raw_size
 
     # 8x8 RGB: passes of 1x1, 1x1, 2x1, 2x2, 4x2, 4x4, 8x4 pixels, each row with a filter byte
     assert raw_size(8, 8, 8, 2, 1) == 4 + 4 + 7 + 2 * 7 + 2 * 13 + 4 * 13 + 4 * 25
@@ -318,7 +319,7 @@ def test_stdin_on_a_terminal_is_refused_not_waited_for():
 
 
 _STDIN = textwrap.dedent("""
-    from anime_cli import probe
+    from anime_cli.inputs import probe
     from anime_cli.errors import InputError
     try:
         probe.read_stdin(1000)
@@ -349,7 +350,7 @@ def photos_dir(tmp_path):
 
 @pytest.mark.parametrize("as_folder", [False, True], ids=["file", "folder"])
 def test_a_log_file_that_is_an_input_picture_is_refused(photos_dir, as_folder):
-    from anime_cli.discover import LogFileIsInput, discover
+    from anime_cli.inputs.discover import LogFileIsInput, discover
 
     before = (photos_dir / "rocket.jpg").read_bytes()
     arg = photos_dir if as_folder else photos_dir / "rocket.jpg"
@@ -359,14 +360,14 @@ def test_a_log_file_that_is_an_input_picture_is_refused(photos_dir, as_folder):
 
 
 def test_a_log_file_that_is_a_users_file_in_an_input_folder_is_refused(photos_dir):
-    from anime_cli.discover import LogFileIsInput, discover
+    from anime_cli.inputs.discover import LogFileIsInput, discover
 
     with pytest.raises(LogFileIsInput, match="not an anime-cli log"):
         discover([str(photos_dir)], False, log_file=photos_dir / "notes.txt")
 
 
 def test_an_anime_cli_log_in_an_input_folder_is_left_out_and_said(photos_dir):
-    from anime_cli.discover import discover
+    from anime_cli.inputs.discover import discover
 
     log = photos_dir / "run.jsonl"
     log.write_text(json.dumps({"input": "x/rocket.jpg", "status": "ok"}) + "\n")
@@ -378,14 +379,14 @@ def test_an_anime_cli_log_in_an_input_folder_is_left_out_and_said(photos_dir):
 
 
 def test_a_new_log_file_in_an_input_folder_is_fine(photos_dir):
-    from anime_cli.discover import discover
+    from anime_cli.inputs.discover import discover
 
     jobs = discover([str(photos_dir)], False, log_file=photos_dir / "run.jsonl")
     assert len(jobs) == 2 and jobs.notes == []
 
 
 def test_a_log_file_in_a_sub_folder_that_is_not_walked_is_not_an_input(photos_dir):
-    from anime_cli.discover import discover
+    from anime_cli.inputs.discover import discover
 
     (photos_dir / "sub").mkdir()
     (photos_dir / "sub" / "a.jpg").write_bytes(encoded(pattern(), "JPEG"))
@@ -410,12 +411,12 @@ def test_our_temporary_files_are_skipped(tmp_path, name, temporary):
 
 
 def test_the_temporary_pattern_matches_what_the_writer_makes(tmp_path, monkeypatch):
-    from anime_cli import output
+    from anime_cli.folder import files as output
 
     seen, link = [], os.link  # a write that may not overwrite publishes with link(2)
     monkeypatch.setattr(os, "link", lambda a, b: (seen.append(Path(a).name), link(a, b)))
     output.write_atomic(pattern(), tmp_path / ("L" * 200 + ".png"), "PNG", 95, False)
-    assert seen and probe.TEMPORARY.match(seen[0]), seen
+    assert seen and files.is_temp_name(seen[0]), seen
 
 
 # ----------------------------------------------------------------------------- no process policy on import
@@ -427,7 +428,10 @@ _GLOBALS = textwrap.dedent("""
     def state():
         return [repr(warnings.filters), Image.MAX_IMAGE_PIXELS, sorted(Image.OPEN)]
     before = state()
-    from anime_cli import decode, discover, pngscan, probe
+    from anime_cli.inputs import decode
+    from anime_cli.inputs import discover
+    from anime_cli.inputs import pngscan
+    from anime_cli.inputs import probe
     imported = state()
     probe.configure_process(400_000_000)
     print(json.dumps([before == imported, Image.MAX_IMAGE_PIXELS,

@@ -9,7 +9,7 @@ import threading
 import pytest
 from rich.console import Console
 
-from anime_cli.progress import WorkProgress, short
+from anime_cli.logs.progress import WorkProgress, short
 
 
 def _console(terminal=True) -> tuple[Console, io.StringIO]:

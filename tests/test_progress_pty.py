@@ -66,7 +66,7 @@ def run_on_pty(argv: list[str], timeout: float, env: dict | None = None) -> tupl
 _RECORDER = textwrap.dedent("""
     import time
     from rich.console import Console
-    from anime_cli.progress import WorkProgress
+    from anime_cli.logs.progress import WorkProgress
 
     console = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
     assert console.is_terminal

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anime_cli.store import is_store_file
+from anime_cli.folder.database import is_store_file
 from helpers import PHOTOS, SAMPLES, load_rgb, psnr, run_cli
 
 ray = pytest.importorskip("ray")
@@ -78,10 +78,10 @@ def hostile_folder(root: Path) -> Path:
 
 
 def test_ray_gives_the_pictures_and_records_of_the_pipeline(tmp_path, local_ray, stylizer):
-    from anime_cli.discover import discover
-    from anime_cli.faces import FaceDetector
-    from anime_cli.pipeline import Converter, Options
-    from anime_cli.ray import convert_dataset
+    from anime_cli.inputs.discover import discover
+    from anime_cli.faces.enhance import FaceDetector
+    from anime_cli.run.converter import Converter, Options
+    from anime_cli.run.on_ray import convert_dataset
 
     src = hostile_folder(tmp_path)
     plain_out, ray_out = tmp_path / "plain", tmp_path / "ray"
@@ -123,8 +123,8 @@ def test_ray_gives_the_pictures_and_records_of_the_pipeline(tmp_path, local_ray,
 
 
 def test_bad_inputs_are_one_line_errors_before_any_work(tmp_path):
-    from anime_cli.discover import MissingInput
-    from anime_cli.ray import RayError, convert_dataset
+    from anime_cli.inputs.discover import MissingInput
+    from anime_cli.run.on_ray import RayError, convert_dataset
 
     with pytest.raises(RayError, match="cannot list the inputs"):
         convert_dataset(["nosuch://bucket/x"], str(tmp_path / "o"))
@@ -145,8 +145,8 @@ def test_a_cluster_address_nothing_answers_at_is_one_line_before_any_work(tmp_pa
 def test_s3_round_trip(tmp_path, local_ray, s3):
     boto3 = pytest.importorskip("boto3")
 
-    from anime_cli.pipeline import Options
-    from anime_cli.ray import convert_dataset
+    from anime_cli.run.converter import Options
+    from anime_cli.run.on_ray import convert_dataset
 
     client = boto3.client("s3", endpoint_url=f"http://{s3}")
     client.create_bucket(Bucket="photos")

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from anime_cli.discover import discover
-from anime_cli.shard import Shard, ShardError, parse, shard_of
+from anime_cli.inputs.discover import discover
+from anime_cli.run.shard import Shard, ShardError, parse, shard_of
 
 
 def names(n: int) -> list[str]:
@@ -40,11 +40,19 @@ def test_adding_files_moves_few():
     assert all(after[f] == s for f, s in before.items())  # no old file moves at all
 
 
-def test_independent_of_where_the_folder_is_mounted():
-    # the relative path decides, so /mnt/a/x and /data/x agree given the same root-relative path
-    assert shard_of(Path("d/x.jpg"), 5) == shard_of("d/x.jpg", 5)
-    assert shard_of(os.fsdecode(b"caf\xe9.jpg"), 5) in range(1, 6)
-    assert [shard_of("IMG_0001.jpg", 4) for _ in range(3)] == [shard_of("IMG_0001.jpg", 4)] * 3
+def test_the_same_tree_mounted_in_two_places_splits_the_same(tmp_path):
+    """Machines that mount one share at different paths must agree on who does what."""
+    for mount in ("mnt/a", "data"):
+        for f in names(30) + [os.fsdecode(b"caf\xe9.jpg")]:
+            (tmp_path / mount / f).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / mount / f).write_bytes(b"x")
+
+    def split(mount):
+        jobs = discover([str(tmp_path / mount)], recursive=True)
+        return [sorted(str(j.rel) for j in parse(f"{k}/4").select(jobs)) for k in range(1, 5)]
+
+    assert split("mnt/a") == split("data")
+    assert all(split("data"))  # every shard has work
 
 
 def test_known_values_stay_stable_across_versions():
@@ -72,7 +80,7 @@ def test_two_shard_processes_give_what_one_gives(tmp_path, photos, stylizer):
     run a shard each into the same folder (their logs concatenate into one)."""
     import numpy as np
 
-    from anime_cli.pipeline import Converter, Options
+    from anime_cli.run.converter import Converter, Options
     from helpers import SAMPLES, load_rgb
 
     src = tmp_path / "in"

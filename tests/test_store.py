@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from anime_cli.store import (DB_NAME, Inflight, Store, StoreError, cache_key, file_sha256, input_key,
+from anime_cli.folder.database import (DB_NAME, Inflight, Store, StoreError, cache_key, file_sha256, input_key,
                              is_store_file, name_candidates, place)
 from helpers import make_photo
 
@@ -130,7 +130,7 @@ def test_cache_hit_stale_and_changed(tmp_path):
 
 
 def test_cache_key_changes_with_what_changes_pixels(tmp_path):
-    from anime_cli.pipeline import Options
+    from anime_cli.run.converter import Options
 
     photo = make_photo(tmp_path / "a.png")
     sha = file_sha256(photo)
@@ -161,7 +161,7 @@ def test_place_links_or_copies_and_never_clobbers(tmp_path):
 
 _KILLED_WRITER = """
 import os, sys, time
-from anime_cli.store import Store
+from anime_cli.folder.database import Store
 folder, dest = sys.argv[1], sys.argv[2]
 s = Store(folder)
 tmp = dest + ".partial"
@@ -215,8 +215,8 @@ def test_outputs_for_a_batch_compute_identical_files_once(tmp_path):
     one computes, the other waits and then places the finished output."""
     import threading
 
-    from anime_cli.pipeline import Options
-    from anime_cli.store import Outputs
+    from anime_cli.run.converter import Options
+    from anime_cli.folder.database import Outputs
 
     src = tmp_path / "in"
     a = make_photo(src / "a.png")

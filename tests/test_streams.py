@@ -113,8 +113,8 @@ def test_the_python_api_converts_every_input_kind(tmp_path, kind, stylizer, monk
     import io
     import sys
 
-    from anime_cli.discover import STDIN, Job, discover
-    from anime_cli.pipeline import Converter, Options
+    from anime_cli.inputs.discover import STDIN, Job, discover
+    from anime_cli.run.converter import Converter, Options
 
     src = make_photo(tmp_path / "in" / "p.png", size=(64, 48))
     options = Options(output_dir=tmp_path / "out", face_enhance=False)

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from anime_cli import telemetry
-from anime_cli.telemetry import KEPT_LARGE, PeakTracker, Record, safe
+from anime_cli.logs import telemetry
+from anime_cli.logs.telemetry import KEPT_LARGE, PeakTracker, Record, safe
 
 MB = 10**6
 
@@ -120,8 +120,8 @@ def test_a_forgotten_tracker_does_not_keep_its_thread(no_clear_refs):
 
 
 def test_the_pipeline_measures_without_proc(no_proc, stylizer, tmp_path, photos):
-    from anime_cli.discover import discover
-    from anime_cli.pipeline import Converter, Options
+    from anime_cli.inputs.discover import discover
+    from anime_cli.run.converter import Converter, Options
 
     from helpers import make_photo
 

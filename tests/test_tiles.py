@@ -20,8 +20,8 @@ from PIL import Image
 
 from anime_cli import engine as tiles
 from anime_cli.engine import plan as planning
-from anime_cli.model import load_generator
-from anime_cli.weights import load
+from anime_cli.models.animeganv2 import load_generator
+from anime_cli.weights.catalog import load
 from helpers import SAMPLES, load_rgb, psnr, untiled
 
 
@@ -176,7 +176,7 @@ def test_padding_matches_the_reference(generator, fp32, photos):
 
 
 def test_stylizer_passes_threads_and_budget(photos):
-    from anime_cli.stylize import Stylizer
+    from anime_cli.stylize.session import Stylizer
 
     st = Stylizer.from_style("hayao", threads=1, precision="fp32")
     assert st.threads == 1
@@ -193,7 +193,7 @@ def test_concurrent_calls_give_the_same_pictures(photos):
     sharing the cores; each picture is the one a lone call makes."""
     import threading
 
-    from anime_cli.stylize import Stylizer
+    from anime_cli.stylize.session import Stylizer
 
     st = Stylizer.from_style("hayao", threads=2)
     pics = [load_rgb(photos / "chelsea.png")[:160, :200], load_rgb(photos / "rocket.jpg")[:128, :176]]
@@ -292,7 +292,7 @@ def test_progress_comes_strip_by_strip_and_adds_up_to_work(photos, monkeypatch, 
     picture's pixels for one pass of the network, more when layers are recomputed."""
     import threading
 
-    from anime_cli.stylize import Stylizer
+    from anime_cli.stylize.session import Stylizer
 
     monkeypatch.setattr(planning, "STRIP_BYTES", 64 << 10)  # several strips a pass
     st = Stylizer.from_style("hayao", threads=2, precision="fp32")
@@ -315,7 +315,7 @@ def test_progress_comes_strip_by_strip_and_adds_up_to_work(photos, monkeypatch, 
 
 
 def test_min_bytes_is_the_least_memory_plan_and_fits_itself():
-    from anime_cli.stylize import Stylizer
+    from anime_cli.stylize.session import Stylizer
 
     st = Stylizer.from_style("hayao", threads=2, precision="bf16")
     h, w = 3000, 4000  # planning only
@@ -326,7 +326,7 @@ def test_min_bytes_is_the_least_memory_plan_and_fits_itself():
 
 
 def test_the_stylizer_is_a_style_model():
-    from anime_cli.stylize import StyleModel, Stylizer
+    from anime_cli.stylize.session import StyleModel, Stylizer
 
     names = [n for n in dir(StyleModel) if not n.startswith("_")]
     st = Stylizer.from_style("hayao", threads=1)
@@ -491,7 +491,7 @@ def test_v3_tiny_bf16_and_odd_sizes(cute, photos, name):
 
 
 def test_a_stylizer_runs_v3_tiny_from_its_weights_file(cute, photos):
-    from anime_cli.stylize import Stylizer
+    from anime_cli.stylize.session import Stylizer
     from helpers import SHARED
 
     sd, layers = cute
@@ -574,8 +574,8 @@ def test_v3_bf16_and_odd_sizes(v3, photos, name):
 
 
 def test_a_stylizer_runs_v3_from_its_weights_file(v3, photos, tmp_path):
-    from anime_cli.stylize import Stylizer
-    from anime_cli.weights import WeightsError
+    from anime_cli.stylize.session import Stylizer
+    from anime_cli.weights.catalog import WeightsError
 
     sd, _ = v3
     torch.save(sd, tmp_path / "v3.pt")
@@ -643,8 +643,8 @@ def test_v1_bf16_and_odd_sizes(paprika, photos, name):
 
 
 def test_a_stylizer_runs_v1_by_name_and_from_its_weights_file(paprika, photos, tmp_path):
-    from anime_cli.stylize import Stylizer
-    from anime_cli.weights import WeightsError
+    from anime_cli.stylize.session import Stylizer
+    from anime_cli.weights.catalog import WeightsError
     from helpers import SHARED
 
     sd, module, _ = paprika

@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clips import decoded, make_clip, packets
+from clip_makers import decoded, make_clip, packets
 from helpers import ROOT, psnr
 
 av = pytest.importorskip("av")
 
-from anime_cli import video  # noqa: E402
+from anime_cli.kinds import video  # noqa: E402
 from anime_cli.errors import InputError, UnsupportedFormat  # noqa: E402
 from anime_cli.errors import Cancelled  # noqa: E402
 
@@ -318,8 +318,8 @@ def test_without_pyav_a_video_is_skipped_naming_the_extra(tmp_path):
 # -- memory ------------------------------------------------------------------------
 _RSS_SCRIPT = """
 import sys
-from anime_cli import video
-from anime_cli.stylize import Stylizer
+from anime_cli.kinds import video
+from anime_cli.stylize.session import Stylizer
 s = Stylizer.from_style("hayao")
 video.convert_video(sys.argv[1], sys.argv[2], s.stylize)
 """

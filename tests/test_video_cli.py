@@ -8,7 +8,7 @@ from helpers import make_photo, read_log, run_cli
 
 av = pytest.importorskip("av", reason="the [video] extra (PyAV) is not installed")
 
-from clips import make_clip, packets  # noqa: E402
+from clip_makers import make_clip, packets  # noqa: E402
 
 
 def test_a_folder_of_a_video_an_animation_and_a_photo(tmp_path):

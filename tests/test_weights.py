@@ -15,10 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from anime_cli import download, models, weights
+from anime_cli import models
+from anime_cli.weights import download
+from anime_cli.weights import catalog as weights
 from anime_cli.errors import WeightsError
-from anime_cli.store import file_sha256
-from anime_cli.install import install
+from anime_cli.folder.database import file_sha256
+from anime_cli.weights.install import install
 from helpers import SHARED, invoke
 
 CUTE = "animeganv3_tiny_cute.pt"

@@ -11,10 +11,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .probe import DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_PIXELS
-
 DEFAULT_OUTPUT = "anime-out"
 DEFAULT_MAX_SIDE = 1280
+DEFAULT_MAX_FILE_SIZE = 200 * 1000**2  # bytes; the largest phone photos are ~30 MB
+DEFAULT_MAX_PIXELS = 150_000_000  # a 200 MP phone JPEG decodes reduced; PNGs that big are bombs
 DEFAULT_QUALITY = 95
 DEFAULT_FACE_SIZE = 512
 VIDEO_FACE_SIZE = 256  # faces in video: a render per face per frame is the bill (see framestyle)

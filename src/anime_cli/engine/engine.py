@@ -15,7 +15,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from ..errors import Cancelled  # the batch's signal: the engine raises it
+from anime_cli.errors import Cancelled  # the batch's signal: the engine raises it
 from .bands import Band
 from .cpu import Cores, bound_malloc, resolve_precision, trim_malloc
 from .families import layers_for

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import WeightsError
+from anime_cli.errors import WeightsError
 from .layers import Layer, flatten
 
 
@@ -63,8 +63,8 @@ def layers_for(network) -> list[Layer]:
     AnimeGANv2 Generator, or a module or state dict of another family the
     engine runs (recognised from its keys, as models.family_of does).
     ValueError for anything else."""
-    from ..model import Generator
-    from ..models import FAMILIES, family_of
+    from anime_cli.models.animeganv2 import Generator
+    from anime_cli.models import FAMILIES, family_of
 
     if isinstance(network, list):
         return network

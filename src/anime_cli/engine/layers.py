@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..model import Generator, InvertedResBlock
+from anime_cli.models.animeganv2 import Generator, InvertedResBlock
 
 _ONEDNN = torch.backends.mkldnn.is_available()
 

@@ -23,9 +23,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import WeightsError
-from ..model import Generator as _V2Generator
-from . import animeganv1, animeganv3
+from anime_cli.errors import WeightsError
+from .animeganv2 import Generator as _V2Generator
+from anime_cli.models import animeganv1, animeganv3
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ def load(state_dict: dict, family: str | None = None) -> nn.Module:
 def load_style(name: str) -> nn.Module:
     """The module of installed style `name` (sha256-checked). WeightsError, in one
     line naming the installed styles, when it is unknown or not installed."""
-    from .. import weights
+    from anime_cli.weights import catalog as weights
 
     entry = weights.resolve_style(name)
     return load(weights.load(name), family=entry.family or None)
@@ -88,7 +88,7 @@ def load_style(name: str) -> nn.Module:
 
 def load_file(path) -> nn.Module:
     """The module for a weights file of any known family (`--weights FILE`)."""
-    from .. import weights
+    from anime_cli.weights import catalog as weights
 
     sd = weights.load_state_dict(path)
     try:

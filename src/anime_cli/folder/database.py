@@ -1,0 +1,412 @@
+"""The output folder's own database: who owns which output name, and what was already computed.
+
+One SQLite file, `.anime-cli.sqlite`, in the output folder (stdlib sqlite3, WAL
+journal, a busy timeout), shared by every process that writes into the folder:
+two `convert` runs at once, N `--shard` processes, the actors of a local Ray.
+
+Names. A rerun must map each input to the name it had, and a new input to a new
+name: `claim` gives an input its recorded name, else the first candidate no
+other input holds, in one IMMEDIATE transaction (the write lock is taken before
+the read), so two processes never get the same name.
+
+Cache. (input content sha256, style and weights sha256, every option that
+changes pixels, anime-cli version) -> the output written. `record` is called
+only once the output is complete under its final name, so a SIGKILL at any
+moment leaves no entry for a half-written output; `lookup` drops entries whose
+output is gone or changed (size or mtime differ from those recorded).
+
+Why the file is never taken for an input: it lives in the output folder, which
+discover() never walks; its name starts with a dot and holds no image suffix,
+and `is_store_file` names it and its -wal/-shm/-journal companions for a walk
+that must skip them (an output folder given as an input of another run).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+from anime_cli.errors import OutputError, OutputExists
+from .names import alternatives as name_candidates  # noqa: F401  (the one order of fallback names)
+from .files import cut_name, publish
+
+DB_NAME = ".anime-cli.sqlite"
+_COMPANIONS = ("", "-wal", "-shm", "-journal")
+_BUSY_MS = 30_000  # a writer holds the lock for microseconds; 30 s only covers a stalled disk
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS names (
+    name  BLOB PRIMARY KEY,   -- output path relative to the output folder, '/'-separated, fsencoded
+    input BLOB NOT NULL       -- input_key() of the input that owns it
+);
+CREATE INDEX IF NOT EXISTS names_by_input ON names(input);
+CREATE TABLE IF NOT EXISTS cache (
+    key   TEXT PRIMARY KEY,   -- cache_key(): sha256 hex
+    path  BLOB NOT NULL,      -- the output written (a path or a URI), fsencoded
+    size  INTEGER NOT NULL,   -- its size and mtime when recorded: a changed output is stale
+    mtime_ns INTEGER NOT NULL
+);
+"""
+
+
+class StoreError(OutputError):
+    """The database cannot be opened or written (read-only folder, corrupt file)."""
+
+
+def is_store_file(path: str | os.PathLike) -> bool:
+    """True for the database and its journal files (to skip them in a walk)."""
+    return os.path.basename(os.fspath(path)) in {DB_NAME + s for s in _COMPANIONS}
+
+
+def input_key(path: str | os.PathLike) -> str:
+    """Who an input is, for `claim`: its absolute, normalised path (its input root
+    joined with its path relative to that root). Symlinks are not resolved: a link
+    under another name is another input with its own output, as discover() says."""
+    return os.path.normpath(os.path.abspath(os.fspath(path)))
+
+
+@dataclass(frozen=True)
+class Stat:
+    size: int
+    mtime_ns: int
+
+
+def local_stat(path: str) -> Stat | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return Stat(st.st_size, st.st_mtime_ns)
+
+
+class Store:
+    """The database of one output folder. Thread-safe (one connection, locked);
+    several processes may open the same folder at once."""
+
+    def __init__(self, folder: str | os.PathLike, db_path: str | os.PathLike | None = None, relative: bool = True):
+        """relative: keep cached outputs inside `folder` relative to it (False when
+        the outputs are not on this machine's filesystem, as for the Ray runner's bucket)."""
+        self.folder = Path(folder)
+        self.relative = relative
+        self.path = Path(db_path) if db_path is not None else self.folder / DB_NAME
+        self._lock = threading.Lock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"{self.path.parent}: cannot create the output folder ({e.strerror or e})") from None
+        try:
+            self._db = sqlite3.connect(self.path, timeout=_BUSY_MS / 1000, isolation_level=None,
+                                       check_same_thread=False)
+            self._db.execute(f"PRAGMA busy_timeout = {_BUSY_MS}")
+            # WAL: readers never block the writer. Where the filesystem cannot share
+            # memory (NFS), SQLite keeps its rollback journal, still safe, only slower.
+            _when_free(lambda: self._db.execute("PRAGMA journal_mode = WAL"))
+            self._db.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: durable at checkpoints, never corrupt
+            with self._transaction():
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+        except sqlite3.Error as e:
+            raise StoreError(f"{self.path}: cannot use the output folder's database ({e})") from None
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _transaction(self):
+        return _Immediate(self._db)
+
+    # -- names ---------------------------------------------------------------
+    def claim(self, key: str, wanted: str, alternatives: Iterable[str] = ()) -> str:
+        """The output name (relative to the folder, '/'-separated) for input `key`:
+        the candidate (`wanted`, then `alternatives` in order) it already owns,
+        else the first one no other input owns, which it then owns."""
+        k = os.fsencode(key)
+        try:
+            with self._lock, self._transaction():
+                owned = {bytes(r[0]) for r in self._db.execute("SELECT name FROM names WHERE input = ?", (k,))}
+                first_free = None
+                for name in _chain(wanted, alternatives):
+                    n = os.fsencode(name)
+                    if n in owned:
+                        return name
+                    if first_free is None:
+                        row = self._db.execute("SELECT 1 FROM names WHERE name = ?", (n,)).fetchone()
+                        if row is None:
+                            first_free = name
+                            if not owned:  # nothing of ours further down the list: take it now
+                                break
+                if first_free is None:
+                    raise StoreError(f"{wanted}: every candidate output name is taken")
+                self._db.execute("INSERT INTO names (name, input) VALUES (?, ?)", (os.fsencode(first_free), k))
+                return first_free
+        except sqlite3.Error as e:
+            raise StoreError(f"{self.path}: cannot record an output name ({e})") from None
+
+    def owner(self, name: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT input FROM names WHERE name = ?", (os.fsencode(name),)).fetchone()
+        return None if row is None else os.fsdecode(bytes(row[0]))
+
+    # -- cache ---------------------------------------------------------------
+    def lookup(self, key: str, stat: Callable[[str], Stat | None] = local_stat) -> str | None:
+        """The output recorded for `key` if it is still there, unchanged; a stale
+        entry (output gone, or its size or mtime changed) is dropped."""
+        with self._lock:
+            row = self._db.execute("SELECT path, size, mtime_ns FROM cache WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        path = self._outside(os.fsdecode(bytes(row[0])))
+        if stat(path) == Stat(row[1], row[2]):
+            return path
+        with self._lock, self._transaction():  # only if nobody recorded a fresh one meanwhile
+            self._db.execute("DELETE FROM cache WHERE key = ? AND path = ? AND size = ? AND mtime_ns = ?",
+                             (key, row[0], row[1], row[2]))
+        return None
+
+    def record(self, key: str, path: str, stat: Callable[[str], Stat | None] = local_stat) -> None:
+        """Remember that `path` holds the output for `key`. Call it only once the
+        output is complete under its final name (after the rename)."""
+        st = stat(path)
+        if st is None:
+            return  # gone already (another process replaced it): nothing true to record
+        with self._lock, self._transaction():
+            self._db.execute("INSERT OR REPLACE INTO cache (key, path, size, mtime_ns) VALUES (?, ?, ?, ?)",
+                             (key, os.fsencode(self._inside(path)), st.size, st.mtime_ns))
+
+    # A local output inside the folder is kept relative to it ("./a/x.png"), so the
+    # cache survives moving the folder or running from another directory. Anything
+    # else (a URI, a path outside) is kept as given.
+    def _inside(self, path: str) -> str:
+        if self.relative and not _is_uri(path):
+            rel = os.path.relpath(os.path.abspath(path), os.path.abspath(self.folder))
+            if not rel.startswith(os.pardir):
+                return os.path.join(os.curdir, rel)
+        return path
+
+    def _outside(self, stored: str) -> str:
+        if self.relative and stored.startswith(os.curdir + os.sep):
+            return os.path.join(self.folder, stored[2:])
+        return stored
+
+
+class _Immediate:
+    """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error): the write lock from the start,
+    so a read-then-insert cannot interleave with another process's."""
+
+    def __init__(self, db: sqlite3.Connection):
+        self.db = db
+
+    def __enter__(self):
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type, exc, tb):
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _when_free(statement: Callable[[], object]) -> None:
+    """Run `statement`, retrying while another process holds the database.
+    Switching to WAL takes an exclusive lock and SQLite answers "database is
+    locked" at once instead of calling the busy handler, so two processes opening
+    a new folder's database together would see one of them fail."""
+    deadline = time.monotonic() + _BUSY_MS / 1000
+    pause = 0.001
+    while True:
+        try:
+            statement()
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
+
+
+def _is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def _chain(first: str, rest: Iterable[str]):
+    yield first
+    yield from rest
+
+
+# -- cache keys ------------------------------------------------------------------
+# Options that change the bytes written (pixels, or metadata). Not here, on purpose: limits that only
+# refuse files (max_file_size, max_pixels), overwrite, threads and the memory
+# limit (they change float rounding at most, PSNR >= 45 dB, never the picture).
+PIXEL_OPTIONS = ("max_side", "format", "quality", "face_enhance", "min_face", "face_size", "crf", "keep_metadata",
+                 "keep_gps")
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def version() -> str:
+    try:
+        from importlib.metadata import version as v
+
+        return v("anime-cli")
+    except Exception:  # running from a source tree that was never installed
+        return "0+unknown"
+
+
+def weights_sha256(style: str, weights: str | os.PathLike | None = None) -> str:
+    """The sha256 of the generator's weights: the manifest's for a style (checked
+    when it was loaded), the file's own for --weights."""
+    from anime_cli.weights import catalog as w
+
+    if weights:
+        return file_sha256(Path(weights))
+    return w.manifest()[style].sha256
+
+
+def cache_key(content_sha256: str, weights_sha256: str, precision: str, options, detector: bool,
+              anime_version: str | None = None) -> str:
+    """sha256 of a canonical JSON of everything that decides the output's bytes.
+    `options`: a pipeline.Options (or any object with the PIXEL_OPTIONS attributes);
+    `precision`: the resolved one ("bf16"/"fp32", not "auto": auto differs by CPU);
+    `detector`: whether faces are enhanced at all (face_enhance with a detector)."""
+    doc = {
+        "content": content_sha256,
+        "weights": weights_sha256,
+        "precision": precision,
+        "options": {k: getattr(options, k) for k in PIXEL_OPTIONS},
+        "faces": bool(detector and options.face_enhance),
+        "version": anime_version or version(),
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def place(cached: str | os.PathLike, dest: str | os.PathLike, overwrite: bool = False) -> None:
+    """Put a copy of the cached output `cached` at `dest` atomically: a hard link
+    when both are on one filesystem (no bytes copied), else a copy into a hidden
+    temporary beside `dest`, then renamed. Without overwrite an existing `dest`
+    is kept and FileExistsError raised (a concurrent run got there first)."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{cut_name(dest.name, 40)}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        os.unlink(tmp)
+        try:
+            os.link(cached, tmp)
+        except OSError:  # another filesystem, or links not allowed: copy the bytes
+            shutil.copyfile(cached, tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        try:
+            publish(tmp, dest, overwrite)  # never clobbers another run's output
+        except OutputExists:
+            raise FileExistsError(errno.EEXIST, "exists", str(dest)) from None
+    finally:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+
+
+class Inflight:
+    """Identical files in one batch are computed once: the first file with a key
+    computes it, the others wait for it, then place() its output. Thread-safe,
+    for one process (the Ray runner keeps one in its name service)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._events: dict[str, threading.Event] = {}
+
+    def begin(self, key: str) -> bool:
+        """True: compute `key` now, then call end(key). False: another file is computing it."""
+        with self._lock:
+            if key in self._events:
+                return False
+            self._events[key] = threading.Event()
+            return True
+
+    def wait(self, key: str, timeout: float | None = None) -> bool:
+        with self._lock:
+            ev = self._events.get(key)
+        return True if ev is None else ev.wait(timeout)
+
+    def end(self, key: str) -> None:
+        """The computing file is done (ok or failed: the waiters then look up the cache)."""
+        with self._lock:
+            ev = self._events.pop(key, None)
+        if ev is not None:
+            ev.set()
+
+    def pending(self, key: str) -> bool:
+        with self._lock:
+            return key in self._events
+
+
+class Outputs:
+    """Everything a Converter asks of the output folder's database, for one batch:
+
+        outs = Outputs(options.output_dir, weights_sha256(style, weights), stylizer.engine.precision,
+                       options, faces=detector is not None)
+        dest = ...                                # names.Names.claim, through outs.store: the stable name
+        key = outs.key(job.path)                  # after the probe, before the decode
+        hit = outs.cached(key)                    # a finished output to place(), or None: compute it
+        ...write_atomic(...) -> outs.done(key, dest)   # done(key, None) when it failed
+    """
+
+    def __init__(self, folder: str | os.PathLike, weights_sha: str, precision: str, options, faces: bool):
+        self.folder = Path(folder)
+        self.store = Store(folder)
+        self.inflight = Inflight()
+        self.overwrite = bool(getattr(options, "overwrite", False))
+        self._base = (weights_sha, precision, options, faces)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def key(self, path: str | os.PathLike | None = None, data: bytes | None = None) -> str:
+        """The cache key of a file (or of stdin's bytes) under this batch's options."""
+        sha = hashlib.sha256(data).hexdigest() if data is not None else file_sha256(path)
+        return cache_key(sha, *self._base)
+
+    def cached(self, key: str, cancel=None) -> str | None:
+        """A complete output for `key` (place() it), or None: compute it, then done().
+        An identical file in flight is waited for (until cancel.is_set(): then
+        errors.Cancelled); --overwrite never reuses."""
+        while True:
+            if not self.overwrite:
+                hit = self.store.lookup(key)
+                if hit is not None:
+                    return hit
+            if self.inflight.begin(key):
+                return None
+            while not self.inflight.wait(key, 0.2):
+                if cancel is not None and cancel.is_set():
+                    from anime_cli.errors import Cancelled
+
+                    raise Cancelled()
+
+    def done(self, key: str, written: str | os.PathLike | None) -> None:
+        """The output of `key` is complete at `written` (after the rename), or was not written."""
+        try:
+            if written is not None:
+                self.store.record(key, os.fspath(written))
+        finally:
+            self.inflight.end(key)

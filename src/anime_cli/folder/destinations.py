@@ -1,0 +1,101 @@
+"""Where each file's output goes, and whether it must be computed at all.
+
+`Destinations` is one batch's view of its output folder: the output names
+(names.Names: the --name pattern, collisions, never an input) kept stable
+across runs and processes by the folder's database (store.py), and the
+content cache: a file whose content, style and pixel options were converted
+before gets that output placed (linked or copied) instead of recomputed.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from anime_cli.errors import OutputError, OutputExists
+from .names import Names
+
+
+class Destinations:
+    def __init__(self, options, use_store: bool = True):
+        self.options = options
+        self.names = (Names(options.output_dir, set(), options.name, options.style)
+                      if options.output_dir is not None else None)
+        self.outputs = None  # store.Outputs once open()
+        self.use_store = use_store and self.names is not None and not options.dry_run
+        self.store_error: str | None = None  # why the folder's database could not be used
+
+    def open(self, stylizer, faces: bool) -> None:
+        """The output folder's database: stable names across runs, the content
+        cache. Not for a dry run (it writes nothing) nor for stdout. A database
+        that cannot be opened (full disk, read-only folder) leaves names in
+        memory and no cache, with store_error saying why."""
+        if self.outputs is not None or not self.use_store:
+            return
+        from .database import Outputs, StoreError, weights_sha256
+
+        opts = self.options
+        try:
+            sha = weights_sha256(opts.style, opts.weights)
+        except (KeyError, OSError):  # a stylizer of the caller's own, not a style of the manifest
+            sha = f"{type(stylizer).__qualname__}:{opts.style}"
+        try:
+            self.outputs = Outputs(opts.output_dir, sha, _precision(stylizer), opts, faces=faces)
+        except StoreError as e:
+            self.store_error, self.use_store = str(e), False
+            return
+        self.names.store = self.outputs.store
+
+    def close(self) -> None:
+        if self.outputs is not None:
+            self.outputs.close()
+            self.outputs = self.names.store = None
+
+    def claim(self, loaded, fmt: str | None, size: tuple[int, int], suffix: str | None = None) -> None:
+        """The file's output path, or OutputExists (skipped) / OutputError."""
+        dest = loaded.dest = self.names.claim(loaded.job, fmt, size, suffix)
+        if dest.is_dir():
+            raise OutputError(f"{dest}: cannot write (a folder is in the way)")
+        if _taken(dest) and not self.options.overwrite:
+            raise OutputExists(f"{dest}: exists")
+
+    def from_cache(self, loaded, size: tuple[int, int], source, cancel) -> bool:
+        """Place the output of identical earlier work (same content, style and
+        options: store.cache_key) instead of computing it: True when done.
+        Otherwise this file computes its key, and done() must follow."""
+        if self.outputs is None:
+            return False
+        data = source.getvalue() if isinstance(source, io.BytesIO) else None
+        key = self.outputs.key(loaded.job.path if data is None else None, data=data)
+        hit = self.outputs.cached(key, cancel=cancel)
+        if hit is None:
+            loaded.cache_key = key
+            return False
+        from .database import place
+
+        try:
+            place(hit, loaded.dest, self.options.overwrite)
+        except FileExistsError:
+            raise OutputExists(f"{loaded.dest}: exists") from None
+        rec = loaded.record
+        rec.status, rec.cached, rec.output, rec.output_size = "ok", True, str(loaded.dest), list(size)
+        return True
+
+    def done(self, loaded) -> None:
+        """The file that computed a cache key has ended (ok: its output is
+        complete on disk, after the rename; else nothing is recorded)."""
+        if loaded.cache_key is not None:
+            self.outputs.done(loaded.cache_key, loaded.dest if loaded.record.status == "ok" else None)
+            loaded.cache_key = None
+
+
+def _taken(dest: Path) -> bool:
+    """Whether something already sits at `dest` (a file, a link; a folder is
+    claim()'s error, not a skip)."""
+    return dest.is_file() or (dest.is_symlink() and not dest.is_dir())
+
+
+def _precision(stylizer) -> str:
+    """The precision the network really runs at ("auto" differs by CPU)."""
+    engine = getattr(stylizer, "engine", None)
+    return getattr(engine, "precision", None) or getattr(stylizer, "precision", "fp32")

@@ -1,0 +1,190 @@
+"""Animated GIF, WebP and APNG: every frame stylized, timing and looping kept.
+
+Pillow reads each frame composited onto the canvas (the input's disposal and
+blending already applied), so each output frame is a whole picture: it is
+stylized like a photo (transparency composited over white for the network,
+the alpha put back after) and written in the input's format with the input's
+frame durations, loop count and, where it still means the same, disposal.
+
+A GIF gets one palette for the whole clip, built from frames sampled across
+it, and no dithering: AnimeGAN's output is flat areas and outlines, where
+error diffusion only adds crawling noise from frame to frame, and one shared
+palette keeps a colour from jumping between frames. The writers need every
+frame before they write (the GIF palette, and Pillow's encoders themselves),
+so an animation is held whole, stylized: `max_total_pixels` bounds it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from anime_cli.folder import files as output
+from anime_cli.inputs.decode import over_white, target_size
+from anime_cli.errors import InputError, OutputError, first_line
+from .video import DEFAULT_MAX_FRAMES, VideoResult, _temp_for
+
+FORMATS = {"gif": "GIF", "webp": "WEBP", "apng": "PNG"}
+SUFFIXES = {"GIF": ".gif", "WEBP": ".webp", "PNG": ".png"}
+# Frames x output pixels held at once (4 bytes each): 50 M is 200 MB, e.g. 300
+# frames of 480x340. Animations are short and small; a bigger one is refused.
+DEFAULT_MAX_TOTAL_PIXELS = 50_000_000
+_PALETTE_SAMPLES = 16
+_SAMPLE_PIXELS = 65_536  # each sampled frame is shrunk to about this before the palette is built
+
+
+def output_suffix(kind: str) -> str:
+    return SUFFIXES[FORMATS[kind]]
+
+
+def convert_animated(src: str | os.PathLike, dest: str | os.PathLike, kind: str,
+                     stylize_frame: Callable[[np.ndarray], np.ndarray], *, name: str | None = None,
+                     max_side: int = 1280, max_pixels: int = 150_000_000, max_frames: int = DEFAULT_MAX_FRAMES,
+                     max_total_pixels: int = DEFAULT_MAX_TOTAL_PIXELS, quality: int = 95, overwrite: bool = False,
+                     progress: Callable[[int, int], None] | None = None, cancel=None) -> VideoResult:
+    """Stylize every frame of the animation `src` (kind from video.sniff: gif,
+    webp or apng) into `dest` (suffix: output_suffix(kind)), atomically."""
+    name = name or str(src)
+    fmt = FORMATS[kind]
+    timings = {"decode": 0.0, "stylize": 0.0, "encode": 0.0}
+    t = time.perf_counter()
+    try:
+        im = Image.open(src, formats=[fmt])
+    except Exception as e:
+        raise InputError(f"{name}: not a readable {fmt} animation ({first_line(e, 120)})", "corrupt header") from None
+    with im:
+        n, (w, h) = getattr(im, "n_frames", 1), im.size
+        size = check_limits(n, (w, h), name, max_side, max_pixels, max_frames, max_total_pixels)
+        loop = im.info.get("loop")
+        frames, durations, disposals, alpha_any = [], [], [], False
+        timings["decode"] += time.perf_counter() - t
+        try:
+            for i in range(n):
+                if cancel is not None and cancel.is_set():
+                    from anime_cli.errors import Cancelled
+
+                    raise Cancelled()
+                t = time.perf_counter()
+                im.seek(i)
+                im.load()  # WebP sets a frame's duration only once it is loaded
+                durations.append(int(im.info.get("duration") or 0))
+                disposals.append(_disposal(im, fmt))
+                rgba = np.asarray(im.convert("RGBA").resize(size, Image.Resampling.LANCZOS))
+                alpha = rgba[..., 3]
+                has_alpha = bool((alpha < 255).any())
+                alpha_any |= has_alpha
+                rgb = over_white(rgba) if has_alpha else np.ascontiguousarray(rgba[..., :3])
+                t1 = time.perf_counter()
+                timings["decode"] += t1 - t
+                out = stylize_frame(rgb)
+                timings["stylize"] += time.perf_counter() - t1
+                frames.append((out, alpha if has_alpha else None))
+                if progress is not None:
+                    progress(i + 1, n)
+        except (OSError, EOFError, SyntaxError, ValueError) as e:  # a truncated or broken frame
+            raise InputError(f"{name}: corrupt animation at frame {len(frames) + 1} ({first_line(e, 120)})",
+                             "corrupt data") from None
+    t = time.perf_counter()
+    _write(frames, durations, disposals, loop, alpha_any, fmt, Path(dest), quality, overwrite, cancel)
+    timings["encode"] += time.perf_counter() - t
+    own = getattr(stylize_frame, "timings", None)
+    if own:
+        timings.pop("stylize")
+        timings.update(own)
+    timings = {k: round(s, 4) for k, s in timings.items()}
+    total = sum(timings.values())
+    return VideoResult(n, round(1000 * n / sum(durations), 3) if sum(durations) else None,
+                       round(sum(durations) / 1000, 4), 0, size, (w, h), SUFFIXES[fmt], timings,
+                       round(n / total, 3) if total else 0.0, [f"animated {fmt}, loop {loop}" if loop is not None
+                                                               else f"animated {fmt}, played once"])
+
+
+def check_limits(n: int, size: tuple[int, int], name: str, max_side: int, max_pixels: int, max_frames: int,
+                 max_total_pixels: int = DEFAULT_MAX_TOTAL_PIXELS) -> tuple[int, int]:
+    """The working size of an n-frame animation, or InputError for a limit it passes."""
+    w, h = size
+    if w * h > max_pixels:
+        raise InputError(f"{name}: {w}x{h} frames are {w * h:,} pixels, over --max-pixels ({max_pixels:,})",
+                         "too many pixels")
+    if n > max_frames:
+        raise InputError(f"{name}: {n} frames, over --max-frames ({max_frames})", "too many frames")
+    tw, th = target_size((w, h), max_side)
+    if n * tw * th > max_total_pixels:
+        raise InputError(f"{name}: {n} frames of {tw}x{th} is over the {max_total_pixels:,} pixels "
+                         f"an animation may hold; lower --max-side", "animation too large")
+    return tw, th
+
+
+def _disposal(im: Image.Image, fmt: str) -> int:
+    if fmt == "GIF":
+        return int(getattr(im, "disposal_method", 0) or 0)
+    if fmt == "PNG":
+        return int(im.info.get("disposal", 0) or 0)
+    return 0
+
+
+def _write(frames, durations, disposals, loop, alpha_any, fmt, dest: Path, quality, overwrite, cancel) -> None:
+    if fmt == "GIF":
+        images, extra = _gif_frames(frames, alpha_any)
+        # Each frame is whole: with transparency it must replace the one before
+        # (disposal 2, restore to background) or the old frame would show through.
+        extra["disposal"] = [2] * len(frames) if alpha_any else disposals
+        extra["optimize"] = False
+    else:
+        images = [Image.fromarray(_rgba(rgb, a) if alpha_any else rgb) for rgb, a in frames]
+        extra = {"quality": quality, "method": 4} if fmt == "WEBP" else {"disposal": disposals, "blend": 0}
+    if loop is not None:
+        extra["loop"] = loop
+    fd, tmp = _temp_for(dest)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            images[0].save(f, format=fmt, save_all=True, append_images=images[1:], duration=durations, **extra)
+            f.flush()
+            output.finish(f.fileno(), tmp, dest, overwrite, cancel)
+    except OSError as e:
+        raise output._os_error(dest, e, None) from None
+    except (ValueError, TypeError) as e:
+        raise OutputError(f"{dest}: cannot encode as {fmt} ({first_line(e, 120)})") from None
+    finally:
+        output._discard_temp(tmp)
+
+
+def _gif_frames(frames, alpha_any: bool):
+    """The frames as P images on one shared palette (255 colours and a transparent
+    index when any frame has transparency), quantized without dithering."""
+    colours = 255 if alpha_any else 256
+    step = max(1, len(frames) // _PALETTE_SAMPLES)
+    samples = []
+    for rgb, a in frames[::step][:_PALETTE_SAMPLES]:
+        im = Image.fromarray(rgb)
+        s = min(1.0, (_SAMPLE_PIXELS / (im.width * im.height)) ** 0.5)
+        im = im.resize((max(1, round(im.width * s)), max(1, round(im.height * s))), Image.Resampling.BOX)
+        samples.append(np.asarray(im).reshape(-1, 3))
+    strip = np.concatenate(samples)[None]
+    palette = Image.fromarray(strip).quantize(colours, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    images = []
+    for rgb, a in frames:
+        p = Image.fromarray(rgb).quantize(palette=palette, dither=Image.Dither.NONE)
+        if alpha_any:
+            idx = np.asarray(p).copy()
+            if a is not None:
+                idx[a < 128] = 255
+            p = Image.fromarray(idx, "P")
+            p.putpalette(palette.getpalette()[:765] + [0, 0, 0])
+        images.append(p)
+    # the palette named in the save call: Pillow then writes it once, as the
+    # global colour table, instead of a copy in every frame
+    extra = {"palette": bytes(images[0].getpalette()[:768])}
+    if alpha_any:
+        extra["transparency"] = 255
+    return images, extra
+
+
+def _rgba(rgb: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
+    a = alpha if alpha is not None else np.full(rgb.shape[:2], 255, np.uint8)
+    return np.dstack([rgb, a])

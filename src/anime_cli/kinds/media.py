@@ -1,0 +1,62 @@
+"""One way in for the pipeline: any clip (video or animation) probed from its
+header, then converted frame by frame.
+
+    kind = sniff(path)                      # None: a photo, today's path
+    clip = media.probe(path, kind, name, max_pixels=..., max_frames=...)
+    dest = out_dir / (stem + clip.suffix)
+    result = media.convert(clip, path, dest, FrameStylizer(...), max_side=..., ...)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from . import animation as animated
+from . import video
+from anime_cli.errors import InputError
+from anime_cli.inputs.sniff import ANIMATED_KINDS, VIDEO_KINDS
+
+
+@dataclass
+class Clip:
+    kind: str  # from sniff
+    suffix: str  # the output's: .mp4 .mkv .webm .gif .webp .png
+    size: tuple[int, int]  # [w, h] upright where the header tells
+    frames: int  # declared or estimated; 0 unknown
+    # what converting holds besides one frame and its network, for the memory
+    # ledger: the codecs of a video; every stylized frame of an animation
+    hold_bytes: int = 0
+
+
+def probe(path: str | os.PathLike, kind: str, name: str | None = None, *, max_pixels: int = 150_000_000,
+          max_frames: int = video.DEFAULT_MAX_FRAMES, max_side: int = 1280) -> Clip:
+    """The header's facts, limits checked, no frame decoded. Raises InputError /
+    UnsupportedFormat (no PyAV: a skip naming anime-cli[video])."""
+    name = name or str(path)
+    if kind in VIDEO_KINDS:
+        info = video.probe_video(path, name, kind, max_pixels=max_pixels, max_frames=max_frames)
+        return Clip(kind, info.suffix, info.upright_size, info.estimate, video.codec_bytes(info, max_side))
+    if kind in ANIMATED_KINDS:
+        try:
+            with Image.open(path, formats=[animated.FORMATS[kind]]) as im:
+                n, size = getattr(im, "n_frames", 1), im.size
+        except Exception as e:
+            raise InputError(f"{name}: not a readable animation ({animated._short(e)})", "corrupt header") from None
+        w, h = animated.check_limits(n, size, name, max_side, max_pixels, max_frames)
+        return Clip(kind, animated.output_suffix(kind), size, n, 4 * w * h * n)
+    raise ValueError(f"not a clip kind: {kind!r}")
+
+
+def convert(clip: Clip, src: str | os.PathLike, dest: str | os.PathLike, stylize_frame, *, name: str | None = None,
+            max_side: int = 1280, max_pixels: int = 150_000_000, max_frames: int = video.DEFAULT_MAX_FRAMES,
+            crf: int = video.DEFAULT_CRF, quality: int = 95, overwrite: bool = False, progress=None,
+            cancel=None) -> video.VideoResult:
+    kw = dict(name=name, max_side=max_side, max_pixels=max_pixels, max_frames=max_frames, overwrite=overwrite,
+              progress=progress, cancel=cancel)
+    if clip.kind in VIDEO_KINDS:
+        return video.convert_video(src, Path(dest), stylize_frame, crf=crf, **kw)
+    return animated.convert_animated(src, Path(dest), clip.kind, stylize_frame, quality=quality, **kw)

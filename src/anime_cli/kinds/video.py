@@ -1,0 +1,404 @@
+"""Video: recognised by content, streamed frame by frame through the style.
+
+`sniff` (sniff.py) names a video or an animated picture from its first bytes
+(a still GIF, WebP or PNG stays a photo). `convert_video` decodes one frame at a time
+straight to the working size (FFmpeg's scaler, through PyAV), turns it
+upright, hands it to `stylize_frame`, encodes it and forgets it: memory is
+that of one frame plus the codecs' own look-ahead, whatever the clip's
+length. The audio streams are copied packet for packet (never re-encoded) and
+every frame keeps its timestamp, so sound stays in sync and a variable frame
+rate stays variable. The output is written to a hidden temporary file in the
+destination folder and renamed at the end: an interrupted or failed clip
+leaves nothing. Animated GIF/WebP/APNG are in animated.py.
+
+PyAV is the optional extra `anime-cli[video]`; without it a video is a skip
+that names the extra.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from anime_cli.folder import files as output
+from anime_cli.inputs.decode import target_size
+from anime_cli.errors import InputError, OutputError, UnsupportedFormat, first_line
+from anime_cli.options import DEFAULT_CRF, DEFAULT_MAX_FRAMES
+from anime_cli.inputs.sniff import ANIMATED_KINDS, VIDEO_KINDS, VIDEO_SUFFIXES, sniff  # noqa: F401  (the API in one place)
+
+EXTRA = "anime-cli[video]"
+
+MIN_SIDE = 16  # the network's reflection padding and 4x downsampling need room
+# Audio codecs MP4 holds; a clip with any other audio is written as Matroska
+# so that its sound is still copied unchanged.
+_MP4_AUDIO = {"aac", "mp3", "mp2", "ac3", "eac3", "opus", "flac", "alac"}
+_WEBM_AUDIO = {"opus", "vorbis"}
+
+
+def require_av(name: str):
+    """The av module, or a skip naming the extra that provides it."""
+    try:
+        import av
+    except ImportError:
+        raise UnsupportedFormat(f"{name}: video needs the extra {EXTRA} (pip install '{EXTRA}')",
+                                f"needs {EXTRA}") from None
+    av.logging.set_level(None)  # FFmpeg's complaints would land on stderr; the record tells them
+    return av
+
+
+# -- probing ------------------------------------------------------------------
+@dataclass
+class VideoInfo:
+    kind: str
+    size: tuple[int, int]  # as stored
+    rotation: int  # degrees counterclockwise to show it upright (0, 90, 180, -90)
+    rate: Fraction | None  # average frame rate
+    frames: int  # claimed by the header; 0 when it does not say
+    duration: float | None  # seconds
+    codec: str
+    audio: list[str] = field(default_factory=list)  # codec names of the audio streams
+    estimate: int = 0  # frames declared, or duration x rate: for a progress bar's total
+
+    @property
+    def upright_size(self) -> tuple[int, int]:
+        w, h = self.size
+        return (h, w) if self.rotation % 180 else (w, h)
+
+    @property
+    def suffix(self) -> str:
+        """The output's container: WebM for WebM, else MP4 when it can hold the
+        audio unchanged, else Matroska."""
+        if self.kind == "webm" and all(a in _WEBM_AUDIO for a in self.audio):
+            return ".webm"
+        return ".mp4" if all(a in _MP4_AUDIO for a in self.audio) else ".mkv"
+
+
+def probe_video(path: str | os.PathLike, name: str | None = None, kind: str | None = None, *,
+                max_pixels: int = 150_000_000, max_frames: int = DEFAULT_MAX_FRAMES) -> VideoInfo:
+    """What the container's header says, with the limits checked; no frame decoded."""
+    name = name or str(path)
+    av = require_av(name)
+    with _opened(av, path, name) as c:
+        return _info(c, kind or sniff(path) or "?", name, max_pixels, max_frames)
+
+
+def _opened(av, path, name):
+    try:
+        if hasattr(path, "read"):  # stdin or a pipe, read into memory by the pipeline
+            path.seek(0)
+            return av.open(path, metadata_errors="replace")
+        return av.open(str(path), metadata_errors="replace")
+    except av.error.FileNotFoundError:
+        raise InputError(f"{name}: file not found (deleted?)", "file not found") from None
+    except av.error.PermissionError:
+        raise InputError(f"{name}: permission denied", "permission denied") from None
+    except (av.error.FFmpegError, OSError, ValueError) as e:
+        raise InputError(f"{name}: not a readable video (corrupt or truncated: {_short(e)})",
+                         "corrupt video") from None
+
+
+def _info(c, kind: str, name: str, max_pixels: int, max_frames: int) -> VideoInfo:
+    if not c.streams.video:
+        what = "audio only" if c.streams.audio else "no video stream"
+        raise UnsupportedFormat(f"{name}: not a video ({what})", "no video stream")
+    v = c.streams.video[0]
+    w, h = v.codec_context.width, v.codec_context.height
+    if w < 1 or h < 1:
+        raise InputError(f"{name}: video has no frame size ({w}x{h})", "corrupt video")
+    if w * h > max_pixels:
+        raise InputError(f"{name}: {w}x{h} frames are {w * h:,} pixels, over --max-pixels ({max_pixels:,})",
+                         "too many pixels")
+    rate = v.average_rate or v.guessed_rate
+    duration = float(v.duration * v.time_base) if v.duration and v.time_base else (
+        c.duration / 1e6 if c.duration and c.duration > 0 else None)
+    claimed = int(v.frames or 0) or (round(duration * rate) if duration and rate else 0)
+    if claimed > max_frames:
+        said = f"{claimed} frames" if v.frames else f"{duration:.0f} s at {float(rate):.3g} fps, ~{claimed} frames"
+        raise InputError(f"{name}: the header declares {said}, over --max-frames ({max_frames})", "too many frames")
+    rotation = _stream_rotation(v)
+    info = VideoInfo(kind, (w, h), rotation, Fraction(rate) if rate else None, int(v.frames or 0), duration,
+                     v.codec_context.name, [a.codec_context.name for a in c.streams.audio], claimed)
+    _working_size(info, 0, name)  # too small or too thin: refused before any frame
+    return info
+
+
+def _stream_rotation(v) -> int:
+    """The old `rotate` tag, where FFmpeg still reports one. The display
+    matrix itself comes with each decoded frame (frame.rotation), used then."""
+    tag = v.metadata.get("rotate") if v.metadata else None
+    try:
+        return _quarter(-float(tag)) if tag else 0  # the old tag turns clockwise
+    except ValueError:
+        return 0
+
+
+def _quarter(deg: float) -> int:
+    q = round(deg / 90) % 4
+    return (0, 90, 180, -90)[q]
+
+
+def codec_bytes(info: VideoInfo, max_side: int) -> int:
+    """What the decoder and encoder hold besides the frame being stylized, for
+    the memory ledger: the decoder's reference and threaded frames (yuv420p,
+    1.5 bytes a pixel, up to 16) at the stored size, and x264's look-ahead and
+    references at the working size (measured: ~110 MB for 720p in and out)."""
+    w, h = target_size(info.size, max_side)
+    return int(24 * info.size[0] * info.size[1] + 100 * w * h)
+
+
+def _working_size(info: VideoInfo, max_side: int, name: str) -> tuple[int, int]:
+    """The size frames are scaled to, as stored (the rotation comes after):
+    within max_side, never upscaled, both sides even (yuv420p needs it)."""
+    tw, th = target_size(info.size, max_side)
+    tw, th = tw - tw % 2, th - th % 2
+    if min(tw, th) < MIN_SIDE:
+        w, h = info.size
+        raise InputError(f"{name}: {w}x{h} frames are too small or too thin to stylize "
+                         f"(at least {MIN_SIDE} px a side once fitted to --max-side)", "frame too small")
+    return tw, th
+
+
+# -- decoding -----------------------------------------------------------------
+def frames(c, v, size: tuple[int, int], name: str, max_frames: int,
+           audio_sink: Callable | None = None, info_rotation: int = 0) -> Iterator[tuple[object, np.ndarray]]:
+    """(decoded frame, its upright working-size RGB) one at a time, in
+    presentation order. `size` is the working size as stored; FFmpeg scales
+    each frame to it, then the frame's display matrix (phone videos) turns it
+    upright. Audio packets go to `audio_sink` as they come."""
+    av = require_av(name)
+    sw, sh = size
+    count = 0
+    streams = [v, *c.streams.audio] if audio_sink else [v]
+    try:
+        for packet in c.demux(*streams):
+            if packet.stream.type == "audio":
+                if packet.dts is not None:  # not the flush packet at the end
+                    audio_sink(packet)
+                continue
+            for frame in packet.decode():
+                count += 1
+                if count > max_frames:
+                    raise InputError(f"{name}: more than --max-frames ({max_frames}) frames", "too many frames")
+                rot = _quarter(frame.rotation or 0) or info_rotation
+                rgb = frame.reformat(width=sw, height=sh, format="rgb24", interpolation="LANCZOS").to_ndarray()
+                if rot:
+                    rgb = np.ascontiguousarray(np.rot90(rgb, rot // 90))
+                yield frame, rgb
+    except av.error.FFmpegError as e:
+        raise InputError(f"{name}: corrupt video data at frame {count + 1} ({_short(e)})", "corrupt video") from None
+
+
+def read_frames(path, max_side: int = 0, max_frames: int = DEFAULT_MAX_FRAMES) -> Iterator[tuple[float, np.ndarray]]:
+    """(seconds, upright working-size RGB) of every frame: what convert_video
+    hands to stylize_frame. For tests and tools."""
+    av = require_av(str(path))
+    with _opened(av, path, str(path)) as c:
+        info = _info(c, sniff(path) or "?", str(path), 10**12, max_frames)
+        v = c.streams.video[0]
+        size = _working_size(info, max_side, str(path))
+        for frame, rgb in frames(c, v, size, str(path), max_frames, info_rotation=info.rotation):
+            yield float(frame.time) if frame.time is not None else None, rgb
+
+
+# -- converting ---------------------------------------------------------------
+@dataclass
+class VideoResult:
+    frames: int
+    fps: float | None  # the input's average frame rate
+    duration: float | None  # seconds, of the written video stream
+    audio: int  # audio streams copied
+    size: tuple[int, int]  # [w, h] written, upright
+    input_size: tuple[int, int]  # upright
+    suffix: str
+    timings: dict[str, float] = field(default_factory=dict)  # per stage, summed over frames
+    frames_per_second: float = 0.0  # frames over the summed stage time
+    notes: list[str] = field(default_factory=list)
+
+
+def convert_video(src: str | os.PathLike, dest: str | os.PathLike, stylize_frame: Callable[[np.ndarray], np.ndarray],
+                  *, name: str | None = None, max_side: int = 1280, max_pixels: int = 150_000_000,
+                  max_frames: int = DEFAULT_MAX_FRAMES, crf: int = DEFAULT_CRF, overwrite: bool = False,
+                  progress: Callable[[int, int], None] | None = None, cancel=None) -> VideoResult:
+    """Stylize every frame of `src` into `dest` (its suffix should be
+    probe_video(...).suffix: .mp4, .mkv or .webm). stylize_frame: upright
+    HxWx3 uint8 -> same shape. If it has a `timings` dict (FrameStylizer), its
+    stages are reported instead of one "stylize" stage. progress(done, total)
+    after each frame (total: the header's count or its estimate, 0 unknown). cancel.is_set() is checked between frames
+    (errors.Cancelled raised inside stylize_frame passes through too); on any
+    exception the temporary file is removed and nothing appears at `dest`."""
+    name = name or str(src)
+    dest = Path(dest)
+    av = require_av(name)
+    with _opened(av, src, name) as c:
+        info = _info(c, sniff(src) or "?", name, max_pixels, max_frames)
+        size = _working_size(info, max_side, name)
+        v = c.streams.video[0]
+        v.thread_type = "AUTO"
+        fd, tmp = _temp_for(dest)
+        try:
+            with _Writer(av, tmp, dest.suffix, v, c.streams.audio, info.rate, crf) as wr:
+                res = _run(c, v, info, size, name, max_frames, stylize_frame, wr, progress, cancel)
+            output.finish(fd, tmp, dest, overwrite, cancel)  # the encoder wrote it by name; fd holds its lock
+        except OSError as e:
+            raise output._os_error(dest, e, None) from None
+        finally:
+            output._discard_temp(tmp)
+            os.close(fd)
+    res.suffix = dest.suffix
+    return res
+
+
+def _run(c, v, info, size, name, max_frames, stylize_frame, wr, progress, cancel) -> VideoResult:
+    timings = {"decode": 0.0, "stylize": 0.0, "encode": 0.0}
+    own = getattr(stylize_frame, "timings", None)
+    n = first = last = 0
+    it = frames(c, v, size, name, max_frames, audio_sink=wr.copy_audio, info_rotation=info.rotation)
+    while True:
+        t = time.perf_counter()
+        try:
+            frame, rgb = next(it)
+        except StopIteration:
+            timings["decode"] += time.perf_counter() - t
+            break
+        t1 = time.perf_counter()
+        timings["decode"] += t1 - t
+        if cancel is not None and cancel.is_set():
+            from anime_cli.errors import Cancelled
+
+            raise Cancelled()
+        out = stylize_frame(rgb)
+        if out.shape != rgb.shape:
+            raise ValueError(f"stylize_frame gave {out.shape} for {rgb.shape}")
+        t2 = time.perf_counter()
+        timings["stylize"] += t2 - t1
+        pts = wr.encode(out, frame)
+        timings["encode"] += time.perf_counter() - t2
+        first, last = (pts if n == 0 else first), pts
+        n += 1
+        if progress is not None:
+            progress(n, max(n, info.estimate))
+    if n == 0:
+        raise InputError(f"{name}: the video stream holds no frame", "no frames")
+    if info.frames and n < info.frames * 0.99 - 2:  # edit lists may drop a few: not a truncation
+        raise InputError(f"{name}: truncated video (decoded {n} of the {info.frames} frames its header "
+                         f"declares)", "truncated video")
+    t = time.perf_counter()
+    wr.finish()
+    timings["encode"] += time.perf_counter() - t
+    if own:  # the callable timed its own stages (stylize, faces)
+        timings.pop("stylize")
+        timings.update(own)
+    timings = {k: round(s, 4) for k, s in timings.items()}
+    total = sum(timings.values())
+    duration = float((last - first + wr.last_duration) * v.time_base)
+    notes = [f"turned {info.rotation or wr.rotation} degrees upright"] if (info.rotation or wr.rotation) else []
+    dropped = len(c.streams) - 1 - len(c.streams.audio)
+    if dropped:
+        notes.append(f"{dropped} subtitle/data stream(s) not copied")
+    h, w = wr.shape
+    return VideoResult(n, float(info.rate) if info.rate else None, round(duration, 4), len(c.streams.audio),
+                       (w, h), info.upright_size if not wr.rotation % 180 else info.size[::-1], "", timings,
+                       round(n / total, 3) if total else 0.0, notes)
+
+
+class _Writer:
+    """The output container: the stylized video stream and the copied audio.
+    Its streams are made at the first frame, once the upright size is known
+    (the display matrix comes with the decoded frames); audio packets that
+    come before wait for it."""
+
+    def __init__(self, av, path: str, suffix: str, v, audio, rate, crf: int):
+        self.av, self.path, self.v, self.rate, self.crf = av, path, v, rate, crf
+        self.fmt = {".webm": "webm", ".mkv": "matroska"}.get(suffix, "mp4")
+        opts = {"movflags": "+faststart"} if self.fmt == "mp4" else {}
+        try:
+            self.out = av.open(path, "w", format=self.fmt, options=opts)
+        except (av.error.FFmpegError, OSError) as e:
+            raise OutputError(f"{path}: cannot write ({_short(e)})") from None
+        self.audio_in = list(audio)
+        self.audio: dict[int, object] = {}
+        self.pending: list = []  # audio packets before the first frame
+        self.video = None
+        self.last_pts = None
+        self.last_duration = 0
+        self.rotation = 0
+        self.shape = (0, 0)
+
+    def _start(self, shape) -> None:
+        codec = "libvpx-vp9" if self.fmt == "webm" else "libx264"
+        s = self.out.add_stream(codec, rate=self.rate or Fraction(25))
+        s.height, s.width = shape[:2]
+        s.pix_fmt = "yuv420p"
+        s.time_base = self.v.time_base
+        s.codec_context.time_base = self.v.time_base
+        cc = s.codec_context  # limited-range BT.709: what encode() converts to
+        cc.color_range, cc.colorspace, cc.color_primaries, cc.color_trc = 1, 1, 1, 1
+        if codec == "libx264":
+            # x264's look-ahead holds that many frames: 40 (medium's default) took
+            # ~200 MB at 720p, 10 takes ~110 MB (decoder included) for a slightly
+            # larger file at the same quality
+            s.options = {"crf": str(self.crf), "preset": "medium", "rc-lookahead": "10"}
+        else:  # VP9's scale runs higher than x264's for the same look
+            s.options = {"crf": str(min(63, self.crf + 12)), "b": "0", "row-mt": "1", "cpu-used": "4"}
+        self.video = s
+        self.audio = {a.index: self.out.add_stream_from_template(a) for a in self.audio_in}
+        self.shape = shape[:2]
+        for p in self.pending:
+            self.copy_audio(p)
+        self.pending = []
+
+    def copy_audio(self, packet) -> None:
+        if self.video is None:
+            self.pending.append(packet)
+            return
+        packet.stream = self.audio[packet.stream_index]
+        self.out.mux(packet)
+
+    def encode(self, rgb: np.ndarray, src_frame) -> int:
+        if self.video is None:
+            self.rotation = _quarter(src_frame.rotation or 0)
+            self._start(rgb.shape)
+        f = self.av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
+            format="yuv420p", dst_colorspace="ITU709", interpolation="LANCZOS")
+        pts = src_frame.pts
+        if pts is None or (self.last_pts is not None and pts <= self.last_pts):
+            pts = (self.last_pts + max(1, self.last_duration)) if self.last_pts is not None else 0
+        self.last_duration = src_frame.duration or (pts - self.last_pts if self.last_pts is not None else 0)
+        f.pts, f.time_base = pts, self.v.time_base
+        if src_frame.duration:
+            f.duration = src_frame.duration
+        self.last_pts = pts
+        self.out.mux(self.video.encode(f))
+        return pts
+
+    def finish(self) -> None:
+        self.out.mux(self.video.encode(None))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.out.close()
+        except (self.av.error.FFmpegError, OSError) as e:
+            if exc[0] is None:
+                raise OutputError(f"{self.path}: cannot write ({_short(e)})") from None
+
+
+def _temp_for(dest: Path) -> tuple[int, str]:
+    """output.open_temp, its failure one line."""
+    try:
+        return output.open_temp(dest)
+    except OSError as e:
+        raise OutputError(f"{dest}: cannot write ({e.strerror or e})") from None
+
+
+def _short(e: BaseException) -> str:
+    # FFmpeg's own words, without the errno and the path again
+    return getattr(e, "strerror", None) or first_line(e, 120)
