@@ -303,7 +303,7 @@ def test_limits_on_pixels_and_frames(tmp_path):
 def test_without_pyav_a_video_is_skipped_naming_the_extra(tmp_path):
     src = make_clip(tmp_path / "in.mp4", n=2, audio=False)
     code = ("import sys; sys.modules['av'] = None\n"
-            "from anime_cli import video\n"
+            "from anime_cli.kinds import video\n"
             f"assert video.sniff({str(src)!r}) == 'mp4'\n"
             "try:\n"
             f"    video.probe_video({str(src)!r})\n"
