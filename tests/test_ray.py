@@ -122,6 +122,26 @@ def test_ray_gives_the_pictures_and_records_of_the_pipeline(tmp_path, local_ray,
     assert again["notes.jpg"].status == "error"
 
 
+def test_ray_names_outputs_as_the_pipeline_does(tmp_path, local_ray, stylizer):
+    """--name and the 255-byte rule, for computed files and for cache hits alike."""
+    from anime_cli import Converter, Options, convert_dataset, discover
+
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(PHOTOS / "coffee.png", src / "a.png")
+    shutil.copy(PHOTOS / "coffee.png", src / "b.png")  # identical: one of the two is a cache hit on Ray
+    shutil.copy(PHOTOS / "rocket.jpg", src / ("é" * 150 + ".jpg"))  # a 304-byte name
+    opts = dict(max_side=64, name="{stem}_{style}-{width}x{height}", face_enhance=False)
+    plain = list(Converter(stylizer, Options(output_dir=tmp_path / "plain", **opts)).run(discover([str(src)], False)))
+    got = list(convert_dataset([str(src)], str(tmp_path / "ray"), Options(**opts), threads=1))
+    names = lambda recs, root: [Path(r.output).relative_to(root).as_posix() for r in recs]  # noqa: E731
+    assert names(got, tmp_path / "ray") == names(plain, tmp_path / "plain")
+    assert names(plain, tmp_path / "plain")[:2] == ["a_hayao-64x43.png", "b_hayao-64x43.png"]
+    assert all(len(n.encode()) <= 255 for n in names(got, tmp_path / "ray"))
+    assert sorted(r.cached for r in got) == [False, False, True]
+    assert [r.output_size for r in got] == [r.output_size for r in plain]
+
+
 def test_bad_inputs_are_one_line_errors_before_any_work(tmp_path):
     from anime_cli.inputs.discover import MissingInput
     from anime_cli.run.on_ray import RayError, convert_dataset

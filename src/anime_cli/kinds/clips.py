@@ -1,4 +1,4 @@
-"""Videos and animated pictures in the batch: the pipeline's clip path.
+"""Videos and animated pictures: the clip kind.
 
 A clip is recognised by content (sniff) while the file is probed. It is then
 probed from its header (media.probe: limits checked, nothing decoded), named
@@ -9,59 +9,78 @@ network, faces, encode, one frame at a time, the sound copied unchanged.
 
 from __future__ import annotations
 
-from . import media
-from anime_cli.inputs.decode import target_size
 from anime_cli.errors import InputError
-from anime_cli.faces.enhance import DEFAULT_MIN_FACE
+from anime_cli.inputs.decode import target_size
+
+from . import media
 from .frames import FrameStylizer
+from .kind import Context, File
 
 
-def open_clip(conv, loaded, kind: str, source) -> float:
-    """Probe the clip of `loaded` and name its output; its work in progress units."""
-    job, rec, opts = loaded.job, loaded.record, conv.options
-    if conv.names is None:
-        raise InputError(f"{job.input}: a {kind} clip cannot be written to stdout; give -o DIR", "output")
-    clip = media.probe(source, kind, job.input, max_pixels=opts.max_pixels, max_frames=opts.max_frames,
-                       max_side=opts.max_side)
-    rec.input_format, rec.input_size = kind, list(clip.size)
-    w, h = target_size(clip.size, opts.max_side)
-    conv.claim(loaded, None, (w, h), clip.suffix)
-    if conv.from_cache(loaded, (w, h), source):
-        return 0
-    loaded.clip, loaded.source = clip, source
-    return max(1, clip.frames) * conv.work(h, w)
+class Clip:
+    def __init__(self, ctx: Context, f: File, header: media.Clip, source, size: tuple[int, int]):
+        self.ctx, self.f, self.header, self.source, self.size = ctx, f, header, source, size
 
+    @classmethod
+    def open(cls, ctx: Context, f: File, kind: str, source) -> Clip | None:
+        """Probe the clip and name its output; None when there is nothing to
+        compute (placed from the cache)."""
+        job, rec, opts = f.job, f.record, ctx.options
+        if ctx.folder is None:
+            raise InputError(f"{job.input}: a {kind} clip cannot be written to stdout; give -o DIR", "output")
+        header = media.probe(source, kind, job.input, max_pixels=opts.max_pixels, max_frames=opts.max_frames,
+                             max_side=opts.max_side)
+        rec.input_format, rec.input_size = kind, list(header.size)
+        size = target_size(header.size, opts.max_side)
+        ctx.folder.claim(f, None, size, header.suffix)
+        if ctx.folder.from_cache(f, size, source, f.stop):
+            return None
+        return cls(ctx, f, header, source, size)
 
-def footprint(conv, loaded) -> int:
-    """What converting the clip holds at once: a few frames at the working
-    size, the network on its fastest plan, the codecs or the stylized frames
-    of an animation (clip.hold_bytes), a face render."""
-    clip, opts = loaded.clip, conv.options
-    w, h = target_size(clip.size, opts.max_side)
-    need = 12 * w * h + conv.stylizer.fastest_bytes(h, w) + clip.hold_bytes
-    if conv.faces_on:
-        side = opts.face_px(video=True)
-        need += conv.stylizer.fastest_bytes(side, side)
-    return need
+    @property
+    def units(self) -> float:
+        w, h = self.size
+        return max(1, self.header.frames) * self.ctx.work(h, w)
 
+    def footprint(self) -> int:
+        """A few frames at the working size, the network on its fastest plan,
+        the codecs or the stylized frames of an animation (hold_bytes), a face
+        render."""
+        opts, style = self.ctx.options, self.ctx.style
+        w, h = self.size
+        need = 12 * w * h + style.fastest_bytes(h, w) + self.header.hold_bytes
+        if self.ctx.detector is not None:
+            side = opts.face_px(video=True)
+            need += style.fastest_bytes(side, side)
+        return need
 
-def convert_clip(conv, loaded) -> None:
-    """Stylize every frame of the clip into its output; fills the record."""
-    clip, rec, opts, job = loaded.clip, loaded.record, conv.options, loaded.job
-    w, h = target_size(clip.size, opts.max_side)
-    room = conv.budget(loaded, 4 * w * h)
-    fs = FrameStylizer(conv.stylizer, conv.detector if conv.faces_on else None, face_size=opts.face_px(video=True),
-                       min_face=opts.min_face or DEFAULT_MIN_FACE, budget_bytes=room, cancel=loaded.cancel)
-    per_frame = conv.work(h, w)
-    bar = conv.progress
-    progress = (lambda done, total: bar.advance(loaded, per_frame)) if bar is not None else None
-    res = media.convert(clip, loaded.source, loaded.dest, fs, name=job.input, max_side=opts.max_side,
-                        max_pixels=opts.max_pixels, max_frames=opts.max_frames, crf=opts.crf, quality=opts.quality,
-                        overwrite=opts.overwrite, progress=progress, cancel=loaded.cancel or conv.halt)
-    rec.status, rec.output = "ok", str(loaded.dest)
-    rec.output_size = rec.decode_size = list(res.size)
-    rec.faces, rec.faces_enhanced = fs.faces, fs.faces_enhanced
-    rec.timings.update(res.timings)
-    rec.notes += res.notes
-    rec.frames, rec.fps, rec.duration, rec.audio = res.frames, res.fps, res.duration, res.audio
-    rec.frames_per_second = round(res.frames_per_second, 3)
+    def plan(self) -> str:
+        w, h = self.size
+        return f"{self.header.frames} frames, each {self.ctx.style.plan(h, w, self.f.room(0))}"
+
+    def load(self) -> None:
+        """Nothing: a clip is decoded frame by frame as it is converted."""
+
+    def convert(self) -> None:
+        f, ctx, opts = self.f, self.ctx, self.ctx.options
+        rec = f.record
+        w, h = self.size
+        f.stage = "stylize"
+        fs = FrameStylizer(ctx.style, ctx.detector, face_size=opts.face_px(video=True), min_face=opts.min_face,
+                           budget_bytes=f.room(4 * w * h), cancel=f.cancel)
+        per_frame = ctx.work(h, w)
+        advance = f.advance
+        progress = (lambda done, total: advance(per_frame)) if advance is not None else None
+        res = media.convert(self.header, self.source, f.dest, fs, name=f.job.input, max_side=opts.max_side,
+                            max_pixels=opts.max_pixels, max_frames=opts.max_frames, crf=opts.crf,
+                            quality=opts.quality, overwrite=opts.overwrite, progress=progress, cancel=f.stop)
+        rec.status, rec.output = "ok", str(f.dest)
+        rec.output_size = rec.decode_size = list(res.size)
+        rec.faces, rec.faces_enhanced = fs.faces, fs.faces_enhanced
+        rec.timings.update(res.timings)
+        rec.notes += res.notes
+        rec.frames, rec.fps, rec.duration, rec.audio = res.frames, res.fps, res.duration, res.audio
+        rec.frames_per_second = round(res.frames_per_second, 3)
+
+    def close(self) -> None:
+        self.source = None

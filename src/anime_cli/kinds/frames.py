@@ -1,4 +1,4 @@
-"""How one frame of a clip is stylized: the network, then faces.
+"""The network, then faces: one way for a photo and for every frame of a clip.
 
 face2paint costs one full render per face per frame, which in a video is
 most of the bill. So for video the faces are rendered at 256 px by default (a
@@ -14,12 +14,34 @@ detection (0.2-0.6 s a frame, MTCNN on one thread).
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 
 import numpy as np
 
 from anime_cli.faces.enhance import DEFAULT_MIN_FACE, enhance_faces
+from anime_cli.options import VIDEO_FACE_SIZE
 
-from anime_cli.options import VIDEO_FACE_SIZE  # noqa: F401  (the default's home is options)
+
+def network_then_faces(style, rgb: np.ndarray, detector, *, face_size: int, min_face: int | None = None,
+                       budget: int | None = None, cancel=None, progress=None, source=None, timed=None):
+    """(the stylized picture, the plan it ran, the faces' report or None).
+    detector None: no faces. source: where face crops come from (a photo's
+    original file); None, the picture itself. timed(stage): a context manager
+    around each of "stylize" and "faces"."""
+    timed = timed or _untimed
+    with timed("stylize"):
+        rendered = style.render(rgb, budget_bytes=budget, cancel=cancel, progress=progress)
+    if detector is None:
+        return rendered.image, rendered.plan_text, None
+    with timed("faces"):
+        out, report = enhance_faces(style, rgb, rendered.image, detector, source, face_size=face_size,
+                                    min_face=DEFAULT_MIN_FACE if min_face is None else min_face, cancel=cancel)
+    return out, rendered.plan_text, report
+
+
+@contextmanager
+def _untimed(stage: str):
+    yield
 
 
 class FrameStylizer:
@@ -27,7 +49,7 @@ class FrameStylizer:
     rgb -> rgb, timing its own stages (`timings`: stylize, faces, seconds
     summed over frames) and counting the faces it enhanced (`faces`).
     detector None: no face enhancement. budget_bytes and cancel are passed to
-    every Stylizer.stylize call."""
+    every render."""
 
     def __init__(self, stylizer, detector=None, *, face_size: int = VIDEO_FACE_SIZE,
                  min_face: int = DEFAULT_MIN_FACE, budget_bytes: int | None = None, cancel=None):
@@ -41,14 +63,18 @@ class FrameStylizer:
         self.faces_enhanced = 0
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
-        t = time.perf_counter()
-        out = self.stylizer.stylize(rgb, budget_bytes=self.budget_bytes, cancel=self.cancel)
-        t1 = time.perf_counter()
-        self.timings["stylize"] += t1 - t
-        if self.detector is not None:
-            out, report = enhance_faces(self.stylizer, rgb, out, self.detector, face_size=self.face_size,
-                                        min_face=self.min_face, cancel=self.cancel)
+        out, _, report = network_then_faces(self.stylizer, rgb, self.detector, face_size=self.face_size,
+                                            min_face=self.min_face, budget=self.budget_bytes, cancel=self.cancel,
+                                            timed=self._timed)
+        if report is not None:
             self.faces += report.found
             self.faces_enhanced += report.enhanced
-            self.timings["faces"] += time.perf_counter() - t1
         return out
+
+    @contextmanager
+    def _timed(self, stage: str):
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[stage] += time.perf_counter() - t

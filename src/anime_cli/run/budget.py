@@ -1,6 +1,6 @@
 """The memory budget: what each file may hold, reserved before it is decoded.
 
-A file's footprint is computed from its header (see `footprint`); the files in
+A file's footprint is computed from its header (each kind's footprint()); the files in
 flight reserve theirs from a `Ledger` holding what --memory-limit leaves after
 the models, so together they stay inside the limit. A file too big to share
 waits until it is alone and then has the whole budget, within which the
@@ -12,17 +12,12 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from anime_cli.inputs.decode import target_size
 from anime_cli.errors import Cancelled
 from anime_cli.logs.telemetry import rss_bytes
 
 # What the process needs beyond the files' own reservations: encoder buffers,
 # the allocator's slack, Python's own churn.
 RESERVE = 96 * 1024**2
-# Faces are found on a copy no larger than this (see faces.DETECT_SIDE); MTCNN's
-# pyramid holds about this many float32 bytes per pixel of that copy at its peak.
-_DETECT_PIXELS = 1280 * 1280
-_DETECT_BYTES_PER_PIXEL = 24
 
 
 def room(limit: int, share: int | None, picture: int) -> int | None:
@@ -36,38 +31,9 @@ def room(limit: int, share: int | None, picture: int) -> int | None:
     return max(0, limit - rss_bytes() - RESERVE)
 
 
-def face_decode_pixels(share: int | None, room_now: int | None) -> int:
-    """How many pixels of the original the face crops may decode."""
-    if share is not None or room_now is None:
-        return 10**12  # the file's reservation covers the whole original (see footprint)
-    return max(1, room_now // 8)
-
-
-def decode_bytes(probe, max_side: int) -> int:
-    """What decoding may hold at once: the decoded picture (JPEG: DCT-scaled
-    to at most twice the target) and its converted copy, 4 bytes a pixel each."""
-    w, h = probe.size
-    if probe.format == "JPEG":
-        tw, th = target_size(probe.size, max_side)
-        w, h = min(w, 2 * tw), min(h, 2 * th)
-    return 8 * w * h
-
-
-def footprint(probe, options, stylizer, faces: bool) -> int:
-    """The most a file holds at once, from its header: its decode; or its
-    picture (working copy, output, the encoder's copy) and the network on its
-    fastest plan; or, with faces, the picture, the detection copy and its
-    pyramid, one face render and the original decoded again for the crops
-    (8 bytes a pixel, as decode_bytes)."""
-    w, h = target_size(probe.size, options.max_side)
-    px = 4 * w * h  # bytes of the picture, alpha included
-    need = max(decode_bytes(probe, options.max_side), 3 * px + stylizer.fastest_bytes(h, w))
-    if faces:
-        side = options.face_px()
-        detect = min(w * h, _DETECT_PIXELS) * _DETECT_BYTES_PER_PIXEL
-        crops = 8 * probe.size[0] * probe.size[1]
-        need = max(need, 3 * px + max(detect, stylizer.fastest_bytes(side, side) + crops))
-    return need
+def estimated_peak_mb(footprint: int) -> float:
+    """A dry run's expected peak for a file of this footprint, in MB."""
+    return round((rss_bytes() + footprint) / 1e6, 1)
 
 
 @dataclass
@@ -119,22 +85,3 @@ class Ledger:
         """Let waiters look at their stop flag again."""
         with self.cond:
             self.cond.notify_all()
-
-
-def plan_only(conv, loaded) -> None:
-    """A dry run's record: what converting would do, from the header alone
-    (the output's path and size, the engine's plan, the peak it expects).
-    Nothing is decoded; the probed file is closed."""
-    rec, opts = loaded.record, conv.options
-    if loaded.image is not None:
-        loaded.image.close()
-        loaded.image = None
-    clip = loaded.clip
-    w, h = target_size(clip.size if clip is not None else loaded.probe.oriented_size, opts.max_side)
-    rec.plan = conv.stylizer.plan(h, w, conv.budget(loaded))
-    if clip is not None:
-        rec.plan = f"{clip.frames} frames, each {rec.plan}"
-    rec.estimated_peak_mb = round((rss_bytes() + conv.footprint(loaded)) / 1e6, 1)
-    loaded.clip = None
-    rec.status, rec.output_size = "planned", [w, h]
-    rec.output = str(loaded.dest) if loaded.dest is not None else "-"

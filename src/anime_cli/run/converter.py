@@ -13,56 +13,24 @@ from __future__ import annotations
 import io
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Iterable, Iterator
 
-from PIL import Image
+from anime_cli.engine import trim_malloc
+from anime_cli.errors import Cancelled, Fatal, InputError, OutputError, OutputExists, UnsupportedFormat, first_line
+from anime_cli.folder import files
+from anime_cli.folder.destinations import Destinations
+from anime_cli.inputs import probe
+from anime_cli.inputs.discover import STDIN, Job
+from anime_cli.inputs.sniff import VIDEO_KINDS, sniff
+from anime_cli.kinds.clips import Clip
+from anime_cli.kinds.kind import Context, File
+from anime_cli.kinds.photo import Photo
+from anime_cli.logs.telemetry import PeakTracker, Record
+from anime_cli.options import Options
 
 from . import budget
-from anime_cli.kinds import clips
-from anime_cli.folder import files as output
-from anime_cli.kinds import photo as photos
-from anime_cli.inputs import probe
-from anime_cli.folder.destinations import Destinations
-from anime_cli.inputs.sniff import VIDEO_KINDS, sniff
-from anime_cli.inputs.decode import Decoded
-from anime_cli.inputs.discover import STDIN, Job
-from anime_cli.faces.enhance import file_identity
-from anime_cli.errors import Cancelled, Fatal, InputError, OutputError, OutputExists, UnsupportedFormat, first_line
-from anime_cli.options import Options
-from anime_cli.logs.telemetry import PeakTracker, Record
-from anime_cli.engine import trim_malloc
 
 LANES = 2  # files in flight in a batch
-
-
-@dataclass(eq=False)  # identity: a key for the peak tracker
-class Loaded:
-    """One file on its way through the stages."""
-
-    job: Job
-    record: Record
-    dest: Path | None = None
-    fmt: str | None = None
-    decoded: Decoded | None = None
-    reopen: Callable | None = None
-    probe: probe.Probe | None = None
-    image: Image.Image | None = None  # probed, not yet decoded
-    share: int | None = None  # bytes reserved when sharing the budget; None: alone, on all of it
-    cancel: object | None = None  # is_set(): stop this file (the batch stopped before it)
-    stage: str = "probe"
-    identity: tuple | None = None  # the input file as probed (see faces.file_identity)
-    metadata: object | None = None  # metadata.Metadata with --keep-metadata: what goes into the output
-    cache_key: str | None = None  # this file computes that cache entry (store.Outputs), then done()
-    clip: object | None = None  # a video or an animation (media.Clip): converted frame by frame
-    source: object | None = None  # what the clip is read from (a path, or stdin's bytes)
-
-    @property
-    def pending(self) -> bool:
-        """Probed, with work still to do."""
-        return self.image is not None or self.clip is not None
-    fatal: bool = False  # its write failed so that no later write can succeed
 
 
 class Converter:
@@ -77,10 +45,16 @@ class Converter:
         self._stdin = stdin  # the bytes of '-' (None: read sys.stdin when it comes)
         # Set when the batch stops early (disk full, Ctrl-C): no output may appear after it.
         self.halt = threading.Event()
+        self.context = Context(options, stylizer, detector if options.face_enhance else None,
+                               self.destinations if self.names is not None else None, self.halt)
 
     @property
     def faces_on(self) -> bool:
-        return self.options.face_enhance and self.detector is not None
+        return self.context.detector is not None
+
+    @property
+    def store_error(self) -> str | None:
+        return self.destinations.store_error
 
     # -- the batch ---------------------------------------------------------
     def run(self, jobs: Iterable[Job], stdin: bytes | None = None) -> Iterator[Record]:
@@ -89,12 +63,9 @@ class Converter:
         from .lanes import Lanes
 
         jobs = list(jobs)
-        self.destinations.open(self.stylizer, self.faces_on)
-        if self.names is not None:
-            self.names.inputs |= {output.real_path(j.path) for j in jobs if j.path is not None}
+        self._begin(jobs)
         if stdin is not None:
             self._stdin = stdin
-        self.halt.clear()
         pipelined = self.options.pipelined and not self.options.dry_run
         lanes = min(LANES, self.stylizer.threads, len(jobs)) if pipelined else 1
         if lanes > 1:
@@ -106,121 +77,105 @@ class Converter:
     def convert(self, job: Job) -> Record:
         """One job, start to end, no overlap: the simplest way in from Python.
         Raises errors.Fatal like run()."""
-        self.destinations.open(self.stylizer, self.faces_on)
-        if self.names is not None and job.path is not None:
-            self.names.inputs.add(output.real_path(job.path))
+        self._begin([job])
         return self.process(self.load(self.open(job)))
 
     def close(self) -> None:
         self.destinations.close()
 
-    @property
-    def store_error(self) -> str | None:
-        return self.destinations.store_error
-
-    def claim(self, loaded: Loaded, fmt: str | None, size: tuple[int, int], suffix: str | None = None) -> None:
-        self.destinations.claim(loaded, fmt, size, suffix)
-
-    def from_cache(self, loaded: Loaded, size: tuple[int, int], source) -> bool:
-        return self.destinations.from_cache(loaded, size, source, loaded.cancel or self.halt)
+    def _begin(self, jobs: list[Job]) -> None:
+        self.destinations.open(self.stylizer, self.faces_on)
+        if self.names is not None:
+            self.names.inputs |= {files.real_path(j.path) for j in jobs if j.path is not None}
+        self.halt.clear()
 
     # -- stages ------------------------------------------------------------
-    def open(self, job: Job) -> Loaded:
-        """probe -> output name -> exists? The image stays open for load()
-        when there is work to do. Never raises for input problems."""
-        loaded = Loaded(job, Record(input=job.input, style=self.options.style))
-        rec = loaded.record
-        units = 0
-        with self.peaks.active(loaded), recorded(loaded):
+    def open(self, job: Job) -> File:
+        """probe -> the kind of media -> output name -> exists, or cached? The
+        file keeps its kind for load() when there is work to do. Never raises
+        for input problems."""
+        f = File(job, Record(input=job.input, style=self.options.style), self.halt)
+        f.room = lambda picture: budget.room(self.options.memory_limit, f.share, picture)
+        if self.progress is not None:
+            bar = self.progress
+            f.advance = lambda units: bar.advance(f, units)
+        rec = f.record
+        with self.peaks.active(f), recorded(f):
             with rec.stage("probe"):
                 source, nbytes, kind = _source(job, self.options, self._stdin)
                 rec.input_bytes = nbytes
-                if kind is not None:  # a video or an animation: frame by frame (clips.py)
-                    units = clips.open_clip(self, loaded, kind, source)
-                    im = None
+                if kind is not None:  # a video or an animation: frame by frame
+                    f.kind = Clip.open(self.context, f, kind, source)
                 else:
                     im, pr = probe.open_image(source, nbytes, job.input, self.options.max_pixels)
-                    loaded.identity = file_identity(job.path) if job.path is not None else None
-            if im is not None:
-                with _closed_on_error(im):
-                    units = photos.open_photo(self, loaded, im, pr, source, reopener)
+            if kind is None:
+                f.kind = Photo.open(self.context, f, im, pr, source)
         if self.progress is not None:
-            self.progress.planned(loaded, job.input, units)
-        return loaded
+            self.progress.planned(f, job.input, f.kind.units if f.kind is not None else 0)
+        return f
 
-    def load(self, loaded: Loaded) -> Loaded:
-        """Decode an opened photo to its working size (a dry run: plan it instead).
-        A clip is decoded frame by frame as it is converted."""
-        if not loaded.pending:
-            return loaded
+    def load(self, f: File) -> File:
+        """Decode an opened photo to its working size (a dry run: plan it instead)."""
+        if f.kind is None:
+            return f
         if self.options.dry_run:
-            budget.plan_only(self, loaded)
-        elif loaded.image is not None:
-            with self.peaks.active(loaded), recorded(loaded, "decode"):
-                photos.decode_photo(self, loaded)
-        return loaded
+            self._plan(f)
+        else:
+            with self.peaks.active(f), recorded(f, "decode"):
+                f.kind.load()
+        return f
 
-    def process(self, loaded: Loaded) -> Record:
+    def process(self, f: File) -> Record:
         """Stylize, enhance faces and write one loaded file; its record.
         Raises errors.Fatal after the record is complete when the write
         failed for good (disk full)."""
         try:
-            if loaded.clip is not None:
-                with self.peaks.active(loaded), recorded(loaded, "stylize"):
-                    clips.convert_clip(self, loaded)
-            if loaded.decoded is not None:
-                with self.peaks.active(loaded), recorded(loaded, "stylize"):
-                    photos.write_photo(self, loaded, photos.stylize_photo(self, loaded))
+            if f.kind is not None:
+                with self.peaks.active(f), recorded(f, "stylize"):
+                    f.kind.convert()
         finally:  # stopped (Cancelled) or not, an identical file waiting for this one may go on
-            self.destinations.done(loaded)
-        rec = self._finish(loaded)
-        if loaded.fatal:
+            self.destinations.done(f)
+        rec = self._finish(f)
+        if f.fatal:
             raise Fatal(rec)
         return rec
 
-    def _finish(self, loaded: Loaded) -> Record:
-        rec = loaded.record
-        if loaded.decoded is not None:
-            loaded.decoded = None  # release the pixels now, not when the batch ends
+    def footprint(self, f: File) -> int:
+        """What the file holds at once, for the memory ledger (from its header)."""
+        return f.kind.footprint()
+
+    def _plan(self, f: File) -> None:
+        """A dry run's record: what converting would do, from the header alone
+        (the output's path and size, the engine's plan, the peak it expects)."""
+        rec = f.record
+        rec.plan = f.kind.plan()
+        rec.estimated_peak_mb = budget.estimated_peak_mb(f.kind.footprint())
+        rec.status, rec.output_size = "planned", list(f.kind.size)
+        rec.output = str(f.dest) if f.dest is not None else "-"
+        f.kind.close()
+        f.kind = None
+
+    def _finish(self, f: File) -> Record:
+        rec = f.record
+        if f.kind is not None:
+            f.kind.close()  # release the pixels now, not when the batch ends
+            f.kind = None
             trim_malloc()  # and give them back: kept by the allocator they would count against the next files
         if self.names is None and rec.status == "skipped" and not self.options.dry_run:
             # `-o -`: the caller waits for a picture on stdout; none is an error
             rec.status, rec.error = "error", f"{rec.input}: nothing written to stdout ({rec.reason})"
         rec.seconds = round(sum(rec.timings.values()), 4)
-        rec.peak_rss_mb = round(self.peaks.take(loaded) / 1e6, 1)
+        rec.peak_rss_mb = round(self.peaks.take(f) / 1e6, 1)
         rec.rss_method = self.peaks.method
         if self.progress is not None:
-            self.progress.finished(loaded)
+            self.progress.finished(f)
         if rec.status not in ("ok", "planned"):
             rec.output = None
         return rec
 
-    # -- helpers -------------------------------------------------------------
-    def advance(self, loaded: Loaded):
-        """The engine's progress callback for this file, or None."""
-        bar = self.progress
-        return (lambda units: bar.advance(loaded, units)) if bar is not None else None
-
-    def work(self, h: int, w: int) -> float:
-        """The work of converting an h x w picture, in the progress bar's units."""
-        work = getattr(self.stylizer, "work", None)
-        return work(h, w, None) if work is not None else float(h * w)
-
-    def footprint(self, loaded: Loaded) -> int:
-        """What the file holds at once, for the memory ledger (from its header)."""
-        if loaded.clip is not None:
-            return clips.footprint(self, loaded)
-        return budget.footprint(loaded.probe, self.options, self.stylizer, self.faces_on)
-
-    def budget(self, loaded: Loaded, picture: int | None = None) -> int | None:
-        """What the network may add for this file (see budget.room)."""
-        if picture is None:
-            picture = loaded.decoded.rgb.nbytes if loaded.decoded is not None else 0
-        return budget.room(self.options.memory_limit, loaded.share, picture)
-
 
 @contextmanager
-def recorded(loaded: Loaded, stage: str | None = None):
+def recorded(loaded: File, stage: str | None = None):
     """The one translation of what a file trips over into its record:
     one bad file never stops the batch, whatever it trips."""
     rec, job = loaded.record, loaded.job
@@ -255,9 +210,9 @@ def recorded(loaded: Loaded, stage: str | None = None):
             rec.error = f"{job.input}: unexpected {type(e).__name__} ({text})"
     else:
         return
-    if loaded.image is not None:
-        loaded.image.close()
-    loaded.decoded = loaded.image = loaded.clip = None
+    if loaded.kind is not None:
+        loaded.kind.close()
+        loaded.kind = None
 
 
 def _source(job: Job, options: Options, stdin: bytes | None):
@@ -276,21 +231,3 @@ def _source(job: Job, options: Options, stdin: bytes | None):
     if isinstance(source, io.BytesIO):
         kind = sniff(source)
     return source, n, kind
-
-
-def reopener(source):
-    """A way to open the same picture again (faces re-read the original)."""
-    if isinstance(source, io.BytesIO):
-        data = source.getvalue()
-        return lambda: Image.open(io.BytesIO(data), formats=probe.FORMATS)
-    return lambda: Image.open(source, formats=probe.FORMATS)
-
-
-@contextmanager
-def _closed_on_error(im: Image.Image):
-    try:
-        yield
-    except BaseException:
-        im.close()
-        raise
-

@@ -15,20 +15,24 @@ from __future__ import annotations
 import threading
 from typing import Iterator
 
-from .budget import RESERVE, Ledger
-from anime_cli.inputs.discover import Job
 from anime_cli.errors import Fatal
+from anime_cli.inputs.discover import Job
 from anime_cli.logs.telemetry import Record, rss_bytes
+
+from .budget import RESERVE, Ledger
 
 
 class Lanes:
+    """conv: the stages (open, load, process, footprint), the batch's halt
+    flag and memory limit, and the style whose cores the lanes share."""
+
     def __init__(self, conv, jobs: list[Job], lanes: int):
         self.conv, self.jobs, self.n = conv, jobs, lanes
         self.cond = threading.Condition()
         self.dispatch = threading.Lock()  # probe, name and reserve one file at a time
         self.next = 0  # the next file a lane takes
         self.limit = len(jobs) - 1  # the last file that may be written: lowered by a disk-full error
-        self.done: dict[int, object] = {}  # index -> Loaded, or the exception that ended its lane
+        self.done: dict[int, object] = {}  # index -> kinds.File, or the exception that ended its lane
         limit = conv.options.memory_limit
         self.ledger = Ledger(limit - rss_bytes() - RESERVE if limit else None)
 
@@ -82,11 +86,11 @@ class Lanes:
                 try:
                     loaded = conv.open(self.jobs[i])
                     loaded.cancel = Stop(self, i)
-                    if loaded.pending:
+                    if loaded.kind is not None:
                         grant = self.ledger.acquire(conv.footprint(loaded), loaded.cancel)
                 except BaseException as e:  # stopped while waiting for memory, or a bug: the main thread raises it
-                    if loaded is not None and loaded.image is not None:
-                        loaded.image.close()
+                    if loaded is not None and loaded.kind is not None:
+                        loaded.kind.close()
                     self._put(i, e)
                     return
             try:
@@ -100,8 +104,8 @@ class Lanes:
                 self._put(i, e)
                 return
             finally:
-                if loaded.image is not None:
-                    loaded.image.close()
+                if loaded.kind is not None:
+                    loaded.kind.close()
                 self.ledger.release(grant)
             self._put(i, loaded)
 

@@ -253,16 +253,18 @@ class _Worker:
                 limit -= len(block)
         return local
 
-    def _final_name(self, row: dict, suffix: str) -> str:
-        rel = PurePosixPath(row["rel"])
-        wanted = str(rel.with_name(rel.name if rel.suffix == suffix else rel.stem + suffix))
+    def _final_name(self, row: dict, named: str) -> str:
+        """The output's name in the output folder: `named` is the file name the
+        staged run gave it (folder.names: the --name pattern, the 255-byte rule,
+        as in-process), claimed in the folder's database as Names.claim does."""
         import ray
 
-        return ray.get(self.service.claim.remote(row["key"], wanted, rel.suffix))
+        rel = PurePosixPath(row["rel"])
+        return ray.get(self.service.claim.remote(row["key"], str(rel.with_name(named)), rel.suffix))
 
     def _put(self, row: dict, rec: Record, staged: Path) -> str | None:
         """Move the staged output to its claimed name; the written path, None when not written."""
-        name = self._final_name(row, staged.suffix)
+        name = self._final_name(row, staged.name)
         dest = self.out.join(name)
         if self.out.fs is None:
             if os.path.exists(row["src"]) and os.path.exists(dest) and os.path.samefile(dest, row["src"]):
@@ -298,9 +300,11 @@ class _Worker:
         from PIL import Image
 
         probed = self._probed(job)
+        if probed.output is None:  # the header no longer reads: say why, as in-process
+            return probed
         rec = Record(input=row["input"], input_bytes=job.path.stat().st_size, input_format=probed.input_format,
                      input_size=probed.input_size, style=probed.style)
-        name = self._final_name(row, PurePosixPath(hit).suffix)
+        name = self._final_name(row, PurePosixPath(probed.output).name)
         dest = self.out.join(name)
         rec.status = "ok"
         if dest != hit:
