@@ -42,6 +42,7 @@ class WeightFile:
     licence: str
     family: str = ""  # a style's generator family (models.FAMILIES)
     description: str = ""
+    size: int = 0  # bytes: the bound of a download (0: not known)
 
 
 @lru_cache(maxsize=1)
