@@ -256,3 +256,90 @@ def test_a_dangling_licence_link_is_not_written_through(tmp_path):
     (dest / "mtcnn" / "LICENSE.md").symlink_to(target)
     install(src, dest)
     assert not target.exists()
+
+
+# -- --weights of every family: shapes and kinds checked at load ----------------------
+
+def altered(tmp_path: Path, name: str, key: str, change) -> Path:
+    sd = torch.load(SHARED / "weights" / name, weights_only=True)
+    sd[key] = change(sd[key])
+    path = tmp_path / f"bad-{name}"
+    torch.save(sd, path)
+    return path
+
+
+def picture(tmp_path: Path) -> Path:
+    from helpers import make_photo
+
+    return make_photo(tmp_path / "in" / "a.png", size=(64, 48))
+
+
+@pytest.mark.parametrize("name,key,change", [
+    ("animeganv3_hayao36.pt", "b0.conv.weight", lambda w: torch.tensor(1.0)),  # was IndexError
+    ("animeganv3_hayao36.pt", "b1.conv.weight", lambda w: w[:16].clone()),  # was: every file failed
+    ("animeganv3_hayao36.pt", "ea.mk.weight", lambda w: w[:, :, :, :].repeat(1, 1, 3, 3)),
+    ("animeganv3_tiny_cute.pt", "base.0.weight", lambda w: w[:, :2].clone()),
+    ("animeganv3_tiny_cute.pt", "main.11.weight", lambda w: w.flatten()),
+    ("animeganv1_paprika.pt", "b1.2.sep_s2.dw.weight", lambda w: w.flatten()[: w.shape[0]].clone()),  # was RuntimeError
+    ("animeganv1_paprika.pt", "m.1.expand.conv.weight", lambda w: w[: w.shape[0] // 2].clone()),
+    ("animeganv1_paprika.pt", "b1.0.norm.weight", lambda w: w[:-1].clone()),
+    ("animeganv2_hayao.pt", "block_a.0.1.weight", lambda w: torch.tensor(1.0)),
+])
+def test_weights_of_the_wrong_shape_are_one_line_at_start(tmp_path, name, key, change):
+    bad = altered(tmp_path, name, key, change)
+    code, _, err = invoke("convert", picture(tmp_path), "-o", tmp_path / "out", "--weights", bad, "--no-face-enhance")
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and key in err and "has shape" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name", ["animeganv3_hayao36.pt", "animeganv1_paprika.pt", "animeganv2_hayao.pt"])
+@pytest.mark.parametrize("change,says", [
+    (lambda w: w.to(torch.complex64), "no dense real tensor"),
+    (lambda w: w.to_sparse(), "no dense real tensor"),
+    (lambda w: w.to(torch.int32), "no dense real tensor"),
+    (lambda w: torch.full_like(w, float("nan")), "NaN"),
+])
+def test_weights_that_are_no_real_numbers_are_one_line_at_start(tmp_path, name, change, says):
+    sd = torch.load(SHARED / "weights" / name, weights_only=True)
+    key = next(k for k, v in sd.items() if v.ndim == 4)
+    bad = altered(tmp_path, name, key, change)
+    code, _, err = invoke("convert", picture(tmp_path), "-o", tmp_path / "out", "--weights", bad, "--no-face-enhance")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and says in err, err
+
+
+# -- pickles that carry code --------------------------------------------------------
+
+class _Payload:
+    """Unpickled without weights_only, it would create `marker`."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):  # a function of a module torch blocks outright (posix)
+        return (os.mkdir, (str(self.marker),))
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_a_pickle_that_carries_code_is_refused_in_our_words(tmp_path, legacy):
+    marker = tmp_path / "ran"
+    bad = tmp_path / "evil.pt"
+    torch.save({"w": _Payload(marker)}, bad, _use_new_zipfile_serialization=not legacy)
+    code, _, err = invoke("convert", picture(tmp_path), "-o", tmp_path / "out", "--weights", bad)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "refused: it holds pickled code" in err and "it was not run" in err, err
+    assert "PyTorch 2.6" not in err and "weights_only" not in err  # torch's advice to load it unsafely
+    assert not marker.exists()
+
+
+def test_a_plain_pickle_prints_no_torch_warning_first(tmp_path):
+    """Protocol 4 (not torch's): torch warns before it refuses. One line is ours."""
+    from helpers import run_cli
+
+    marker = tmp_path / "ran"
+    bad = tmp_path / "raw.pt"
+    bad.write_bytes(pickle.dumps(_Payload(marker), protocol=4))
+    code, _, err = run_cli("convert", picture(tmp_path), "-o", tmp_path / "out", "--weights", bad)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "Warning" not in err and err.startswith("anime-cli: ")
+    assert not marker.exists()
