@@ -309,3 +309,17 @@ def test_the_ray_service_goes_on_without_a_database_it_cannot_use(tmp_path):
     svc.end("k", str(out / "a.png"))
     assert WARNING in svc.warning() and svc.warning() is None  # said once
     svc.close()
+
+
+def test_a_database_that_is_a_folder_is_refused(tmp_path):
+    (tmp_path / "out" / DB_NAME).mkdir(parents=True)
+    assert "not a regular file" in _open_error(tmp_path / "out")
+
+
+def test_a_database_whose_names_are_a_view_is_refused_at_open(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    with sqlite3.connect(out / DB_NAME) as db:
+        db.execute("CREATE TABLE t (x)")
+        db.execute("CREATE VIEW names AS SELECT x AS name, x AS input FROM t")
+    assert WARNING in _open_error(out)

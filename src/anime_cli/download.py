@@ -170,7 +170,7 @@ def _receive(url, part: Path, fd: int, have: int, timeout, bar, max_bytes) -> tu
         if e.code == 416 and have:  # our part is no prefix the server can continue: start again
             os.ftruncate(fd, 0)
             return _receive(url, part, fd, 0, timeout, bar, max_bytes)
-        raise WeightsError(f"{url}: HTTP {e.code} {e.reason}") from None
+        raise WeightsError(f"{url}: HTTP {e.code} {str(e.reason)[:100]}") from None
     except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as e:
         raise WeightsError(f"{url}: {_reason(e, timeout)}") from None
     with resp:
