@@ -64,7 +64,7 @@ def layers_for(network) -> list[Layer]:
     engine runs (recognised from its keys, as models.family_of does).
     ValueError for anything else."""
     from anime_cli.models.animeganv2 import Generator
-    from anime_cli.models import FAMILIES, family_of
+    from anime_cli.models import FAMILIES, check, family_of
 
     if isinstance(network, list):
         return network
@@ -77,6 +77,10 @@ def layers_for(network) -> list[Layer]:
         family = None
     if family not in _LAYERS:
         raise ValueError(f"{type(network).__name__}: not a generator family the strip engine runs")
+    try:  # every key and shape, as the family's module has them: a wrong one would fail every picture
+        check(sd, family)
+    except WeightsError as e:
+        raise ValueError(str(e)) from None
     build, keys = _LAYERS[family]
     layers = build(sd)
     extra = set(sd) - keys(sd, layers)

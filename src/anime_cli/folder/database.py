@@ -15,6 +15,15 @@ only once the output is complete under its final name, so a SIGKILL at any
 moment leaves no entry for a half-written output; `lookup` drops entries whose
 output is gone or changed (size or mtime differ from those recorded).
 
+A database problem never costs the user an output: the outputs are their data,
+the database only our bookkeeping. The first failure of any statement (a
+database of another version, read-only, full, corrupt, locked for longer than
+the busy timeout) marks the Store `error` and every later call raises
+StoreError at once; callers then go on without it (names decided as without a
+database, nothing cached), and the batch says so in one warning line. The file
+is never opened through a symbolic link (nor its journals): a link planted in
+the folder would have us write wherever it points.
+
 Why the file is never taken for an input: it lives in the output folder, which
 discover() never walks; its name starts with a dot and holds no image suffix,
 and `is_store_file` names it and its -wal/-shm/-journal companions for a walk
@@ -29,12 +38,15 @@ import json
 import os
 import shutil
 import sqlite3
+import stat as _stat
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
+from urllib.parse import quote
 
 from anime_cli.errors import OutputError, OutputExists
 from .names import alternatives as name_candidates  # noqa: F401  (the one order of fallback names)
@@ -62,6 +74,16 @@ class StoreError(OutputError):
     """The database cannot be opened or written (read-only folder, corrupt file)."""
 
 
+# Our columns: (name, declared type, NOT NULL, primary key position). A database
+# of another version may add columns we can still write beside (nullable, or
+# with a default), never change these.
+_COLUMNS = {
+    "names": {("name", "BLOB", 0, 1), ("input", "BLOB", 1, 0)},
+    "cache": {("key", "TEXT", 0, 1), ("path", "BLOB", 1, 0), ("size", "INTEGER", 1, 0),
+              ("mtime_ns", "INTEGER", 1, 0)},
+}
+
+
 def is_store_file(path: str | os.PathLike) -> bool:
     """True for the database and its journal files (to skip them in a walk)."""
     return os.path.basename(os.fspath(path)) in {DB_NAME + s for s in _COMPANIONS}
@@ -81,9 +103,14 @@ class Stat:
 
 
 def local_stat(path: str) -> Stat | None:
+    """A regular file's size and mtime; None for anything else. A symbolic link is
+    not its target: a cached output replaced by a link (to a file of the same
+    size and mtime elsewhere) is no cached output."""
     try:
-        st = os.stat(path)
+        st = os.lstat(path)
     except OSError:
+        return None
+    if not _stat.S_ISREG(st.st_mode):
         return None
     return Stat(st.st_size, st.st_mtime_ns)
 
@@ -99,14 +126,19 @@ class Store:
         self.relative = relative
         self.path = Path(db_path) if db_path is not None else self.folder / DB_NAME
         self._lock = threading.Lock()
+        self.error: str | None = None  # why the database stopped being usable; then every call raises
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise StoreError(f"{self.path.parent}: cannot create the output folder ({e.strerror or e})") from None
+        _refuse_links(self.path)
+        self._db = None
         try:
-            self._db = sqlite3.connect(self.path, timeout=_BUSY_MS / 1000, isolation_level=None,
-                                       check_same_thread=False)
+            # nofollow: SQLite itself refuses a link put in place after _refuse_links looked
+            self._db = sqlite3.connect(_uri(self.path), timeout=_BUSY_MS / 1000, isolation_level=None,
+                                       check_same_thread=False, uri=True)
             self._db.execute(f"PRAGMA busy_timeout = {_BUSY_MS}")
+            self._db.execute("PRAGMA trusted_schema = OFF")  # a planted file's triggers and views run no functions
             # WAL: readers never block the writer. Where the filesystem cannot share
             # memory (NFS), SQLite keeps its rollback journal, still safe, only slower.
             _when_free(lambda: self._db.execute("PRAGMA journal_mode = WAL"))
@@ -115,12 +147,54 @@ class Store:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         self._db.execute(statement)
+            other = self._other_version()
         except sqlite3.Error as e:
+            self._close_quietly()
             raise StoreError(f"{self.path}: cannot use the output folder's database ({e})") from None
+        if other:
+            self._close_quietly()
+            raise StoreError(f"{self.path}: cannot use the output folder's database (of another version: {other})")
+
+    def _other_version(self) -> str | None:
+        """What makes the tables unusable to this version (a changed or missing
+        column of ours, or a new one we cannot leave empty), or None."""
+        for table, ours in _COLUMNS.items():
+            cols = {r[1]: r for r in self._db.execute(f"PRAGMA table_info({table})")}
+            for name, kind, notnull, pk in ours:
+                r = cols.get(name)
+                if r is None or (r[2].upper(), r[3], r[5]) != (kind, notnull, pk):
+                    return f"{table}.{name} differs"
+            for name, r in cols.items():
+                if name not in {c[0] for c in ours} and r[3] and r[4] is None:
+                    return f"{table}.{name} is NOT NULL without a default"
+        return None
+
+    def _close_quietly(self) -> None:
+        if self._db is not None:
+            try:
+                self._db.close()
+            except sqlite3.Error:
+                pass
+
+    @contextmanager
+    def _using(self):
+        """Hold the lock for one use of the database. The first sqlite3 error
+        marks the Store unusable (see the module's docstring): StoreError now and
+        at every later call, so that a broken database costs one wait at most."""
+        if self.error is not None:
+            raise StoreError(self.error)
+        with self._lock:
+            if self.error is not None:
+                raise StoreError(self.error)
+            try:
+                yield
+            except sqlite3.Error as e:
+                self.error = f"{self.path}: cannot use the output folder's database ({e})"
+                raise StoreError(self.error) from None
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            self._close_quietly()
 
     def __enter__(self):
         return self
@@ -137,45 +211,44 @@ class Store:
         the candidate (`wanted`, then `alternatives` in order) it already owns,
         else the first one no other input owns, which it then owns."""
         k = os.fsencode(key)
-        try:
-            with self._lock, self._transaction():
-                owned = {bytes(r[0]) for r in self._db.execute("SELECT name FROM names WHERE input = ?", (k,))}
-                first_free = None
-                for name in _chain(wanted, alternatives):
-                    n = os.fsencode(name)
-                    if n in owned:
-                        return name
-                    if first_free is None:
-                        row = self._db.execute("SELECT 1 FROM names WHERE name = ?", (n,)).fetchone()
-                        if row is None:
-                            first_free = name
-                            if not owned:  # nothing of ours further down the list: take it now
-                                break
+        with self._using(), self._transaction():
+            owned = {r[0] for r in self._db.execute("SELECT name FROM names WHERE input = ?", (k,))
+                     if isinstance(r[0], bytes)}
+            first_free = None
+            for name in _chain(wanted, alternatives):
+                n = os.fsencode(name)
+                if n in owned:
+                    return name
                 if first_free is None:
-                    raise StoreError(f"{wanted}: every candidate output name is taken")
-                self._db.execute("INSERT INTO names (name, input) VALUES (?, ?)", (os.fsencode(first_free), k))
-                return first_free
-        except sqlite3.Error as e:
-            raise StoreError(f"{self.path}: cannot record an output name ({e})") from None
+                    row = self._db.execute("SELECT 1 FROM names WHERE name = ?", (n,)).fetchone()
+                    if row is None:
+                        first_free = name
+                        if not owned:  # nothing of ours further down the list: take it now
+                            break
+            if first_free is None:
+                raise StoreError(f"{wanted}: every candidate output name is taken")
+            self._db.execute("INSERT INTO names (name, input) VALUES (?, ?)", (os.fsencode(first_free), k))
+            return first_free
 
     def owner(self, name: str) -> str | None:
-        with self._lock:
+        with self._using():
             row = self._db.execute("SELECT input FROM names WHERE name = ?", (os.fsencode(name),)).fetchone()
-        return None if row is None else os.fsdecode(bytes(row[0]))
+        return None if row is None or not isinstance(row[0], bytes) else os.fsdecode(row[0])
 
     # -- cache ---------------------------------------------------------------
     def lookup(self, key: str, stat: Callable[[str], Stat | None] = local_stat) -> str | None:
         """The output recorded for `key` if it is still there, unchanged; a stale
-        entry (output gone, or its size or mtime changed) is dropped."""
-        with self._lock:
+        entry (output gone, or its size or mtime changed, or no longer a regular
+        file of the folder reached without a link) is dropped."""
+        with self._using():
             row = self._db.execute("SELECT path, size, mtime_ns FROM cache WHERE key = ?", (key,)).fetchone()
         if row is None:
             return None
-        path = self._outside(os.fsdecode(bytes(row[0])))
-        if stat(path) == Stat(row[1], row[2]):
+        path = self._outside(row[0])
+        if path is not None and stat(path) == Stat(row[1], row[2]) and self._unlinked(path):
             return path
-        with self._lock, self._transaction():  # only if nobody recorded a fresh one meanwhile
-            self._db.execute("DELETE FROM cache WHERE key = ? AND path = ? AND size = ? AND mtime_ns = ?",
+        with self._using(), self._transaction():  # only if nobody recorded a fresh one meanwhile
+            self._db.execute("DELETE FROM cache WHERE key = ? AND path IS ? AND size IS ? AND mtime_ns IS ?",
                              (key, row[0], row[1], row[2]))
         return None
 
@@ -185,7 +258,7 @@ class Store:
         st = stat(path)
         if st is None:
             return  # gone already (another process replaced it): nothing true to record
-        with self._lock, self._transaction():
+        with self._using(), self._transaction():
             self._db.execute("INSERT OR REPLACE INTO cache (key, path, size, mtime_ns) VALUES (?, ?, ?, ?)",
                              (key, os.fsencode(self._inside(path)), st.size, st.mtime_ns))
 
@@ -199,10 +272,31 @@ class Store:
                 return os.path.join(os.curdir, rel)
         return path
 
-    def _outside(self, stored: str) -> str:
-        if self.relative and stored.startswith(os.curdir + os.sep):
-            return os.path.join(self.folder, stored[2:])
-        return stored
+    def _outside(self, stored) -> str | None:
+        """The path of a stored entry; None for one that is not ours to serve. A
+        local folder's entries name a file inside it ("./a/x.png", no "..");
+        anything else in a planted or damaged database (a path elsewhere, a
+        number) would have place() copy a file from outside into the folder."""
+        if not isinstance(stored, bytes):
+            return None
+        stored = os.fsdecode(stored)
+        if not self.relative:
+            return stored
+        if not stored.startswith(os.curdir + os.sep):
+            return None
+        rel = stored[2:]
+        if any(part in ("", os.curdir, os.pardir) for part in rel.split(os.sep)):
+            return None
+        return os.path.join(self.folder, rel)
+
+    def _unlinked(self, path: str) -> bool:
+        """Whether a local entry's folders are the output folder's own, not a link
+        to elsewhere (the file itself is local_stat's to check)."""
+        if not self.relative:
+            return True
+        parent = os.path.dirname(path)
+        rel = os.path.relpath(parent, self.folder)
+        return os.path.realpath(parent) == os.path.normpath(os.path.join(os.path.realpath(self.folder), rel))
 
 
 class _Immediate:
@@ -217,6 +311,28 @@ class _Immediate:
 
     def __exit__(self, exc_type, exc, tb):
         self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _uri(path: Path) -> str:
+    """A file: URI that SQLite opens without following a final symbolic link."""
+    return "file:" + quote(os.fsencode(os.path.abspath(path))) + "?nofollow=1"
+
+
+def _refuse_links(path: Path) -> None:
+    """StoreError when the database or one of its journals is anything but a
+    regular file (a link would be written through; a FIFO would block the open)."""
+    for suffix in _COMPANIONS:
+        p = f"{path}{suffix}"
+        try:
+            st = os.lstat(p)
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            raise StoreError(f"{p}: cannot use the output folder's database ({e.strerror or e})") from None
+        if not _stat.S_ISREG(st.st_mode):
+            what = ("a symbolic link: it is never opened through one" if _stat.S_ISLNK(st.st_mode)
+                    else "not a regular file")
+            raise StoreError(f"{p}: cannot use the output folder's database ({what})")
 
 
 def _when_free(statement: Callable[[], object]) -> None:
@@ -302,7 +418,9 @@ def place(cached: str | os.PathLike, dest: str | os.PathLike, overwrite: bool = 
     """Put a copy of the cached output `cached` at `dest` atomically: a hard link
     when both are on one filesystem (no bytes copied), else a copy into a hidden
     temporary beside `dest`, then renamed. Without overwrite an existing `dest`
-    is kept and FileExistsError raised (a concurrent run got there first)."""
+    is kept and FileExistsError raised (a concurrent run got there first).
+    Only a regular file is placed, never what a symbolic link points to (it
+    may have become one since lookup() looked): OutputError."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{cut_name(dest.name, 40)}.", suffix=".tmp")
@@ -310,11 +428,13 @@ def place(cached: str | os.PathLike, dest: str | os.PathLike, overwrite: bool = 
     try:
         os.unlink(tmp)
         try:
-            os.link(cached, tmp)
+            os.link(cached, tmp, follow_symlinks=False)  # a link is linked as itself, then refused below
+            linked = True
         except OSError:  # another filesystem, or links not allowed: copy the bytes
-            shutil.copyfile(cached, tmp)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
+            linked = False
+            _copy_regular(cached, tmp)
+        if linked and not _stat.S_ISREG(os.lstat(tmp).st_mode):
+            raise OutputError(f"{cached}: the cached output is no longer a regular file; not placed")
         try:
             publish(tmp, dest, overwrite)  # never clobbers another run's output
         except OutputExists:
@@ -324,6 +444,25 @@ def place(cached: str | os.PathLike, dest: str | os.PathLike, overwrite: bool = 
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+
+
+def _copy_regular(src, tmp) -> None:
+    """Copy the regular file `src` to the new file `tmp`, opening neither through a link."""
+    try:
+        fin = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise OutputError(f"{src}: the cached output is no longer a regular file; not placed") from None
+        raise
+    with open(fin, "rb") as f:
+        if not _stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise OutputError(f"{src}: the cached output is no longer a regular file; not placed")
+        fout = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0),
+                       0o666)
+        with open(fout, "wb") as g:
+            shutil.copyfileobj(f, g, 1 << 20)
+            g.flush()
+            os.fsync(g.fileno())
 
 
 class Inflight:
@@ -386,13 +525,24 @@ class Outputs:
         sha = hashlib.sha256(data).hexdigest() if data is not None else file_sha256(path)
         return cache_key(sha, *self._base)
 
+    @property
+    def error(self) -> str | None:
+        """Why the database stopped being usable during the batch (None: it works)."""
+        return self.store.error
+
     def cached(self, key: str, cancel=None) -> str | None:
         """A complete output for `key` (place() it), or None: compute it, then done().
         An identical file in flight is waited for (until cancel.is_set(): then
-        errors.Cancelled); --overwrite never reuses."""
+        errors.Cancelled); --overwrite never reuses. A database that fails is no
+        cache (its error says why)."""
         while True:
             if not self.overwrite:
-                hit = self.store.lookup(key)
+                try:
+                    hit = self.store.lookup(key)
+                except StoreError:
+                    if self.store.error is None:
+                        raise
+                    hit = None
                 if hit is not None:
                     return hit
             if self.inflight.begin(key):
@@ -404,9 +554,14 @@ class Outputs:
                     raise Cancelled()
 
     def done(self, key: str, written: str | os.PathLike | None) -> None:
-        """The output of `key` is complete at `written` (after the rename), or was not written."""
+        """The output of `key` is complete at `written` (after the rename), or was
+        not written. A database that fails records nothing (its error says why):
+        the output is written all the same."""
         try:
             if written is not None:
                 self.store.record(key, os.fspath(written))
+        except StoreError:
+            if self.store.error is None:
+                raise
         finally:
             self.inflight.end(key)

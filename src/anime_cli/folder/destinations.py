@@ -5,11 +5,17 @@
 across runs and processes by the folder's database (store.py), and the
 content cache: a file whose content, style and pixel options were converted
 before gets that output placed (linked or copied) instead of recomputed.
+
+The outputs are the user's data, the database our bookkeeping: a database
+that cannot be opened, or fails at any use (another version, read-only, full,
+corrupt, a symbolic link), is one warning (`store_error`) and the batch goes
+on without it: names decided as without a database, nothing cached.
 """
 
 from __future__ import annotations
 
 import io
+import threading
 from pathlib import Path
 
 from anime_cli.errors import OutputError, OutputExists
@@ -23,7 +29,8 @@ class Destinations:
                       if options.output_dir is not None else None)
         self.outputs = None  # store.Outputs once open()
         self.use_store = use_store and self.names is not None and not options.dry_run
-        self.store_error: str | None = None  # why the folder's database could not be used
+        self._store_error: str | None = None  # why the folder's database could not be opened, or failed
+        self._claiming = threading.Lock()  # names decided in memory (no database) are one lane's at a time
 
     def open(self, stylizer, faces: bool) -> None:
         """The output folder's database: stable names across runs, the content
@@ -42,18 +49,38 @@ class Destinations:
         try:
             self.outputs = Outputs(opts.output_dir, sha, _precision(stylizer), opts, faces=faces)
         except StoreError as e:
-            self.store_error, self.use_store = str(e), False
+            self._store_error, self.use_store = str(e), False
             return
         self.names.store = self.outputs.store
 
+    @property
+    def store_error(self) -> str | None:
+        """Why the folder's database is not used (it could not be opened, or
+        failed during the batch); None while it works."""
+        if self._store_error is None and self.outputs is not None:
+            self._store_error = self.outputs.error
+        return self._store_error
+
     def close(self) -> None:
         if self.outputs is not None:
+            self._store_error = self.store_error  # kept past the close
             self.outputs.close()
             self.outputs = self.names.store = None
 
     def claim(self, loaded, fmt: str | None, size: tuple[int, int], suffix: str | None = None) -> None:
         """The file's output path, or OutputExists (skipped) / OutputError."""
-        dest = loaded.dest = self.names.claim(loaded.job, fmt, size, suffix)
+        from .database import StoreError
+
+        with self._claiming:
+            try:
+                dest = self.names.claim(loaded.job, fmt, size, suffix)
+            except StoreError:
+                store = self.names.store
+                if store is None or store.error is None:
+                    raise  # not the database: every candidate name taken
+                self.names.store = None  # as without a database, from now on
+                dest = self.names.claim(loaded.job, fmt, size, suffix)
+        loaded.dest = dest
         if dest.is_dir():
             raise OutputError(f"{dest}: cannot write (a folder is in the way)")
         if _taken(dest) and not self.options.overwrite:

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 
 from anime_cli.errors import WeightsError
 from .animeganv2 import Generator as _V2Generator
-from anime_cli.models import animeganv1, animeganv3
+from .animeganv2 import misfit
+from . import animeganv1, animeganv3
 
 
 @dataclass(frozen=True)
@@ -69,12 +70,28 @@ def load(state_dict: dict, family: str | None = None) -> nn.Module:
         raise WeightsError(f"the weights are an {FAMILIES[found].title} generator, not {FAMILIES[family].title}")
     f = FAMILIES[found]
     module = f.build()
+    check(state_dict, found, module)
     try:
         module.load_state_dict(state_dict, strict=True)
-    except RuntimeError as e:  # missing, unexpected or misshapen tensors
+    except RuntimeError as e:  # what check() does not know of
         detail = " ".join(str(e).split())[:160]
         raise WeightsError(f"not a complete {f.title} generator ({detail})") from None
     return module.eval().requires_grad_(False)
+
+
+def check(state_dict: dict, family: str, module: nn.Module | None = None) -> None:
+    """WeightsError, one line, unless `state_dict` has exactly the keys of
+    `family`'s module with its shapes (model.misfit): at load, so that bad
+    --weights never reach the first picture. The module is built on the meta
+    device when not given: shapes only, nothing allocated."""
+    f = FAMILIES[family]
+    if module is None:
+        with torch.device("meta"):
+            module = f.build()
+    mismatch = misfit(state_dict, module)
+    if mismatch:
+        what = "a complete" if mismatch.startswith("missing") else "an"
+        raise WeightsError(f"not {what} {f.title} generator ({mismatch})")
 
 
 def load_style(name: str) -> nn.Module:

@@ -108,8 +108,39 @@ class Generator(nn.Module):
 
 
 def load_generator(state_dict) -> Generator:
-    """A Generator in eval mode with `state_dict` loaded strictly (every key, every shape)."""
+    """A Generator in eval mode with `state_dict` loaded strictly (every key, every
+    shape). RuntimeError, one line, for a state dict that is not one."""
     g = Generator()
+    mismatch = misfit(state_dict, g)
+    if mismatch:
+        raise RuntimeError(mismatch)
     g.load_state_dict(state_dict, strict=True)
     g.eval().requires_grad_(False)
     return g
+
+
+def misfit(state_dict, module: nn.Module) -> str | None:
+    """What keeps `state_dict` from being `module`'s, in a few words, or None:
+    a key missing or unexpected, a tensor of another shape (the module's own are
+    the reference, so every family is checked the same way), or one that is no
+    dense real tensor (a complex one would be cast with a warning, a sparse or a
+    meta one fail in the first picture)."""
+    want = module.state_dict()
+    missing = [k for k in want if k not in state_dict]
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        return f"missing {missing[0]}{more}"
+    extra = [k for k in state_dict if k not in want]
+    if extra:
+        return f"unexpected key {str(extra[0])[:60]}"
+    for k, ref in want.items():
+        t = state_dict[k]
+        if not isinstance(t, torch.Tensor) or t.layout != torch.strided or t.device.type != "cpu" \
+                or not t.is_floating_point():
+            kind = f"{t.dtype}, {t.layout}, {t.device.type}" if isinstance(t, torch.Tensor) else type(t).__name__
+            return f"{k} is no dense real tensor ({kind})"
+        if t.shape != ref.shape:
+            return f"{k} has shape {list(t.shape)} where the network's is {list(ref.shape)}"
+        if not bool(torch.isfinite(t).all()):  # every picture would come out black or noise
+            return f"{k} holds NaN or infinite values"
+    return None

@@ -43,8 +43,8 @@ from typing import Iterable, Iterator
 
 from anime_cli.inputs.discover import Job, discover
 from anime_cli.errors import AnimeCliError, first_line
-from anime_cli.folder.database import (DB_NAME, Inflight, Stat, Store, cache_key, file_sha256, input_key, name_candidates, place,
-                    weights_sha256)
+from anime_cli.folder.database import (DB_NAME, Inflight, Stat, Store, StoreError, cache_key, file_sha256, input_key,
+                                       name_candidates, place, weights_sha256)
 from anime_cli.logs.telemetry import Record
 
 _LOCAL_STORE_MB = 256
@@ -107,21 +107,34 @@ def _rows(inputs: Iterable[str], recursive: bool, exclude: Path | None) -> tuple
 
 
 class _Service:
-    """Names and cache for every actor: the Store, and which keys are being computed."""
+    """Names and cache for every actor: the Store, and which keys are being computed.
+    A database that cannot be opened or fails is bookkeeping lost, never a file
+    (destinations.py's rule): names are then decided here in memory, nothing cached."""
 
     def __init__(self, output: _Where, overwrite: bool):
         self.out = output
         self.tmp = None
-        if output.fs is None:
-            os.makedirs(output.path, exist_ok=True)
-            self.store = Store(output.path)
-        else:
-            self.tmp = tempfile.mkdtemp(prefix="anime-cli-store.")
-            local = os.path.join(self.tmp, DB_NAME)
-            self._copy(output.fs, output.join(DB_NAME), None, local)
-            self.store = Store(self.tmp, local, relative=False)
+        self.error = None  # why the database is not used
+        self._warned = False
+        self.names: dict[str, str] = {}  # name -> key, for the names decided without the database
+        try:
+            if output.fs is None:
+                os.makedirs(output.path, exist_ok=True)
+                self.store = Store(output.path)
+            else:
+                self.tmp = tempfile.mkdtemp(prefix="anime-cli-store.")
+                local = os.path.join(self.tmp, DB_NAME)
+                self._copy(output.fs, output.join(DB_NAME), None, local)
+                self.store = Store(self.tmp, local, relative=False)
+        except StoreError as e:
+            self.store, self.error = None, str(e)
         self.inflight = Inflight()
         self.overwrite = overwrite
+
+    def _lost(self, e: StoreError) -> None:
+        if self.store is None or self.store.error is None:
+            raise e  # not the database: every candidate name taken
+        self.error = self.store.error
 
     @staticmethod
     def _copy(src_fs, src, dst_fs, dst) -> None:
@@ -143,27 +156,52 @@ class _Service:
         return Stat(info.size, info.mtime_ns or 0)
 
     def claim(self, key: str, wanted: str, source_suffix: str) -> str:
-        return self.store.claim(key, wanted, name_candidates(wanted, source_suffix))
+        if self.error is None:
+            try:
+                name = self.store.claim(key, wanted, name_candidates(wanted, source_suffix))
+                self.names.setdefault(name, key)
+                return name
+            except StoreError as e:
+                self._lost(e)
+        for name in (wanted, *name_candidates(wanted, source_suffix)):
+            if self.names.setdefault(name, key) == key:
+                return name
+        raise StoreError(f"{wanted}: every candidate output name is taken")
 
     def begin(self, ck: str):
         """('hit', path) | ('compute', None): compute, then end() | ('wait', None): ask again soon."""
-        if not self.overwrite:
-            hit = self.store.lookup(ck, self._stat)
+        if not self.overwrite and self.error is None:
+            try:
+                hit = self.store.lookup(ck, self._stat)
+            except StoreError as e:
+                self._lost(e)
+                hit = None
             if hit is not None:
                 return "hit", hit
         return ("compute", None) if self.inflight.begin(ck) else ("wait", None)
 
     def end(self, ck: str, path: str | None) -> None:
         try:
-            if path is not None:
+            if path is not None and self.error is None:
                 self.store.record(ck, path, self._stat)
+        except StoreError as e:
+            self._lost(e)
         finally:
             self.inflight.end(ck)
 
+    def warning(self) -> str | None:
+        """Why the database is not used, once (for the record of the file it happened in)."""
+        if self.error is None or self._warned:
+            return None
+        self._warned = True
+        return self.error
+
     def close(self) -> None:
-        self.store.close()
+        if self.store is not None:
+            self.store.close()
         if self.tmp is not None:
-            self._copy(None, os.path.join(self.tmp, DB_NAME), self.out.fs, self.out.join(DB_NAME))
+            if self.error is None:
+                self._copy(None, os.path.join(self.tmp, DB_NAME), self.out.fs, self.out.join(DB_NAME))
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 
@@ -461,6 +499,9 @@ def _records(rows, systems, out, service, options, n, style, weights, threads, p
     for row in ds.iter_rows():
         rec = _record(json.loads(row["record"]))
         seen.add(rec.input)
+        why = ray.get(service.warning.remote())
+        if why:
+            rec.notes.append(f"{why}; output names are not kept for reruns, nothing is cached")
         yield rec
     for r in rows:  # files whose actor died with them: each still gets its record
         if r["input"] not in seen:

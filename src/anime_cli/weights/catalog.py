@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -42,6 +43,7 @@ class WeightFile:
     licence: str
     family: str = ""  # a style's generator family (models.FAMILIES)
     description: str = ""
+    size: int = 0  # bytes: the bound of a download (0: not known)
 
 
 @lru_cache(maxsize=1)
@@ -87,7 +89,11 @@ def load_state_dict(path: Path, sha256: str | None = None) -> dict[str, torch.Te
     if sha256 is not None and file_sha256(path) != sha256:
         raise WeightsError(f"{path}: sha256 does not match the manifest; reinstall the weights ({INSTALL_HINT})")
     try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns of a pickle protocol it did not write before refusing or
+            # loading the file: our own verdict follows, in one line
+            warnings.simplefilter("ignore")
+            sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # weights_only refuses pickled code with an UnpicklingError
         raise WeightsError(f"{path}: {_refusal(e)}") from None
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
@@ -97,15 +103,21 @@ def load_state_dict(path: Path, sha256: str | None = None) -> dict[str, torch.Te
 
 def _refusal(e: Exception) -> str:
     """One line for a file torch.load(weights_only=True) refused. torch's own message
-    runs over many lines and suggests loading the file unsafely: never repeat that."""
-    text = str(e)
-    m = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    runs over many lines, changes between versions ("Unsupported global: GLOBAL x",
+    "unsupported GLOBAL x whose module x is blocked") and suggests loading the file
+    unsafely: never repeat it, only the name of what was refused."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    m = re.search(r"GLOBAL ([\w.]+)", text)
     if m:
-        return f"refused: it holds pickled code or objects ({m.group(1)}), not only tensors; it was not run"
+        return f"refused: it holds pickled code or objects ({m.group(1)[:80]}), not only tensors; it was not run"
     m = re.search(r"WeightsUnpickler error:\s*(.+)", text)
-    detail = m.group(1).strip() if m else first_line(e, None)
-    detail = re.sub(r"\x1b\[[0-9;]*m", "", detail)[:100] or type(e).__name__
-    return f"not a PyTorch weights file of plain tensors ({detail})"
+    if m:
+        detail = m.group(1).strip()
+    elif "weights only load failed" in text.lower() or "weights_only" in text:
+        detail = "it holds more than plain tensors; it was not run"
+    else:
+        detail = first_line(e, None)
+    return f"not a PyTorch weights file of plain tensors ({detail[:100] or type(e).__name__})"
 
 
 def load(name: str) -> dict[str, torch.Tensor]:

@@ -6,14 +6,20 @@ that ends early is resumed at once with an HTTP Range request (a few times);
 one that stalls or fails keeps the .part, so the same command run again
 resumes it. The file is checked against its sha256 before it is moved into
 place (os.replace: atomic); a file that fails the check is deleted.
+Every body is bounded (`max_bytes`: the manifest's size of the file): a
+server that sends more is cut off and its bytes deleted. The .part is never
+opened through a symbolic link (one planted under its name is removed, not
+followed), and what is moved into place is the very file that was checked.
 Proxies come from the environment (HTTPS_PROXY, HTTP_PROXY, NO_PROXY), as
 urllib's default opener reads them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import os
+import stat
 import sys
 import urllib.error
 import urllib.request
@@ -39,7 +45,7 @@ def fetch(url: str, dest: Path, sha256: str | None = None, timeout: float = TIME
           progress: bool | None = None, max_bytes: int | None = None) -> Path:
     """Download `url` to `dest` (checked against `sha256` when given).
     progress: a progress bar on stderr (default: when stderr is a terminal).
-    max_bytes: refuse a body larger than this (for small files such as a manifest)."""
+    max_bytes: refuse a body larger than this (the manifest's size; a manifest's bound)."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = part_path(dest)
@@ -52,19 +58,109 @@ def fetch(url: str, dest: Path, sha256: str | None = None, timeout: float = TIME
             if attempt == RESUMES:
                 raise WeightsError(f"{url}: the transfer kept ending early ({done} of {total} bytes); "
                                    "run the command again to resume")
-    from anime_cli.folder.database import file_sha256  # not at import: the CLI imports this module to start
-
-    if sha256 is not None and file_sha256(part) != sha256:
-        part.unlink()
-        raise WeightsError(f"{url}: sha256 does not match the manifest, refusing to install it")
-    os.replace(part, dest)
+    fd = open_part(part, resume=True)
+    try:
+        if sha256 is not None and _sha256(fd) != sha256:
+            part.unlink()
+            raise WeightsError(f"{url}: sha256 does not match the manifest, refusing to install it")
+        publish(fd, part, dest)
+    finally:
+        os.close(fd)
     return dest
+
+
+def open_part(part: Path, resume: bool) -> int:
+    """A descriptor on the partial file `part` for writing: its bytes kept (resume)
+    or a new, empty file. Never through a symbolic link nor onto anything but a
+    regular file: what sits there otherwise (planted under our name) is removed,
+    never followed, and a new file made (O_EXCL: nobody else's)."""
+    flags = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    if resume:
+        try:
+            fd = os.open(part, flags | os.O_APPEND)
+        except FileNotFoundError:
+            pass
+        except OSError:  # a link (ELOOP), a folder...
+            _remove(part)
+        else:
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                return fd
+            os.close(fd)  # a FIFO or a device under our name
+            _remove(part)
+    else:
+        _remove(part)
+    try:
+        return os.open(part, flags | os.O_CREAT | os.O_EXCL, 0o666)
+    except FileExistsError:
+        raise WeightsError(f"{part}: appeared while it was being replaced (another install at once?); "
+                           "try again") from None
+
+
+def publish(fd: int, tmp: Path, dest: Path) -> None:
+    """Move the checked file `tmp` (open as `fd`) to `dest` (os.replace: a link
+    there is replaced, never written through), then make sure `dest` is that
+    very file: one swapped in under `tmp` meanwhile is removed, not installed."""
+    st = os.fstat(fd)
+    os.replace(tmp, dest)
+    got = os.lstat(dest)
+    if (got.st_dev, got.st_ino) != (st.st_dev, st.st_ino) or not stat.S_ISREG(got.st_mode):
+        os.unlink(dest)
+        raise WeightsError(f"{tmp}: replaced by something else while it was installed; try again")
+
+
+def _remove(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except IsADirectoryError:
+        raise WeightsError(f"{path}: a folder is in the way of the download") from None
+    except OSError as e:
+        if os.path.isdir(path) and not os.path.islink(path):
+            raise WeightsError(f"{path}: a folder is in the way of the download") from None
+        raise WeightsError(f"{path}: cannot remove it ({e.strerror or e})") from None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _sha256(fd: int) -> str:
+    h = hashlib.sha256()
+    os.lseek(fd, 0, os.SEEK_SET)
+    while block := os.read(fd, 1 << 20):
+        h.update(block)
+    return h.hexdigest()
+
+
+def _length(value: str | None) -> int | None:
+    """Content-Length as a number of bytes; None when absent or not one (digits only:
+    int() would take '-5', ' 7', '1_000')."""
+    if value is None or not value.strip().isdigit() or not value.strip().isascii():
+        return None
+    return int(value.strip())
 
 
 def _transfer(url, part: Path, timeout, bar, max_bytes) -> tuple[int, int | None]:
     """One request, appending to `part` from its current size.
     (bytes in part, the whole file's size or None when the server does not say)."""
-    have = part.stat().st_size if part.exists() else 0
+    fd = open_part(part, resume=True)
+    try:
+        have = os.fstat(fd).st_size
+        if max_bytes is not None and have == max_bytes:  # complete already (a run stopped before the check)
+            return have, have
+        if max_bytes is not None and have > max_bytes:  # nothing of it can be right: start again
+            os.close(fd)
+            fd = open_part(part, resume=False)
+            have = 0
+        return _receive(url, part, fd, have, timeout, bar, max_bytes)
+    finally:
+        os.close(fd)
+
+
+def _receive(url, part: Path, fd: int, have: int, timeout, bar, max_bytes) -> tuple[int, int | None]:
     req = urllib.request.Request(url, headers={"User-Agent": "anime-cli", "Accept-Encoding": "identity"})
     if have:
         req.add_header("Range", f"bytes={have}-")
@@ -72,32 +168,35 @@ def _transfer(url, part: Path, timeout, bar, max_bytes) -> tuple[int, int | None
         resp = opener().open(req, timeout=timeout)
     except urllib.error.HTTPError as e:
         if e.code == 416 and have:  # our part is no prefix the server can continue: start again
-            part.unlink()
-            return _transfer(url, part, timeout, bar, max_bytes)
-        raise WeightsError(f"{url}: HTTP {e.code} {e.reason}") from None
-    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+            os.ftruncate(fd, 0)
+            return _receive(url, part, fd, 0, timeout, bar, max_bytes)
+        raise WeightsError(f"{url}: HTTP {e.code} {str(e.reason)[:100]}") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as e:
         raise WeightsError(f"{url}: {_reason(e, timeout)}") from None
     with resp:
         if have and resp.status != 206:  # the server ignored the Range: the body is the whole file
+            os.ftruncate(fd, 0)
             have = 0
-        length = resp.headers.get("Content-Length")
-        total = have + int(length) if length is not None else None
+        length = _length(resp.headers.get("Content-Length"))
+        total = have + length if length is not None else None
         if max_bytes is not None and total is not None and total > max_bytes:
+            _remove(part)
             raise WeightsError(f"{url}: {total} bytes, more than the {max_bytes} expected")
         bar.start(total, have)
-        with open(part, "ab" if have else "wb") as f:
-            try:
-                while block := resp.read(_CHUNK):
-                    f.write(block)
-                    have += len(block)
-                    bar.advance(len(block))
-                    if max_bytes is not None and have > max_bytes:
-                        raise WeightsError(f"{url}: more than the {max_bytes} bytes expected")
-            except http.client.IncompleteRead:
-                pass  # the body ended early: what arrived is kept, the caller resumes
-            except (OSError, http.client.HTTPException) as e:
-                raise WeightsError(f"{url}: {_reason(e, timeout)}; "
-                                   "run the command again to resume") from None
+        try:
+            while block := resp.read(_CHUNK):
+                if max_bytes is not None and have + len(block) > max_bytes:
+                    os.ftruncate(fd, 0)  # not the file the manifest lists: nothing of it is worth resuming
+                    _remove(part)
+                    raise WeightsError(f"{url}: more than the {max_bytes} bytes expected; refusing it")
+                _write_all(fd, block)
+                have += len(block)
+                bar.advance(len(block))
+        except http.client.IncompleteRead:
+            pass  # the body ended early: what arrived is kept, the caller resumes
+        except (OSError, http.client.HTTPException, ValueError) as e:
+            raise WeightsError(f"{url}: {_reason(e, timeout)}; "
+                               "run the command again to resume") from None
     return have, total
 
 

@@ -5,10 +5,15 @@ Whatever the source, the sha256 that counts is the one in anime-cli's own
 manifest: a file that does not match it is never put in place. A remote
 folder's manifest.json only says which files it holds. Files go in through a
 temporary name and os.replace, so the destination never holds half a file.
+Nothing is written through a symbolic link: not the temporary (one planted
+under its name is removed, never followed), not the final name (os.replace
+replaces a link), not a subfolder of the weights folder (refused), not the
+licence copied beside the files.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -69,25 +74,50 @@ def _from_file(path: Path, dest_dir: Path) -> Path:
 
 def _put(src: Path, entry: WeightFile, dest_dir: Path) -> Path:
     """Copy `src` (already verified) to its place, unless an identical file is there."""
-    dst = dest_dir / entry.file
+    dst = _destination(dest_dir, entry)
     if dst.is_file() and file_sha256(dst) == entry.sha256:
         return dst
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.part")  # opened plainly: the umask's permissions
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.part")  # the umask's permissions
+    fd = download.open_part(tmp, resume=False)
     try:
-        shutil.copyfile(src, tmp)
-        if file_sha256(tmp) != entry.sha256:  # the source changed while we copied it
+        with open(src, "rb") as f:
+            h = hashlib.sha256()
+            while block := f.read(1 << 20):
+                h.update(block)
+                download._write_all(fd, block)
+        if h.hexdigest() != entry.sha256:  # the source changed while we copied it
             raise WeightsError(f"{src}: changed while it was copied; try again")
-        os.replace(tmp, dst)
+        download.publish(fd, tmp, dst)
     finally:
-        tmp.unlink(missing_ok=True)
+        os.close(fd)
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+    return dst
+
+
+def _destination(dest_dir: Path, entry: WeightFile) -> Path:
+    """Where `entry` goes, its folders made; WeightsError when a folder below
+    dest_dir is a symbolic link (the file would land wherever it points). The
+    weights folder itself may be one: the user named it."""
+    dst = dest_dir / entry.file
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    rel = os.path.relpath(dst.parent, dest_dir)
+    if os.path.realpath(dst.parent) != os.path.normpath(os.path.join(os.path.realpath(dest_dir), rel)):
+        raise WeightsError(f"{dst.parent}: a symbolic link inside the weights folder; refusing to install through it")
     return dst
 
 
 def _copy_licence(src: Path, dst: Path) -> None:
     lic = src.parent / "LICENSE.md"
-    if lic.is_file() and not (dst.parent / "LICENSE.md").exists():
-        shutil.copyfile(lic, dst.parent / "LICENSE.md")
+    target = dst.parent / "LICENSE.md"
+    if not lic.is_file() or os.path.lexists(target):  # lexists: a dangling link is not written through
+        return
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    except FileExistsError:
+        return
+    with open(fd, "wb") as out, open(lic, "rb") as f:
+        shutil.copyfileobj(f, out)
 
 
 def _from_url(url: str, dest_dir: Path, timeout: float, progress: bool | None) -> list[Path]:
@@ -106,10 +136,11 @@ def _from_url(url: str, dest_dir: Path, timeout: float, progress: bool | None) -
 
 
 def _download(url: str, entry: WeightFile, dest_dir: Path, timeout, progress) -> Path:
-    dst = dest_dir / entry.file
+    dst = _destination(dest_dir, entry)
     if dst.is_file() and file_sha256(dst) == entry.sha256:
         return dst
-    return download.fetch(url, dst, sha256=entry.sha256, timeout=timeout, progress=progress)
+    return download.fetch(url, dst, sha256=entry.sha256, timeout=timeout, progress=progress,
+                          max_bytes=entry.size or None)
 
 
 def _remote_manifest(url: str, dest_dir: Path, timeout: float) -> set[str]:
@@ -119,8 +150,9 @@ def _remote_manifest(url: str, dest_dir: Path, timeout: float) -> set[str]:
         path = download.fetch(url, Path(tmp) / "manifest.json", timeout=timeout, progress=False,
                               max_bytes=1 << 20)
         try:
-            return {e["file"] for e in json.loads(path.read_text())["files"]}
-        except (ValueError, KeyError, TypeError):
+            listed = json.loads(path.read_bytes())["files"]
+            return {e["file"] for e in listed if isinstance(e, dict) and isinstance(e.get("file"), str)}
+        except (ValueError, KeyError, TypeError, RecursionError):  # RecursionError: arrays nested 200,000 deep
             raise WeightsError(f"{url}: not a weights manifest (JSON with a 'files' list)") from None
 
 
