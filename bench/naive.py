@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from anime_cli import models
+from anime_cli.weights import catalog as weights
 
 
 def main() -> None:
@@ -28,7 +29,7 @@ def main() -> None:
     ap.add_argument("--weights", type=Path, help="a state dict of a known family (overrides --style)")
     args = ap.parse_args()
 
-    module = models.load_file(args.weights) if args.weights else models.load_style(args.style)
+    module = weights.load_module_file(args.weights) if args.weights else weights.load_module(args.style)
     args.output.mkdir(parents=True, exist_ok=True)
     for path in args.inputs:
         rgb = np.asarray(Image.open(path).convert("RGB"))

@@ -51,13 +51,14 @@ def pictures() -> dict[str, np.ndarray]:
 
 def fidelity(styles: list[str]) -> None:
     from anime_cli import models
+    from anime_cli.weights import catalog as weights
     from anime_cli.stylize.session import Stylizer
 
     print("fidelity: the strip engine against one eager float32 pass of the style's module (PSNR, dB)")
     print("  (least memory: the budget of min_bytes, a stream plan whose stored layers may be kept in 8 bits)")
     print(f"  {'style':10s} {'picture':18s} {'bf16':>7s} {'fp32':>7s} {'fp32 least memory':>18s}")
     for style in styles:
-        module = models.load_style(style)
+        module = weights.load_module(style)
         runs = {p: Stylizer.from_style(style, precision=p) for p in ("bf16", "fp32")}
         for label, rgb in pictures().items():
             ref = models.render_rgb(module, rgb)

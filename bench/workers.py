@@ -28,9 +28,9 @@ def main() -> None:
     with Image.open(PHOTOS / "rocket.jpg") as im:
         rgb = np.asarray(im.convert("RGB").resize((1280, 853), Image.Resampling.LANCZOS))
     n = default_threads()
-    generator = Stylizer.from_style("hayao").generator
-    every = Engine(generator, threads=n)
-    singles = [Engine(generator, threads=1) for _ in range(n)]
+    layers = Stylizer.from_style("hayao").layers
+    every = Engine(layers, threads=n)
+    singles = [Engine(layers, threads=1) for _ in range(n)]
     for e in (every, *singles):
         e.stylize(rgb[:256, :256])  # warm up
 

@@ -27,7 +27,7 @@ with Image.open(PHOTO) as im:
 
 panels = [("photo", rgb)]
 for style in weights.styles():
-    panels.append((f"{style.name} ({style.family})", models.render_rgb(models.load_style(style.name), rgb)))
+    panels.append((f"{style.name} ({style.family})", models.render_rgb(weights.load_module(style.name), rgb)))
 
 font = ImageFont.load_default(size=17)
 sheet = Image.new("RGB", (3 * SIDE, 2 * (SIDE + LABEL)), "white")

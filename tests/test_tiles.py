@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from anime_cli import engine as tiles
+from anime_cli import models
 from anime_cli.engine import plan as planning
 from anime_cli.models.animeganv2 import load_generator
 from anime_cli.weights.catalog import load
@@ -32,12 +33,12 @@ def generator():
 
 @pytest.fixture(scope="module")
 def fp32(generator):
-    return tiles.Engine(generator, threads=2, precision="fp32")
+    return tiles.Engine(models.layers_for(generator), threads=2, precision="fp32")
 
 
 @pytest.fixture(scope="module")
 def bf16(generator):
-    return tiles.Engine(generator, threads=2, precision="bf16")
+    return tiles.Engine(models.layers_for(generator), threads=2, precision="bf16")
 
 
 def portrait(photos, size=512) -> np.ndarray:
@@ -99,7 +100,7 @@ def test_fp32_odd_shapes_are_exact(generator, fp32, monkeypatch, h, w):
 def test_threads_do_not_change_the_result(generator, photos):
     """Strips are independent and the statistics are summed in strip order."""
     rgb = load_rgb(photos / "chelsea.png")
-    outs = [tiles.Engine(generator, threads=t, precision="fp32").stylize(rgb) for t in (1, 3)]
+    outs = [tiles.Engine(models.layers_for(generator), threads=t, precision="fp32").stylize(rgb) for t in (1, 3)]
     assert np.array_equal(outs[0], outs[1])
 
 
@@ -123,7 +124,7 @@ def test_every_strategy_is_faithful_on_a_portrait(generator, photos, monkeypatch
     monkeypatch.setattr(planning, "STRIP_BYTES", 256 << 10)  # small strips: stored layers dominate, as on big pictures
     rgb = portrait(photos, 384)
     ref = untiled(generator, rgb)
-    engine = tiles.Engine(generator, threads=2, precision="fp32")
+    engine = tiles.Engine(models.layers_for(generator), threads=2, precision="fp32")
     full = engine.make_plan(384, 384, None)
     assert full.name == "strips" and not full.compact
     seen = set()
@@ -453,7 +454,7 @@ def shared_weights(name: str) -> dict:
 
 @pytest.fixture(scope="module")
 def cute():
-    from anime_cli.engine.families import v3_tiny_layers
+    from anime_cli.models.animeganv3 import tiny_layers as v3_tiny_layers
 
     sd = shared_weights("animeganv3_tiny_cute")
     return sd, v3_tiny_layers(sd)
@@ -541,7 +542,7 @@ def v3_eager(sd, x):
 
 @pytest.fixture(scope="module", params=["animeganv3_shinkai37", "animeganv3_hayao36"])
 def v3(request):
-    from anime_cli.engine.families import layers_for
+    from anime_cli.models import layers_for
 
     sd = shared_weights(request.param)
     return sd, layers_for(sd)
@@ -586,7 +587,7 @@ def test_a_stylizer_runs_v3_from_its_weights_file(v3, photos, tmp_path):
     ref = y.add(1.0).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
     assert psnr(st.stylize(rgb), ref) >= 45 and st.engine.multiple == 8
     torch.save({**sd, "extra.weight": torch.zeros(1)}, tmp_path / "odd.pt")
-    with pytest.raises(WeightsError, match="unknown layout"):
+    with pytest.raises(WeightsError, match="unexpected key extra.weight"):
         Stylizer.from_weights(tmp_path / "odd.pt")
 
 
@@ -597,7 +598,7 @@ def test_a_stylizer_runs_v3_from_its_weights_file(v3, photos, tmp_path):
 def paprika():
     """The state dict, its eager module (models.animeganv1, whole picture, float32) and its layers."""
     from anime_cli import models
-    from anime_cli.engine.families import layers_for
+    from anime_cli.models import layers_for
 
     sd = shared_weights("animeganv1_paprika")
     return sd, models.load(sd, family="animeganv1"), layers_for(sd)
@@ -655,5 +656,5 @@ def test_a_stylizer_runs_v1_by_name_and_from_its_weights_file(paprika, photos, t
         assert psnr(st.stylize(rgb), ref) >= 45 and st.engine.multiple == 4
     assert st.min_bytes(3000, 4000) < st.fastest_bytes(3000, 4000)
     torch.save({**sd, "extra.weight": torch.zeros(1)}, tmp_path / "odd.pt")
-    with pytest.raises(WeightsError, match="unknown layout"):
+    with pytest.raises(WeightsError, match="unexpected key extra.weight"):
         Stylizer.from_weights(tmp_path / "odd.pt")

@@ -230,7 +230,7 @@ def test_an_uninstalled_style_says_what_to_run(only_cute):
     assert "style 'shinkai' is not installed (installed styles: cute)" in str(e.value)
     assert "anime-cli install-weights" in str(e.value)
     assert weights.resolve_style("cute").family == "animeganv3-tiny"
-    assert models.family_for(models.load_style("cute")).name == "animeganv3-tiny"
+    assert models.family_for(weights.load_module("cute")).name == "animeganv3-tiny"
 
 
 def test_with_no_weights_at_all_the_message_says_what_to_run(tmp_path, monkeypatch):
@@ -270,4 +270,4 @@ def test_the_manifest_lists_every_shared_file_with_its_sha256():
 def test_a_weights_file_of_any_known_family_is_recognised(tmp_path):
     path = tmp_path / "mine.pt"
     path.write_bytes(shared("animeganv1_paprika.pt"))
-    assert models.family_for(models.load_file(path)).name == "animeganv1"
+    assert models.family_for(weights.load_module_file(path)).name == "animeganv1"

@@ -18,7 +18,7 @@ v1), LADE (AnimeGANv3: the statistics of the conv's output and of a 1x1 conv
 of it), and external attention's softmax over all positions (per channel, the
 sum of exp() over every position). Layers without a norm (v3 tiny's convs:
 bias and activation) need no pass of their own. A family is a layer list
-(families.py): convolutions with one-sided (TensorFlow) padding, stride 2,
+(each models/ file builds its own; the engine knows no model): convolutions with one-sided (TensorFlow) padding, stride 2,
 torch's or TensorFlow's legacy bilinear x2, skips added before or after the
 activation at any resolution.
 
@@ -54,9 +54,7 @@ The package, by what each file holds:
                planning) and Run (one picture: its plan's passes)
   plan.py      sizes, rows and passes of a network input (Geometry), the
                memory model, and the planner (Plan, best_plan)
-  layers.py    the network as a flat list of layers
-  families.py  each generator family's layer list (v2 from its module, v3 and
-               v3 tiny from their state dicts)
+  layers.py    the network as a flat list of layers (Layer), and each layer's dtype
   bands.py     one worker's share of a pass, and the layers computed in it
   norms.py     the statistics each norm learns strip by strip, and applying them
   stored.py    layers kept whole between passes, and when their rows are freed

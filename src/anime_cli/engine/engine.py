@@ -18,7 +18,6 @@ import torch
 from anime_cli.errors import Cancelled  # the batch's signal: the engine raises it
 from .bands import Band
 from .cpu import Cores, bound_malloc, resolve_precision, trim_malloc
-from .families import layers_for
 from .layers import Layer, layer_dtype
 from .norms import norm_affine
 from .pictures import PictureSink, PictureSource, TensorSource
@@ -39,10 +38,9 @@ class Rendered(NamedTuple):
 
 
 class Engine:
-    """Runs a network (a generator of a family families.layers_for knows, or
-    a flat list of layers) in strips,
-    within a memory budget, faithful to the untiled network (exact up to
-    float rounding in "fp32").
+    """Runs a network, given as its flat list of layers (models.layers_for), in
+    strips, within a memory budget, faithful to the untiled network (exact up
+    to float rounding in "fp32"). It knows no model.
 
     threads: worker threads (default: the cores this process may use). Each
     runs torch single-threaded on its own strips, so no OpenMP team waits at
@@ -63,11 +61,14 @@ class Engine:
     work(h, w, budget_bytes) exactly.
     """
 
-    def __init__(self, network, threads: int | None = None, precision: str = "auto", cores: Cores | None = None):
+    def __init__(self, layers: list[Layer], threads: int | None = None, precision: str = "auto",
+                 cores: Cores | None = None):
+        if not isinstance(layers, list):
+            raise TypeError(f"an Engine runs a layer list (models.layers_for), not a {type(layers).__name__}")
         bound_malloc()
         self.precision = resolve_precision(precision)
         self.cores = cores or Cores(threads)
-        self.layers: list[Layer] = layers_for(network)
+        self.layers = layers
         self.weights = []
         for i, L in enumerate(self.layers):
             dt = layer_dtype(self.precision, i, L)

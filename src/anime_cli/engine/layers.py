@@ -6,10 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-from anime_cli.models.animeganv2 import Generator, InvertedResBlock
 
 _ONEDNN = torch.backends.mkldnn.is_available()
 
@@ -71,46 +69,6 @@ class Layer:
 def sources(layers: list[Layer]) -> list[int]:
     """The index of the layer each layer reads (-1: the image)."""
     return [j - 1 if L.source is None else L.source for j, L in enumerate(layers)]
-
-
-def flatten(g: Generator) -> list[Layer]:
-    """The generator's layers in execution order (index -1 is the image)."""
-    layers: list[Layer] = []
-
-    def add(name, conv, gn, pad=(0, 0, 0, 0), lrelu=True, **kw):
-        layers.append(Layer(
-            name=name, weight=conv.weight.detach(),
-            bias=None if conv.bias is None else conv.bias.detach(),
-            kernel=conv.kernel_size[0], stride=conv.stride[0], pad=tuple(pad), groups=conv.groups,
-            gamma=None if gn is None else gn.weight.detach(),
-            beta=None if gn is None else gn.bias.detach(),
-            eps=1e-5 if gn is None else gn.eps, lrelu=lrelu, **kw,
-        ))
-
-    def cnl(name, seq, **kw):  # ConvNormLReLU: pad, conv, norm, LeakyReLU
-        pad, conv, gn, _ = seq
-        add(name, conv, gn, pad.padding if isinstance(pad, nn.ReflectionPad2d) else (0, 0, 0, 0), **kw)
-
-    def blocks(prefix, seq, upsample_first=False):
-        for i, m in enumerate(seq):
-            name = f"{prefix}.{i}"
-            if isinstance(m, InvertedResBlock):
-                block_input = len(layers) - 1
-                expand, dw, proj, gn = m.layers
-                cnl(name + ".expand", expand)
-                cnl(name + ".dw", dw)
-                add(name + ".project", proj, gn, lrelu=False, residual=block_input if m.residual else None)
-            else:
-                cnl(name, m, upsample="torch" if upsample_first and i == 0 else None)
-
-    blocks("a", g.block_a)
-    blocks("b", g.block_b)
-    blocks("c", g.block_c)
-    blocks("d", g.block_d, upsample_first=True)
-    blocks("e", g.block_e, upsample_first=True)
-    conv, _ = g.out_layer
-    add("out", conv, None, lrelu=False, tanh=True, norm=None)
-    return layers
 
 
 def layer_dtype(precision: str, i: int, L: Layer):

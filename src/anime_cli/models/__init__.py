@@ -1,13 +1,14 @@
 """The generator families anime-cli runs, and how to tell them apart.
 
-A family is a plain PyTorch module (one file each) plus the two facts about
+A family is a plain PyTorch module (one file each, with the engine's layer
+list for its state dicts: `layers`) plus the two facts about
 picture sizes the runner needs: `multiple` (H and W must be multiples of it:
 the network halves that many times over) and `min_size` (the smallest side
 whose deepest layer still has 2 pixels to reflect). A state dict's family is
 recognised from its keys, so `--weights FILE` needs no family option.
 
     family            module                         multiple  styles
-    animeganv2        ..model.Generator              4         hayao
+    animeganv2        animeganv2.Generator           4         hayao
     animeganv3        animeganv3.Generator           8         hayao-v3, shinkai
     animeganv3-tiny   animeganv3.TinyGenerator       16        cute
     animeganv1        animeganv1.Generator           4         paprika
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from anime_cli.errors import WeightsError
 from .animeganv2 import Generator as _V2Generator
 from .animeganv2 import misfit
-from . import animeganv1, animeganv3
+from . import animeganv1, animeganv2, animeganv3
 
 
 @dataclass(frozen=True)
@@ -37,15 +38,17 @@ class Family:
     multiple: int
     min_size: int
     marker: str  # a key only this family's state dicts have
+    layers: Callable[[dict], list]  # the engine's layer list (engine.layers.Layer) for a state dict
 
 
 FAMILIES = {
     f.name: f
     for f in (
-        Family("animeganv2", "AnimeGANv2", _V2Generator, 4, 8, "block_a.0.1.weight"),
-        Family("animeganv3", "AnimeGANv3", animeganv3.Generator, 8, 16, "ea.mk.weight"),
-        Family("animeganv3-tiny", "AnimeGANv3 tiny", animeganv3.TinyGenerator, 16, 32, "main.12.weight"),
-        Family("animeganv1", "AnimeGAN (v1)", animeganv1.Generator, 4, 8, "b1.2.sep_s2.dw.weight"),
+        Family("animeganv2", "AnimeGANv2", _V2Generator, 4, 8, "block_a.0.1.weight", animeganv2.layers),
+        Family("animeganv3", "AnimeGANv3", animeganv3.Generator, 8, 16, "ea.mk.weight", animeganv3.layers),
+        Family("animeganv3-tiny", "AnimeGANv3 tiny", animeganv3.TinyGenerator, 16, 32, "main.12.weight",
+               animeganv3.tiny_layers),
+        Family("animeganv1", "AnimeGAN (v1)", animeganv1.Generator, 4, 8, "b1.2.sep_s2.dw.weight", animeganv1.layers),
     )
 }
 
@@ -94,24 +97,16 @@ def check(state_dict: dict, family: str, module: nn.Module | None = None) -> Non
         raise WeightsError(f"not {what} {f.title} generator ({mismatch})")
 
 
-def load_style(name: str) -> nn.Module:
-    """The module of installed style `name` (sha256-checked). WeightsError, in one
-    line naming the installed styles, when it is unknown or not installed."""
-    from anime_cli.weights import catalog as weights
-
-    entry = weights.resolve_style(name)
-    return load(weights.load(name), family=entry.family or None)
-
-
-def load_file(path) -> nn.Module:
-    """The module for a weights file of any known family (`--weights FILE`)."""
-    from anime_cli.weights import catalog as weights
-
-    sd = weights.load_state_dict(path)
-    try:
-        return load(sd)
-    except WeightsError as e:
-        raise WeightsError(f"{path}: {e}") from None
+def layers_for(network) -> list:
+    """The engine's layer list for a module or a state dict of any family: the
+    one place a network's family is decided (from its keys), every key and
+    shape checked first. WeightsError, one line, for anything else."""
+    if isinstance(network, _V2Generator):
+        return animeganv2.flatten(network)
+    sd = network.state_dict() if isinstance(network, nn.Module) else network
+    family = family_of(sd)
+    check(sd, family)
+    return FAMILIES[family].layers(sd)
 
 
 def family_for(module: nn.Module) -> Family:

@@ -22,7 +22,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .tf_ops import lrelu, resize_legacy, up2
+from anime_cli.engine.layers import Layer
+
+from .tf_ops import conv_layer, lrelu, resize_legacy, up2
 
 
 class ConvIN(nn.Module):
@@ -108,3 +110,62 @@ class Generator(nn.Module):
         x = self.u2(up2(x))  # (N, 128, H/2, W/2)
         x = self.u1(up2(x))  # (N, 64, H, W)
         return torch.tanh(self.out(x))  # (N, 3, H, W)
+
+
+# -- the engine's layer list ------------------------------------------------------------
+
+P1, P0 = (1, 1, 1, 1), (0, 0, 0, 0)
+
+
+def _in(sd, key, norm_key, pad, depthwise=False, eps=1e-5, **kw) -> Layer:
+    """A bias-free conv, instance norm (the affine `norm_key`), and LeakyReLU unless lrelu=False."""
+    w = sd[key + ".weight"]
+    kw.setdefault("lrelu", True)
+    return Layer(name=key, weight=w, bias=None, kernel=w.shape[-1], stride=1, pad=pad,
+                 groups=w.shape[0] if depthwise else 1, gamma=sd[norm_key + ".weight"],
+                 beta=sd[norm_key + ".bias"], eps=eps, norm="instance", **kw)
+
+
+def _sep(sd, key, stride=1, upsample=None, source=None, half=False, residual=None) -> list[Layer]:
+    """SepConvIN: the depthwise 3x3 (no norm: no pass of its own), then the
+    pointwise 1x1 with instance norm (eps 1e-6) and LeakyReLU. Stride 2 pads
+    only the right and bottom (unlike TensorFlow's other convs here)."""
+    w = sd[key + ".dw.weight"]
+    dw = Layer(name=key + ".dw", weight=w, bias=None, kernel=3, stride=stride,
+               pad=P1 if stride == 1 else (0, 1, 0, 1), groups=w.shape[0], gamma=None, beta=None, eps=1e-5,
+               lrelu=False, norm=None, upsample=upsample, source=source, half=half)
+    return [dw, _in(sd, key + ".pw", key + ".norm", P0, eps=1e-6, residual=residual)]
+
+
+def layers(sd: dict[str, torch.Tensor]) -> list[Layer]:
+    """AnimeGAN v1 (paprika): instance norm after every conv but the
+    depthwise halves of the separable ones; two Down blocks (a stride-2
+    separable conv, plus a stride-1 one over every second pixel of the same
+    input: a branch, and a skip adding the two after their activations);
+    eight inverted residual blocks at 1/4; back up through the legacy x2."""
+    layers: list[Layer] = []
+
+    def down(key):  # sep_s2(x) + sep_ds(x's every second pixel), x being the last layer so far
+        x = len(layers) - 1
+        layers.extend(_sep(sd, key + ".sep_s2", stride=2))
+        layers.extend(_sep(sd, key + ".sep_ds", source=x, half=True, residual=len(layers) - 1))
+
+    layers += [_in(sd, "b1.0.conv", "b1.0.norm", P1), _in(sd, "b1.1.conv", "b1.1.norm", P1)]
+    down("b1.2")
+    layers += [_in(sd, "b2.0.conv", "b2.0.norm", P1), *_sep(sd, "b2.1")]
+    down("b2.2")
+    layers.append(_in(sd, "m.0.conv", "m.0.norm", P1))
+    for b in range(1, 9):  # InvRes: expand 1x1, depthwise 3x3, project 1x1 plus the block's input, no activation
+        x = len(layers) - 1
+        layers += [_in(sd, f"m.{b}.expand.conv", f"m.{b}.expand.norm", P0),
+                   _in(sd, f"m.{b}.dw", f"m.{b}.dw_norm", P1, depthwise=True),
+                   _in(sd, f"m.{b}.project", f"m.{b}.project_norm", P0, lrelu=False, residual=x)]
+    layers.append(_in(sd, "m.9.conv", "m.9.norm", P1))
+    layers += [*_sep(sd, "u2.0", upsample="tf"), *_sep(sd, "u2.1"), _in(sd, "u2.2.conv", "u2.2.norm", P1)]
+    # u1.2 is not stored in 8 bits: the 1x1 output conv hands its rounding straight to the picture
+    # (in 8 bits it alone took coffee.png from 56 to 48 dB; a 12 MP render at 1 GiB then costs 1.43
+    # passes instead of 1.37)
+    layers += [*_sep(sd, "u1.0", upsample="tf"), _in(sd, "u1.1.conv", "u1.1.norm", P1),
+               _in(sd, "u1.2.conv", "u1.2.norm", P1, eight_bit=False)]
+    layers.append(conv_layer(sd, "out", lrelu=False, tanh=True))
+    return layers

@@ -13,7 +13,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .tf_ops import lade, lrelu, pad_same, up2
+from anime_cli.engine.layers import Layer
+
+from .tf_ops import conv_layer, lade, lrelu, pad_same, up2
 
 
 class ConvLADE(nn.Module):
@@ -139,3 +141,50 @@ class TinyGenerator(nn.Module):
 
 def _padded_conv(conv: nn.Conv2d, x):
     return conv(pad_same(x, conv.kernel_size[0], conv.stride[0]))
+
+
+# -- the engine's layer lists -----------------------------------------------------------
+
+def _lade(sd, key, stride=1, **kw) -> Layer:
+    """ConvLADE: pad, conv (no bias), LADE with the 1x1 conv `lade`, LeakyReLU."""
+    layer = conv_layer(sd, key + ".conv", stride, norm="lade", lade=sd[key + ".lade.weight"], **kw)
+    layer.name = key
+    return layer
+
+
+def layers(sd: dict[str, torch.Tensor]) -> list[Layer]:
+    """AnimeGANv3 (hayao-v3, shinkai): ConvLADE down to 1/8, external
+    attention, ConvLADE back up through the legacy x2 with a skip at each
+    resolution, a 7x7 output conv. The attention is four 1x1 layers; the
+    softmax over all positions is mk's norm."""
+    layers = [_lade(sd, f"b{i}", s) for i, s in enumerate([1, 2, 1, 2, 1, 2, 1])]  # x0, x1, x2, x3: b0, b2, b4, b6
+    # the attention, in float32: conv_in; mk, whose output (the logits) the softmax normalises; mv; conv_out
+    # with the skip from x3 and the activation. (mk and conv_in folded into one conv were ~2 dB further
+    # from the eager network in float32: the softmax's exp() magnifies the logits' rounding.)
+    layers += [conv_layer(sd, "ea.conv_in", lrelu=False, exact=True),
+               conv_layer(sd, "ea.mk", lrelu=False, norm="softmax", exact=True),
+               conv_layer(sd, "ea.mv", lrelu=False, exact=True),
+               conv_layer(sd, "ea.conv_out", residual=6, act_after_skip=True, exact=True)]
+    for d, skip in ((0, 4), (2, 2), (4, 0)):  # m = d(k+1)(dk(up(m)) + x)
+        layers += [_lade(sd, f"d{d}", upsample="tf", residual=skip), _lade(sd, f"d{d + 1}")]
+    layers.append(conv_layer(sd, "out", lrelu=False, tanh=True))
+    return layers
+
+
+def tiny_layers(sd: dict[str, torch.Tensor]) -> list[Layer]:
+    """AnimeGANv3 tiny (animeganv3_tiny_cute.pt): an encoder to 1/16 with two
+    residual blocks, a decoder back up through the legacy x2 with a skip at
+    every resolution, and one LADE (main.10, its statistics' conv main.11)."""
+    enc_strides = [1, 2, 1, 2, 1, 2, 1, 2, 1]  # base.0 .. base.8; x0, x1, x2, x3 are base.0, 2, 4, 6
+    layers = [conv_layer(sd, f"base.{i}", s) for i, s in enumerate(enc_strides)]
+    for block in (9, 12):  # x4 = L(c(k+2)(L(c(k+1)(L(ck(x4))))) + x4)
+        skip = block - 1 if block == 9 else 11
+        layers += [conv_layer(sd, f"base.{block}"), conv_layer(sd, f"base.{block + 1}"),
+                   conv_layer(sd, f"base.{block + 2}", residual=skip, act_after_skip=True)]
+    for m, skip in ((0, 6), (3, 4), (6, 2), (9, 0)):  # y = L(m(up(y))) + x, then two more convs (none after m9)
+        layers.append(conv_layer(sd, f"main.{m}", upsample="tf", residual=skip))
+        if m < 9:
+            layers += [conv_layer(sd, f"main.{m + 1}"), conv_layer(sd, f"main.{m + 2}")]
+    layers.append(conv_layer(sd, "main.10", norm="lade", lade=sd["main.11.weight"]))
+    layers.append(conv_layer(sd, "main.12", lrelu=False, tanh=True))
+    return layers

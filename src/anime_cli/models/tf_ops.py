@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from anime_cli.engine.layers import Layer
+
 
 def lrelu(x: torch.Tensor) -> torch.Tensor:
     return F.leaky_relu(x, 0.2)
@@ -74,3 +76,14 @@ def lade(x: torch.Tensor, tx: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     mx, vx = channel_stats(x)
     mt, vt = channel_stats(tx)
     return (x - mx) * torch.rsqrt(vx + eps) * torch.sqrt(vt + eps) + mt
+
+
+def conv_layer(sd, key, stride=1, **kw) -> Layer:
+    """The engine's layer for conv `key` of a state dict, with TensorFlow's padding
+    (no norm, LeakyReLU unless lrelu=False)."""
+    w = sd[key + ".weight"]
+    k = w.shape[-1]
+    kw.setdefault("norm", None)
+    kw.setdefault("lrelu", True)
+    return Layer(name=key, weight=w, bias=sd.get(key + ".bias"), kernel=k, stride=stride, pad=same_padding(k, stride),
+                 groups=1, gamma=None, beta=None, eps=1e-5, **kw)

@@ -21,8 +21,6 @@ import numpy as np
 from anime_cli import models
 from anime_cli.weights import catalog as weights
 from anime_cli.engine import Cores, Engine, Rendered
-from anime_cli.engine.families import layers_for
-from anime_cli.models.animeganv2 import load_generator
 
 Progress = Callable[[int], None]
 
@@ -67,12 +65,12 @@ class Stylizer:
     "fp32" (exact)."""
 
     def __init__(self, network, name: str, threads: int | None = None, precision: str = "auto"):
-        """network: an AnimeGANv2 Generator, or another family's module or
-        state dict that the engine runs (engine.families.layers_for)."""
+        """network: a generator module of a known family, its state dict, or
+        its layer list (models.layers_for)."""
         self.name = name
-        self.generator = network
+        self.layers = network if isinstance(network, list) else models.layers_for(network)
         self.cores = Cores(threads)
-        self.engine = Engine(network, precision=precision, cores=self.cores)
+        self.engine = Engine(self.layers, precision=precision, cores=self.cores)
         self._bytes: dict[tuple[int, int, int | None], int] = {}  # (h, w, None or 0) -> engine bytes of that plan
 
     @classmethod
@@ -131,21 +129,9 @@ class Stylizer:
         return self.engine.work(h, w, budget_bytes)
 
 
-def _network(sd: dict, source: str):
-    """The network of a state dict: an AnimeGANv2 Generator, or the layers of
-    another family the engine runs (recognised from its keys)."""
+def _network(sd: dict, source: str) -> list:
+    """The engine's layer list for a state dict of any known family."""
     try:
-        family = models.family_of(sd)
-    except weights.WeightsError:
-        family = None  # the AnimeGANv2 loader says what is wrong with it
-    if family not in (None, "animeganv2"):
-        try:
-            return layers_for(sd)
-        except (KeyError, ValueError) as e:
-            raise weights.WeightsError(f"{source}: weights of an unknown layout ({e})") from None
-    try:
-        return load_generator(sd)
-    except RuntimeError as e:  # wrong keys or shapes
-        raise weights.WeightsError(
-            f"{source}: not an AnimeGANv2 generator in the PyTorch-port layout ({str(e).splitlines()[0]})"
-        ) from None
+        return models.layers_for(sd)
+    except weights.WeightsError as e:
+        raise weights.WeightsError(f"{source}: {e}") from None

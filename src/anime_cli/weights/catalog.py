@@ -163,3 +163,24 @@ def default_install_dir() -> Path:
     if _CHECKOUT is not None and os.access(_CHECKOUT / "weights", os.W_OK):
         return _CHECKOUT / "weights"
     return user_data_dir()
+
+
+def load_module(name: str):
+    """The module of installed style `name` (sha256-checked), for the reference
+    eager network. WeightsError, one line naming the installed styles, when it
+    is unknown or not installed."""
+    from anime_cli import models
+
+    entry = resolve_style(name)
+    return models.load(load(name), family=entry.family or None)
+
+
+def load_module_file(path):
+    """The module for a weights file of any known family (`--weights FILE`)."""
+    from anime_cli import models
+
+    sd = load_state_dict(path)
+    try:
+        return models.load(sd)
+    except WeightsError as e:
+        raise WeightsError(f"{path}: {e}") from None
