@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from anime_cli.folder.database import (DB_NAME, Inflight, Store, StoreError, cache_key, file_sha256, input_key,
-                             is_store_file, name_candidates, place)
+from anime_cli.folder.database import DB_NAME, Inflight, Store, StoreError, cache_key, input_key, is_store_file, place
+from anime_cli.folder.files import file_sha256
+from anime_cli.folder.names import alternatives as name_candidates
 from helpers import make_photo
 
 

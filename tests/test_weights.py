@@ -19,7 +19,7 @@ from anime_cli import models
 from anime_cli.weights import download
 from anime_cli.weights import catalog as weights
 from anime_cli.errors import WeightsError
-from anime_cli.folder.database import file_sha256
+from anime_cli.folder.files import file_sha256
 from anime_cli.weights.install import install
 from helpers import SHARED, invoke
 

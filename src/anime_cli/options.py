@@ -26,6 +26,7 @@ DEFAULT_CRF = 18
 DEFAULT_MAX_FRAMES = 100_000  # about an hour at 30 fps: a bomb cannot run for days
 DEFAULT_MEMORY_LIMIT = 1024**3
 DEFAULT_STYLE = "hayao"
+DEFAULT_DOWNLOAD_TIMEOUT = 30.0  # seconds without a byte before a transfer has stalled
 PRECISIONS = ("auto", "bf16", "fp32")
 FORMATS = ("auto", "png", "jpg", "webp")  # jpeg is read as jpg
 

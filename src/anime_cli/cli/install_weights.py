@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from anime_cli.errors import AnimeCliError
-from anime_cli.weights.download import TIMEOUT_S
+from anime_cli.options import DEFAULT_DOWNLOAD_TIMEOUT
 
 from .shell import fail
 
@@ -17,7 +17,7 @@ def install_weights(
     source: str = typer.Argument(..., help="A folder holding weight files, one weights file, or an http(s):// URL "
                                            "of a file or of a folder holding manifest.json."),
     dest: Optional[Path] = typer.Option(None, "--dest", help="Where to install. [default: $ANIME_CLI_WEIGHTS, the checkout's weights/, or the user data folder]"),
-    timeout: float = typer.Option(TIMEOUT_S, "--timeout", min=0.1,
+    timeout: float = typer.Option(DEFAULT_DOWNLOAD_TIMEOUT, "--timeout", min=0.1,
                                   help="Seconds without data before a download counts as stalled."),
 ):
     """Install weights from a folder, a file or a URL, checking every sha256 against

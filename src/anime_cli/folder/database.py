@@ -49,8 +49,7 @@ from typing import Callable, Iterable
 from urllib.parse import quote
 
 from anime_cli.errors import OutputError, OutputExists
-from .names import alternatives as name_candidates  # noqa: F401  (the one order of fallback names)
-from .files import cut_name, publish
+from .files import cut_name, file_sha256, publish
 
 DB_NAME = ".anime-cli.sqlite"
 _COMPANIONS = ("", "-wal", "-shm", "-journal")
@@ -370,31 +369,13 @@ PIXEL_OPTIONS = ("max_side", "format", "quality", "face_enhance", "min_face", "f
                  "keep_gps")
 
 
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def version() -> str:
     try:
         from importlib.metadata import version as v
 
-        return v("anime-cli")
+        return v("animegan-cli")
     except Exception:  # running from a source tree that was never installed
         return "0+unknown"
-
-
-def weights_sha256(style: str, weights: str | os.PathLike | None = None) -> str:
-    """The sha256 of the generator's weights: the manifest's for a style (checked
-    when it was loaded), the file's own for --weights."""
-    from anime_cli.weights import catalog as w
-
-    if weights:
-        return file_sha256(Path(weights))
-    return w.manifest()[style].sha256
 
 
 def cache_key(content_sha256: str, weights_sha256: str, precision: str, options, detector: bool,
@@ -502,7 +483,7 @@ class Inflight:
 class Outputs:
     """Everything a Converter asks of the output folder's database, for one batch:
 
-        outs = Outputs(options.output_dir, weights_sha256(style, weights), stylizer.engine.precision,
+        outs = Outputs(options.output_dir, weights.weights_sha256(style, path), precision,
                        options, faces=detector is not None)
         dest = ...                                # names.Names.claim, through outs.store: the stable name
         key = outs.key(job.path)                  # after the probe, before the decode

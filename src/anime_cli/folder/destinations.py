@@ -32,22 +32,18 @@ class Destinations:
         self._store_error: str | None = None  # why the folder's database could not be opened, or failed
         self._claiming = threading.Lock()  # names decided in memory (no database) are one lane's at a time
 
-    def open(self, stylizer, faces: bool) -> None:
+    def open(self, weights_sha: str, precision: str, faces: bool) -> None:
         """The output folder's database: stable names across runs, the content
         cache. Not for a dry run (it writes nothing) nor for stdout. A database
         that cannot be opened (full disk, read-only folder) leaves names in
         memory and no cache, with store_error saying why."""
         if self.outputs is not None or not self.use_store:
             return
-        from .database import Outputs, StoreError, weights_sha256
+        from .database import Outputs, StoreError
 
         opts = self.options
         try:
-            sha = weights_sha256(opts.style, opts.weights)
-        except (KeyError, OSError):  # a stylizer of the caller's own, not a style of the manifest
-            sha = f"{type(stylizer).__qualname__}:{opts.style}"
-        try:
-            self.outputs = Outputs(opts.output_dir, sha, _precision(stylizer), opts, faces=faces)
+            self.outputs = Outputs(opts.output_dir, weights_sha, precision, opts, faces=faces)
         except StoreError as e:
             self._store_error, self.use_store = str(e), False
             return
@@ -120,9 +116,3 @@ def _taken(dest: Path) -> bool:
     """Whether something already sits at `dest` (a file, a link; a folder is
     claim()'s error, not a skip)."""
     return dest.is_file() or (dest.is_symlink() and not dest.is_dir())
-
-
-def _precision(stylizer) -> str:
-    """The precision the network really runs at ("auto" differs by CPU)."""
-    engine = getattr(stylizer, "engine", None)
-    return getattr(engine, "precision", None) or getattr(stylizer, "precision", "fp32")

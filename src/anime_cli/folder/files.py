@@ -8,6 +8,7 @@ Ctrl-C or a full disk never leaves a half-written picture under a real name.
 from __future__ import annotations
 
 import errno
+import hashlib
 import io
 import os
 import re
@@ -312,3 +313,18 @@ def same_file(a: Path, b: Path) -> bool:
     except OSError:
         return False
 
+
+def file_sha256(file: str | os.PathLike | int, chunk: int = 1 << 20) -> str:
+    """The sha256 of a file's bytes (weights checks, the cache's content key);
+    `file` a path or an open descriptor (read from its start: the very file
+    that was checked is the one installed, whatever a path then names)."""
+    h = hashlib.sha256()
+    if isinstance(file, int):
+        os.lseek(file, 0, os.SEEK_SET)
+        while block := os.read(file, chunk):
+            h.update(block)
+        return h.hexdigest()
+    with open(file, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

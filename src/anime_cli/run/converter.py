@@ -27,6 +27,7 @@ from anime_cli.kinds.kind import Context, File
 from anime_cli.kinds.photo import Photo
 from anime_cli.logs.telemetry import PeakTracker, Record
 from anime_cli.options import Options
+from anime_cli.weights import catalog as weights
 
 from . import budget
 
@@ -84,10 +85,18 @@ class Converter:
         self.destinations.close()
 
     def _begin(self, jobs: list[Job]) -> None:
-        self.destinations.open(self.stylizer, self.faces_on)
+        self.destinations.open(self._weights_sha(), _precision(self.stylizer), self.faces_on)
         if self.names is not None:
             self.names.inputs |= {files.real_path(j.path) for j in jobs if j.path is not None}
         self.halt.clear()
+
+    def _weights_sha(self) -> str:
+        """What the cache keys name the network by: its weights' sha256."""
+        opts = self.options
+        try:
+            return weights.weights_sha256(opts.style, opts.weights)
+        except (KeyError, OSError):  # a stylizer of the caller's own, not a style of the manifest
+            return f"{type(self.stylizer).__qualname__}:{opts.style}"
 
     # -- stages ------------------------------------------------------------
     def open(self, job: Job) -> File:
@@ -231,3 +240,9 @@ def _source(job: Job, options: Options, stdin: bytes | None):
     if isinstance(source, io.BytesIO):
         kind = sniff(source)
     return source, n, kind
+
+
+def _precision(stylizer) -> str:
+    """The precision the network really runs at ("auto" differs by CPU)."""
+    engine = getattr(stylizer, "engine", None)
+    return getattr(engine, "precision", None) or getattr(stylizer, "precision", "fp32")

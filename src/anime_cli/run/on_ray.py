@@ -43,8 +43,10 @@ from typing import Iterable, Iterator
 
 from anime_cli.inputs.discover import Job, discover
 from anime_cli.errors import AnimeCliError, first_line
-from anime_cli.folder.database import (DB_NAME, Inflight, Stat, Store, StoreError, cache_key, file_sha256, input_key,
-                                       name_candidates, place, weights_sha256)
+from anime_cli.folder.database import DB_NAME, Inflight, Stat, Store, StoreError, cache_key, input_key, place
+from anime_cli.folder.files import file_sha256
+from anime_cli.folder.names import alternatives as name_candidates
+from anime_cli.weights.catalog import weights_sha256
 from anime_cli.logs.telemetry import Record
 
 _LOCAL_STORE_MB = 256

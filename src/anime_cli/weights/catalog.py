@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from anime_cli.errors import WeightsError, first_line
-from anime_cli.folder.database import file_sha256
+from anime_cli.folder.files import file_sha256
 
 _HERE = Path(__file__).resolve().parent
 MANIFEST = _HERE / "manifest.json"
@@ -184,3 +184,11 @@ def load_module_file(path):
         return models.load(sd)
     except WeightsError as e:
         raise WeightsError(f"{path}: {e}") from None
+
+
+def weights_sha256(style: str, weights: str | os.PathLike | None = None) -> str:
+    """The sha256 of the generator's weights: the manifest's for a style (checked
+    when it was loaded), the file's own for --weights."""
+    if weights:
+        return file_sha256(Path(weights))
+    return manifest()[style].sha256

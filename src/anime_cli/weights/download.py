@@ -16,7 +16,6 @@ urllib's default opener reads them.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import stat
@@ -26,8 +25,9 @@ import urllib.request
 from pathlib import Path
 
 from anime_cli.errors import WeightsError
+from anime_cli.options import DEFAULT_DOWNLOAD_TIMEOUT as TIMEOUT_S
+from anime_cli.folder.files import file_sha256
 
-TIMEOUT_S = 30.0  # without a byte for this long, a transfer has stalled
 RESUMES = 5  # Range requests after a transfer that ended early, per download
 _CHUNK = 1 << 16
 
@@ -60,7 +60,7 @@ def fetch(url: str, dest: Path, sha256: str | None = None, timeout: float = TIME
                                    "run the command again to resume")
     fd = open_part(part, resume=True)
     try:
-        if sha256 is not None and _sha256(fd) != sha256:
+        if sha256 is not None and file_sha256(fd) != sha256:
             part.unlink()
             raise WeightsError(f"{url}: sha256 does not match the manifest, refusing to install it")
         publish(fd, part, dest)
@@ -126,13 +126,6 @@ def _write_all(fd: int, data: bytes) -> None:
     while view:
         view = view[os.write(fd, view):]
 
-
-def _sha256(fd: int) -> str:
-    h = hashlib.sha256()
-    os.lseek(fd, 0, os.SEEK_SET)
-    while block := os.read(fd, 1 << 20):
-        h.update(block)
-    return h.hexdigest()
 
 
 def _length(value: str | None) -> int | None:

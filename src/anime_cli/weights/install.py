@@ -23,7 +23,7 @@ from urllib.parse import urljoin, urlsplit
 
 from . import download
 from anime_cli.errors import WeightsError
-from anime_cli.folder.database import file_sha256
+from anime_cli.folder.files import file_sha256
 from .catalog import WeightFile, default_install_dir, manifest
 
 
