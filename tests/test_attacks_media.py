@@ -284,3 +284,25 @@ def test_xmp_keeps_only_what_carries_no_location(fmt):
             assert kept in xmp
         for place in (b"48.8584", b"2.2945", b"330", b"Eiffel", b"Paris", b"48,51N", b"+50"):
             assert (place in xmp) == keep_gps, place
+
+
+@pytest.mark.parametrize("suffix", [".mkv", ".webm", ".mov"])
+@pytest.mark.parametrize("rotation,hflip", [(90, False), (-90, True)])
+def test_every_container_probes_the_size_its_frames_come_out(tmp_path, suffix, rotation, hflip):
+    src = make_clip(tmp_path / f"in{suffix}", n=2, audio=False, rotation=rotation, hflip=hflip)
+    first = next(video.read_frames(src))[1]
+    assert media.probe(src, sniff(src)).size == (first.shape[1], first.shape[0]) == (48, 64)
+
+
+def test_an_animated_webp_canvas_over_pillows_bound_is_too_many_pixels(tmp_path):
+    rng = np.random.default_rng(0)
+    frames = [Image.fromarray(rng.integers(0, 255, (48, 64, 3), np.uint8)) for _ in range(2)]
+    buf = io.BytesIO()
+    frames[0].save(buf, "WEBP", save_all=True, append_images=frames[1:], duration=100, lossless=True)
+    data = bytearray(buf.getvalue())
+    i = data.find(b"VP8X")
+    data[i + 12:i + 18] = (15999).to_bytes(3, "little") * 2  # the canvas: 16000x16000
+    (tmp_path / "big.webp").write_bytes(bytes(data))
+    with pytest.raises(InputError) as e:
+        media.probe(tmp_path / "big.webp", "webp")
+    assert e.value.reason == "too many pixels"

@@ -113,6 +113,8 @@ def open_animation(src, kind: str, name: str) -> Image.Image:
     fmt = FORMATS[kind]
     try:
         return Image.open(src, formats=[fmt])
+    except Image.DecompressionBombError as e:  # a canvas over Pillow's own bound, from the header
+        raise InputError(f"{name}: {first_line(e, 120)}", "too many pixels") from None
     except Exception as e:
         raise InputError(f"{name}: not a readable {fmt} animation ({first_line(e, 120)})", "corrupt header") from None
 

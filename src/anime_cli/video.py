@@ -136,7 +136,7 @@ def _info(c, kind: str, name: str, max_pixels: int, max_frames: int, src=None) -
     if claimed > max_frames:
         said = f"{claimed} frames" if v.frames else f"{duration:.0f} s at {float(rate):.3g} fps, ~{claimed} frames"
         raise InputError(f"{name}: the header declares {said}, over --max-frames ({max_frames})", "too many frames")
-    matrix = _header_matrix(src, kind, v.id) if src is not None else None
+    matrix = _header_matrix(src, kind, v.index if kind in ("mkv", "webm") else v.id) if src is not None else None
     orientation = _orientation(matrix) if matrix else _TURNS[_stream_rotation(v)]
     info = VideoInfo(kind, (w, h), _describe(orientation)[0], Fraction(rate) if rate else None, int(v.frames or 0),
                      duration, v.codec_context.name, [a.codec_context.name for a in c.streams.audio], claimed,
@@ -216,19 +216,82 @@ def _header_matrix(src, kind: str, track_id: int):
     movie's mvhd), as FFmpeg builds it; None elsewhere or when absent. FFmpeg
     hands it to each decoded frame, not to the probe, so the probe reads it
     itself: the upright size must be known before the first frame."""
-    if kind not in ("mp4", "mov"):
+    read = {"mp4": _mp4_matrix, "mov": _mp4_matrix, "mkv": _mkv_matrix, "webm": _mkv_matrix}.get(kind)
+    if read is None:
         return None
     try:
         if hasattr(src, "read"):
             pos = src.tell()
             try:
-                return _mp4_matrix(src, track_id)
+                return read(src, track_id)
             finally:
                 src.seek(pos)
         with open(src, "rb") as f:
-            return _mp4_matrix(f, track_id)
-    except (OSError, ValueError, struct.error):
+            return read(f, track_id)
+    except (OSError, ValueError, struct.error, IndexError):
         return None
+
+
+def _ebml(f, start: int, end: int):
+    """(id, payload start, payload end) of the EBML elements in [start, end)."""
+    pos, n = start, 0
+    while pos < end and n < 10_000:
+        f.seek(pos)
+        head = f.read(12)
+        if not head:
+            return
+        ilen = 9 - head[0].bit_length() if head[0] else 9
+        if ilen > 4 or len(head) < ilen + 1:
+            return
+        eid = int.from_bytes(head[:ilen], "big")
+        slen = 9 - head[ilen].bit_length() if head[ilen] else 9
+        if slen > 8 or len(head) < ilen + slen:
+            return
+        raw = int.from_bytes(head[ilen:ilen + slen], "big") & ((1 << (7 * slen)) - 1)
+        body = pos + ilen + slen
+        size = end - body if raw == (1 << (7 * slen)) - 1 else raw  # all ones: unknown size
+        yield eid, body, min(body + size, end)
+        pos = body + size
+        n += 1
+
+
+def _mkv_matrix(f, track_index: int):
+    """The display matrix of a Matroska file's `track_index`-th track (FFmpeg
+    makes its streams in track order), as FFmpeg builds it from the track's
+    Projection: a turn by ProjectionPoseRoll (clockwise), mirrored when
+    ProjectionPoseYaw is 180; None when it has none."""
+    f.seek(0, os.SEEK_END)
+    end = f.tell()
+    seg = next(((b, e) for i, b, e in _ebml(f, 0, end) if i == 0x18538067), None)
+    if seg is None:
+        return None
+    for eid, b, e in _ebml(f, *seg):
+        if eid == 0x1F43B675:  # a Cluster: the tracks come before the data
+            return None
+        if eid != 0x1654AE6B:
+            continue
+        entries = [(tb, te) for tid, tb, te in _ebml(f, b, e) if tid == 0xAE]
+        for number, (tb, te) in enumerate(entries):
+            pose = {}
+            for k, kb, ke in _ebml(f, tb, te):
+                if k == 0xE0:
+                    for p, pb, pe in _ebml(f, kb, ke):
+                        if p == 0x7670:
+                            for q, qb, qe in _ebml(f, pb, pe):
+                                if q in (0x7673, 0x7674, 0x7675) and qe - qb in (4, 8):
+                                    f.seek(qb)
+                                    pose[q] = struct.unpack(">f" if qe - qb == 4 else ">d", f.read(qe - qb))[0]
+            if number != track_index:
+                continue
+            yaw, pitch, roll = pose.get(0x7673, 0.0), pose.get(0x7674, 0.0), pose.get(0x7675, 0.0)
+            if pitch != 0.0 or yaw not in (0.0, 180.0, -180.0) or roll != roll:
+                return None  # not a flat picture's pose: FFmpeg ignores it too
+            a, b_, c, d = _TURNS[_quarter(-roll)]
+            if yaw:
+                a, c = -a, -c
+            return (a, b_, 0, c, d, 0, 0, 0, 1)
+        return None
+    return None
 
 
 def _boxes(f, start: int, end: int):
