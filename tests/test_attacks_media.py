@@ -306,3 +306,14 @@ def test_an_animated_webp_canvas_over_pillows_bound_is_too_many_pixels(tmp_path)
     with pytest.raises(InputError) as e:
         media.probe(tmp_path / "big.webp", "webp")
     assert e.value.reason == "too many pixels"
+
+
+def test_a_gif_canvas_within_max_pixels_but_over_the_memory_limit_is_refused(tmp_path):
+    src = growing_gif(tmp_path / "g.gif", (11999, 11999))
+    t = time.perf_counter()
+    code, _, err = run_cli("convert", src, "-o", tmp_path / "out", "--no-face-enhance", "--log-file",
+                           tmp_path / "r.jsonl")
+    (rec,) = read_log(tmp_path / "r.jsonl")
+    assert (code, rec["status"], rec["reason"]) == (1, "error", "over the memory limit"), err
+    assert time.perf_counter() - t < 30  # the 144 MP canvas was never decoded (that took 2 s and 1.6 GB)
+    assert rec["peak_rss_mb"] < 700

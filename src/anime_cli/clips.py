@@ -24,6 +24,11 @@ def open_clip(conv, loaded, kind: str, source) -> float:
     clip = media.probe(source, kind, job.input, max_pixels=opts.max_pixels, max_frames=opts.max_frames,
                        max_side=opts.max_side)
     rec.input_format, rec.input_size = kind, list(clip.size)
+    if opts.memory_limit and clip.hold_bytes > opts.memory_limit:
+        # the codecs' frames, an animation's stylized frames or a GIF's grown
+        # canvas: held whole, no plan of the engine makes them smaller
+        raise InputError(f"{job.input}: converting this {kind} holds ~{clip.hold_bytes / 1e6:,.0f} MB at once, over "
+                         f"--memory-limit ({opts.memory_limit / 1e6:,.0f} MB)", "over the memory limit")
     w, h = target_size(clip.size, opts.max_side)
     conv.claim(loaded, None, (w, h), clip.suffix)
     if conv.from_cache(loaded, (w, h), source):
