@@ -317,3 +317,13 @@ def test_a_gif_canvas_within_max_pixels_but_over_the_memory_limit_is_refused(tmp
     assert (code, rec["status"], rec["reason"]) == (1, "error", "over the memory limit"), err
     assert time.perf_counter() - t < 30  # the 144 MP canvas was never decoded (that took 2 s and 1.6 GB)
     assert rec["peak_rss_mb"] < 700
+
+
+def test_webp_frames_libwebp_folds_are_said_in_the_notes(tmp_path):
+    frames = [Image.new("RGB", (64, 48), (200, 60 * i, 50)) for i in range(3)]
+    frames[0].save(tmp_path / "a.webp", save_all=True, append_images=frames[1:], duration=[50, 200, 70], loop=0,
+                   lossless=True)
+    res = animated.convert_animated(tmp_path / "a.webp", tmp_path / "o.webp", "webp", lambda x: np.zeros_like(x))
+    assert res.frames == 3 and any("written as a still WebP" in n for n in res.notes)
+    res = animated.convert_animated(tmp_path / "a.webp", tmp_path / "p.webp", "webp", lambda x: x)
+    assert res.notes == ["animated WEBP, loop 0"]
