@@ -327,3 +327,25 @@ def test_webp_frames_libwebp_folds_are_said_in_the_notes(tmp_path):
     assert res.frames == 3 and any("written as a still WebP" in n for n in res.notes)
     res = animated.convert_animated(tmp_path / "a.webp", tmp_path / "p.webp", "webp", lambda x: x)
     assert res.notes == ["animated WEBP, loop 0"]
+
+
+def test_cover_art_is_not_the_clip_and_is_named_in_the_note(tmp_path):
+    from av.stream import Disposition
+
+    src = tmp_path / "cover.mp4"
+    with av.open(str(src), "w", format="mp4") as out:
+        cover = out.add_stream("mjpeg", rate=1)
+        cover.width, cover.height, cover.pix_fmt = 32, 32, "yuvj420p"
+        cover.disposition = Disposition.attached_pic
+        s = out.add_stream("libx264", rate=10)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        p = av.Packet(_jpeg((32, 32)))
+        p.stream, p.pts, p.dts, p.time_base = cover, 0, 0, Fraction(1, 1)
+        out.mux(p)
+        for i in range(5):
+            f = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 30 * i, np.uint8), format="rgb24")
+            f.pts = i
+            out.mux(s.encode(f))
+        out.mux(s.encode(None))
+    res = video.convert_video(src, tmp_path / "o.mp4", lambda x: x)
+    assert (res.frames, res.size, res.notes) == (5, (64, 48), ["cover art not copied"])
