@@ -349,3 +349,22 @@ def test_cover_art_is_not_the_clip_and_is_named_in_the_note(tmp_path):
         out.mux(s.encode(None))
     res = video.convert_video(src, tmp_path / "o.mp4", lambda x: x)
     assert (res.frames, res.size, res.notes) == (5, (64, 48), ["cover art not copied"])
+
+
+def test_a_gif_keeps_its_transparency_when_the_picture_is_black_too(tmp_path):
+    """The transparent slot of the palette is black: black pixels must not take
+    its place, nor it theirs (Pillow remaps a named palette by colour)."""
+    frames = []
+    for i in range(3):
+        f = Image.new("RGBA", (64, 48), (200, 50 * i, 50, 255))
+        f.paste((0, 0, 0, 0), (0, 0, 16, 48))
+        frames.append(f)
+    frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:], duration=[50, 200, 70], loop=0,
+                   disposal=2)
+    animated.convert_animated(tmp_path / "a.gif", tmp_path / "o.gif", "gif", lambda x: np.zeros_like(x))
+    with Image.open(tmp_path / "o.gif") as im:
+        assert im.n_frames == 3
+        for i in range(3):
+            im.seek(i)
+            rgba = np.asarray(im.convert("RGBA"))
+            assert (rgba[:, :14, 3] == 0).all() and (rgba[:, 18:] == (0, 0, 0, 255)).all(), i

@@ -223,7 +223,10 @@ def _save_gif(f, images, durations, disposals, extra) -> None:
     as an animation became one frame, or failed to encode at all); the frames
     go through its per-frame writer instead, on the one global palette."""
     info = {k: v for k, v in extra.items() if k in ("loop", "transparency")}
-    head, _ = GifImagePlugin.getheader(images[0], extra["palette"], dict(info))
+    # the header's colour table is the first frame's own palette, the one every
+    # frame shares; naming the palette instead would remap the frame's pixels
+    # by colour, and the transparent index (black, as is colour 0) would go
+    head, _ = GifImagePlugin.getheader(images[0], None, dict(info))
     for chunk in head:
         f.write(chunk)
     for im, duration, disposal in zip(images, durations, disposals):
