@@ -368,3 +368,13 @@ def test_a_gif_keeps_its_transparency_when_the_picture_is_black_too(tmp_path):
             im.seek(i)
             rgba = np.asarray(im.convert("RGBA"))
             assert (rgba[:, :14, 3] == 0).all() and (rgba[:, 18:] == (0, 0, 0, 255)).all(), i
+
+
+def test_stray_bytes_do_not_hide_a_frame_that_grows_the_canvas(tmp_path):
+    data = growing_gif(tmp_path / "g.gif", (2999, 2999)).read_bytes()
+    at = data.index(b",", data.rindex(b"\x21\xf9"))  # the second frame's descriptor
+    (tmp_path / "g.gif").write_bytes(data[:at] + b"\x07\x07junk" + data[at:])  # Pillow skips these and reads on
+    assert sniff(tmp_path / "g.gif") == "gif"
+    with pytest.raises(InputError) as e:
+        media.probe(tmp_path / "g.gif", "gif", max_pixels=1_000_000)
+    assert e.value.reason == "too many pixels" and "3000x3000" in str(e.value)

@@ -99,6 +99,20 @@ def gif_extent(source: str | os.PathLike | BinaryIO) -> tuple[int, int]:
         source.seek(pos)
 
 
+def _skip_to_block(f: BinaryIO) -> bool:
+    """Move to the next byte that starts a block (an image, an extension or the
+    trailer); False at the end of the file."""
+    while True:
+        pos = f.tell()
+        chunk = f.read(65536)
+        if not chunk:
+            return False
+        hits = [i for i in (chunk.find(b"\x2c"), chunk.find(b"\x21"), chunk.find(b"\x3b")) if i >= 0]
+        if hits:
+            f.seek(pos + min(hits))
+            return True
+
+
 def _gif_walk(f: BinaryIO, stop: int | None) -> tuple[int, tuple[int, int]]:
     """(image descriptors seen, up to `stop`; the extent of the screen and of
     those frames)."""
@@ -124,8 +138,12 @@ def _gif_walk(f: BinaryIO, stop: int | None) -> tuple[int, tuple[int, int]]:
             frames += 1
         elif b == b"\x21":
             f.read(1)  # extension label
-        else:  # trailer, or garbage
+        elif b in (b"", b"\x3b"):  # the end, or the trailer
             return frames, (w, h)
+        else:  # a stray byte: Pillow skips it and reads on, and so must we
+            if not _skip_to_block(f):
+                return frames, (w, h)
+            continue
         while True:  # data sub-blocks
             n = f.read(1)
             if not n or n == b"\x00":
