@@ -38,8 +38,10 @@ def pan_frames(n: int, size=(64, 48), src="astronaut.png", step=1.0, top: int | 
 
 
 def make_clip(path: Path, n=10, size=(64, 48), fps=10, audio=True, rotation=0, codec=None, pts=None,
-              src="astronaut.png", step=1.0, audio_codec=None, top: int | None = None, tile=False) -> Path:
-    """Write a clip; pts: explicit timestamps (in 1/1000 s) for variable frame rate."""
+              src="astronaut.png", step=1.0, audio_codec=None, top: int | None = None, tile=False,
+              hflip=False, vflip=False) -> Path:
+    """Write a clip; pts: explicit timestamps (in 1/1000 s) for variable frame rate;
+    rotation (counterclockwise) and the flips go into its display matrix."""
     import av
 
     path = Path(path)
@@ -54,8 +56,8 @@ def make_clip(path: Path, n=10, size=(64, 48), fps=10, audio=True, rotation=0, c
             v.time_base = Fraction(1, 1000)
         if codec == "libx264":
             v.options = {"crf": "10"}
-        if rotation:
-            v.set_display_rotation(rotation)
+        if rotation or hflip or vflip:
+            v.set_display_rotation(rotation, hflip=hflip, vflip=vflip)
         a = None
         if audio:
             acodec = audio_codec or {"webm": "libopus", "avi": "pcm_s16le"}.get(fmt, "aac")

@@ -9,8 +9,13 @@ another picture:
 - The embedded thumbnail (IFD1; XMP's xmp:Thumbnails) is dropped: it shows the photo, not the anime.
 - The pixel dimensions (ExifImageWidth/Height, i.e. PixelX/YDimension; XMP's
   exif:PixelX/YDimension and tiff:ImageWidth/ImageLength) are the output's.
-- GPS (the EXIF GPS IFD; XMP's exif:GPS* and the IPTC/Photoshop location
-  fields) is removed unless keep_gps.
+- GPS is removed unless keep_gps: the EXIF GPS IFD; and XMP is kept by an
+  allow-list (_KEEP): only namespaces and properties known to carry no
+  location (Dublin Core, XMP basic, rights, media management, TIFF, EXIF
+  without its GPS*, aux, Photoshop without City/State/Country, a few IPTC
+  properties, keywords), at every depth. A deny-list of GPS fields cannot keep
+  that promise: drones (drone-dji:GpsLatitude), video tools (xmpDM:shotLocation)
+  and others each write their own. With keep_gps the XMP is kept whole.
 - MakerNote is dropped: a vendor blob whose internal offsets break once moved,
   which often holds a preview of the photo and serial numbers.
 - The output says sRGB twice: EXIF ColorSpace = 1, and an sRGB ICC profile
@@ -19,7 +24,8 @@ another picture:
   phones) or its profile would be false; the ICC profile is what colour-managed
   viewers (macOS, browsers, Photoshop) read, ColorSpace what the others read.
 XMP is edited as namespaced XML; XMP that does not parse, declares a DOCTYPE or
-entities, or is over 1 MB is dropped whole (never passed on unedited).
+entities, nests deeper than 64 elements or is over 1 MB is dropped whole (never
+passed on unedited), decided when it is read, before any pixel is decoded.
 
 `read(im)` is cheap (taken at probe time, no pixel decoded: a PNG's chunks
 after the image data are reached by seeking over it); `save_args(md, fmt,
@@ -87,6 +93,8 @@ def read(im: Image.Image) -> Metadata | None:
     if isinstance(xmp, str):
         xmp = xmp.encode("utf-8")
     xmp = bytes(xmp) if xmp else None
+    if xmp is not None and _parse_xmp(xmp) is None:
+        xmp = None  # it could not be edited safely at save time either
     if not (ifd0 or sub or gps or xmp):
         return None
     return Metadata(ifd0, sub, gps, xmp)
@@ -191,65 +199,137 @@ def _itxt_xmp(data: bytes) -> bytes | None:
 # -- XMP -----------------------------------------------------------------------
 _NS = {
     "rdf": "http://www.w3.org/1999/02/22-rdf-syntax-ns#",
+    "x": "adobe:ns:meta/",
+    "xml": "http://www.w3.org/XML/1998/namespace",
+    "dc": "http://purl.org/dc/elements/1.1/",
     "exif": "http://ns.adobe.com/exif/1.0/",
+    "exifEX": "http://cipa.jp/exif/1.0/",
+    "aux": "http://ns.adobe.com/exif/1.0/aux/",
     "tiff": "http://ns.adobe.com/tiff/1.0/",
     "xmp": "http://ns.adobe.com/xap/1.0/",
+    "xmpRights": "http://ns.adobe.com/xap/1.0/rights/",
+    "xmpMM": "http://ns.adobe.com/xap/1.0/mm/",
+    "stEvt": "http://ns.adobe.com/xap/1.0/sType/ResourceEvent#",
+    "stRef": "http://ns.adobe.com/xap/1.0/sType/ResourceRef#",
+    "stVer": "http://ns.adobe.com/xap/1.0/sType/Version#",
     "photoshop": "http://ns.adobe.com/photoshop/1.0/",
+    "lr": "http://ns.adobe.com/lightroom/1.0/",
     "Iptc4xmpCore": "http://iptc.org/std/Iptc4xmpCore/1.0/xmlns/",
     "Iptc4xmpExt": "http://iptc.org/std/Iptc4xmpExt/2008-02-29/",
-    "exifEX": "http://cipa.jp/exif/1.0/",
 }
-_LOCATION = {(_NS["photoshop"], n) for n in ("City", "State", "Country")} | \
-    {(_NS["Iptc4xmpCore"], n) for n in ("Location", "CountryCode")} | \
-    {(_NS["Iptc4xmpExt"], n) for n in ("LocationCreated", "LocationShown")}
+_STRUCTURE = {_NS["rdf"], _NS["x"], _NS["xml"]}
+# Without keep_gps, what XMP keeps: namespace -> its properties kept (None:
+# all of them, less _NOT_KEPT). Anything else is dropped, wherever it nests:
+# an unknown namespace may hold a position (drone-dji, xmpDM:shotLocation,
+# GPano, a vendor's own), and Camera Raw's develop settings (crs) would be
+# applied again to the anime picture.
+_KEEP = {
+    _NS["dc"]: None, _NS["xmp"]: None, _NS["xmpRights"]: None, _NS["tiff"]: None,
+    _NS["exif"]: None, _NS["exifEX"]: None, _NS["aux"]: None, _NS["photoshop"]: None,
+    _NS["stEvt"]: None, _NS["stRef"]: None, _NS["stVer"]: None,
+    _NS["xmpMM"]: {"DocumentID", "InstanceID", "OriginalDocumentID", "History", "DerivedFrom", "VersionID",
+                   "RenditionClass"},
+    _NS["lr"]: {"hierarchicalSubject"},
+    _NS["Iptc4xmpCore"]: {"IntellectualGenre", "Scene", "SubjectCode", "AltTextAccessibility",
+                          "ExtDescrAccessibility"},
+    _NS["Iptc4xmpExt"]: {"PersonInImage", "Event", "OrganisationInImageName", "OrganisationInImageCode",
+                         "DigitalSourceType"},
+}
+_NOT_KEPT = {(_NS["photoshop"], n) for n in ("City", "State", "Country")} | {(_NS["dc"], "coverage")}
 _ALWAYS_DROP = {(_NS["xmp"], "Thumbnails")}
+_XMP_DEPTH = 64  # real packets nest under 20 deep; ElementTree's writer recurses once a level
 _NS_DECL = re.compile(rb"xmlns:([A-Za-z_][\w.-]*)\s*=\s*[\"']([^\"']*)[\"']")
 _ns_lock = threading.Lock()  # ElementTree's prefix registry is one per process
 _PACKET_HEAD = '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
 _PACKET_TAIL = '\n<?xpacket end="w"?>'
 
 
-def _edit_xmp(xmp: bytes, size: tuple[int, int], keep_gps: bool) -> bytes | None:
-    """The XMP packet with orientation 1, the output's size, no thumbnail, and no
-    location unless keep_gps; None (dropped) when it cannot be edited safely."""
+def _parse_xmp(xmp: bytes):
+    """The packet's root element, or None when it cannot be handled within
+    sane bounds: over 1 MB, a DOCTYPE or entities, not XML, or nested deeper
+    than _XMP_DEPTH (checked while parsing, so a deep one stops early)."""
     data = xmp.strip(b"\0 \t\r\n")
     if len(data) > _XMP_MAX or re.search(rb"<!(DOCTYPE|ENTITY)", data, re.I):
         return None
+    parser = ET.XMLPullParser(events=("start", "end"))
+    depth, root = 0, None
     try:
-        root = ET.fromstring(data)
+        for i in range(0, len(data), 65536):
+            parser.feed(data[i:i + 65536])
+            for event, el in parser.read_events():
+                if event == "start":
+                    depth += 1
+                    root = el if root is None else root
+                    if depth > _XMP_DEPTH:
+                        return None
+                else:
+                    depth -= 1
+        parser.close()
+        for _ in parser.read_events():
+            pass
     except (ET.ParseError, ValueError):
+        return None
+    return root
+
+
+def _kept(ns: str, name: str, keep_gps: bool) -> bool:
+    if (ns, name) in _ALWAYS_DROP:
+        return False
+    if keep_gps or ns in _STRUCTURE:
+        return True
+    if (ns in (_NS["exif"], _NS["exifEX"]) and name.startswith("GPS")) or (ns, name) in _NOT_KEPT:
+        return False
+    if ns not in _KEEP:
+        return False
+    names = _KEEP[ns]
+    return names is None or name in names
+
+
+def _edit_xmp(xmp: bytes, size: tuple[int, int], keep_gps: bool) -> bytes | None:
+    """The packet with orientation 1, the output's size, no thumbnail, and only
+    what carries no location unless keep_gps; None (dropped) when it cannot be
+    edited safely."""
+    root = _parse_xmp(xmp)
+    if root is None or (_split(root.tag)[0] not in _STRUCTURE):
         return None
     sets = {(_NS["tiff"], "Orientation"): "1", (_NS["exif"], "PixelXDimension"): str(size[0]),
             (_NS["exif"], "PixelYDimension"): str(size[1]), (_NS["tiff"], "ImageWidth"): str(size[0]),
             (_NS["tiff"], "ImageLength"): str(size[1]), (_NS["exif"], "ColorSpace"): "1",
             (_NS["photoshop"], "ICCProfile"): "sRGB built-in"}
 
-    def drop(ns: str, name: str) -> bool:
-        if (ns, name) in _ALWAYS_DROP:
-            return True
-        return not keep_gps and ((ns == _NS["exif"] and name.startswith("GPS")) or (ns, name) in _LOCATION)
-
     for el in list(root.iter()):
         for attr in list(el.attrib):
             ns, name = _split(attr)
-            if drop(ns, name):
+            if not _kept(ns, name, keep_gps):
                 del el.attrib[attr]
             elif (ns, name) in sets:
                 el.attrib[attr] = sets[(ns, name)]
         for child in list(el):
             ns, name = _split(child.tag)
-            if drop(ns, name):
-                el.remove(child)
+            if not _kept(ns, name, keep_gps):
+                _remove(el, child)
             elif (ns, name) in sets and len(child) == 0:
                 child.text = sets[(ns, name)]
     with _ns_lock:
-        for prefix, uri in _NS_DECL.findall(data):
+        for prefix, uri in _NS_DECL.findall(xmp):
             try:
                 ET.register_namespace(prefix.decode(), uri.decode())
             except (ValueError, UnicodeDecodeError):
                 pass  # a prefix ElementTree reserves (ns0): it picks its own, the XML is the same
         body = ET.tostring(root, encoding="unicode")
     return (_PACKET_HEAD + body + _PACKET_TAIL).encode("utf-8")
+
+
+def _remove(parent, child) -> None:
+    """Remove `child`, keeping the text that follows it (mixed content)."""
+    if child.tail and child.tail.strip():
+        i = list(parent).index(child)
+        if i:
+            prev = parent[i - 1]
+            prev.tail = (prev.tail or "") + child.tail
+        else:
+            parent.text = (parent.text or "") + child.tail
+    parent.remove(child)
 
 
 def _split(tag: str) -> tuple[str, str]:

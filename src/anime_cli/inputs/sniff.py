@@ -81,32 +81,74 @@ def _png_animated(f: BinaryIO) -> bool:
 
 def _gif_frames(f: BinaryIO, stop: int) -> int:
     """Image descriptors in a GIF, counted up to `stop` (a broken GIF: those seen)."""
-    f.seek(6)
-    lsd = f.read(7)
-    if len(lsd) < 7:
-        return 0
-    if lsd[4] & 0x80:
-        f.seek(3 << ((lsd[4] & 7) + 1), 1)
+    return _gif_walk(f, stop)[0]
+
+
+def gif_extent(source: str | os.PathLike | BinaryIO) -> tuple[int, int]:
+    """The canvas a GIF decoder ends up with: the logical screen grown to hold
+    every frame's extent (Pillow grows it at the frame that reaches out; a
+    1x1 frame at (11999, 11999) makes it 12000x12000). Read from the image
+    descriptors, nothing decoded; (0, 0) when it is not a GIF."""
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, "rb") as f:
+            return _gif_walk(f, None)[1]
+    pos = source.tell()
+    try:
+        return _gif_walk(source, None)[1]
+    finally:
+        source.seek(pos)
+
+
+def _skip_to_block(f: BinaryIO) -> bool:
+    """Move to the next byte that starts a block (an image, an extension or the
+    trailer); False at the end of the file."""
+    while True:
+        pos = f.tell()
+        chunk = f.read(65536)
+        if not chunk:
+            return False
+        hits = [i for i in (chunk.find(b"\x2c"), chunk.find(b"\x21"), chunk.find(b"\x3b")) if i >= 0]
+        if hits:
+            f.seek(pos + min(hits))
+            return True
+
+
+def _gif_walk(f: BinaryIO, stop: int | None) -> tuple[int, tuple[int, int]]:
+    """(image descriptors seen, up to `stop`; the extent of the screen and of
+    those frames)."""
+    f.seek(0)
+    head = f.read(13)
+    if len(head) < 13 or head[:6] not in (b"GIF87a", b"GIF89a"):
+        return 0, (0, 0)
+    w, h = int.from_bytes(head[6:8], "little"), int.from_bytes(head[8:10], "little")
+    if head[10] & 0x80:
+        f.seek(3 << ((head[10] & 7) + 1), 1)
     frames = 0
-    while frames < stop:
+    while stop is None or frames < stop:
         b = f.read(1)
         if b == b"\x2c":
             desc = f.read(9)
             if len(desc) < 9:
-                return frames
+                return frames, (w, h)
+            x, y, fw, fh = (int.from_bytes(desc[i:i + 2], "little") for i in (0, 2, 4, 6))
+            w, h = max(w, x + fw), max(h, y + fh)
             if desc[8] & 0x80:
                 f.seek(3 << ((desc[8] & 7) + 1), 1)
             f.read(1)  # LZW minimum code size
             frames += 1
         elif b == b"\x21":
             f.read(1)  # extension label
-        else:  # trailer, or garbage
-            return frames
+        elif b in (b"", b"\x3b"):  # the end, or the trailer
+            return frames, (w, h)
+        else:  # a stray byte: Pillow skips it and reads on, and so must we
+            if not _skip_to_block(f):
+                return frames, (w, h)
+            continue
         while True:  # data sub-blocks
             n = f.read(1)
             if not n or n == b"\x00":
                 break
             f.seek(n[0], 1)
         if not n:
-            return frames
-    return frames
+            return frames, (w, h)
+    return frames, (w, h)

@@ -22,11 +22,12 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from PIL import Image
+from PIL import GifImagePlugin, Image
 
 from anime_cli.folder import files as output
 from anime_cli.inputs.decode import over_white, target_size
 from anime_cli.errors import InputError, OutputError, first_line
+from anime_cli.inputs.sniff import gif_extent
 from .video import DEFAULT_MAX_FRAMES, VideoResult, _temp_for
 
 FORMATS = {"gif": "GIF", "webp": "WEBP", "apng": "PNG"}
@@ -53,13 +54,10 @@ def convert_animated(src: str | os.PathLike, dest: str | os.PathLike, kind: str,
     fmt = FORMATS[kind]
     timings = {"decode": 0.0, "stylize": 0.0, "encode": 0.0}
     t = time.perf_counter()
-    try:
-        im = Image.open(src, formats=[fmt])
-    except Exception as e:
-        raise InputError(f"{name}: not a readable {fmt} animation ({first_line(e, 120)})", "corrupt header") from None
+    im = open_animation(src, kind, name)
     with im:
-        n, (w, h) = getattr(im, "n_frames", 1), im.size
-        size = check_limits(n, (w, h), name, max_side, max_pixels, max_frames, max_total_pixels)
+        n, (w, h), canvas = header(im, kind, src, name)
+        size = check_limits(n, (w, h), name, max_side, max_pixels, max_frames, max_total_pixels, canvas)
         loop = im.info.get("loop")
         frames, durations, disposals, alpha_any = [], [], [], False
         timings["decode"] += time.perf_counter() - t
@@ -71,10 +69,16 @@ def convert_animated(src: str | os.PathLike, dest: str | os.PathLike, kind: str,
                     raise Cancelled()
                 t = time.perf_counter()
                 im.seek(i)
+                if im.width * im.height > canvas[0] * canvas[1]:  # seek read the extent; load decodes it
+                    raise InputError(f"{name}: frame {i + 1} grows the canvas to {im.width}x{im.height}, "
+                                     f"past the {canvas[0]}x{canvas[1]} its header walk found", "too many pixels")
                 im.load()  # WebP sets a frame's duration only once it is loaded
                 durations.append(int(im.info.get("duration") or 0))
                 disposals.append(_disposal(im, fmt))
-                rgba = np.asarray(im.convert("RGBA").resize(size, Image.Resampling.LANCZOS))
+                frame = im.convert("RGBA")
+                if frame.size != (w, h):  # a GIF frame reached past the screen: shown clipped, as browsers do
+                    frame = frame.crop((0, 0, w, h))
+                rgba = np.asarray(frame.resize(size, Image.Resampling.LANCZOS))
                 alpha = rgba[..., 3]
                 has_alpha = bool((alpha < 255).any())
                 alpha_any |= has_alpha
@@ -98,19 +102,73 @@ def convert_animated(src: str | os.PathLike, dest: str | os.PathLike, kind: str,
         timings.update(own)
     timings = {k: round(s, 4) for k, s in timings.items()}
     total = sum(timings.values())
+    notes = [f"animated {fmt}, loop {loop}" if loop is not None else f"animated {fmt}, played once"]
+    if fmt == "WEBP":
+        notes += _webp_folded(Path(dest), n)
     return VideoResult(n, round(1000 * n / sum(durations), 3) if sum(durations) else None,
                        round(sum(durations) / 1000, 4), 0, size, (w, h), SUFFIXES[fmt], timings,
-                       round(n / total, 3) if total else 0.0, [f"animated {fmt}, loop {loop}" if loop is not None
-                                                               else f"animated {fmt}, played once"])
+                       round(n / total, 3) if total else 0.0, notes)
+
+
+def _webp_folded(dest: Path, n: int) -> list[str]:
+    """libwebp's animation encoder folds a frame that (within its lossy
+    tolerance) repeats the one before into it, their durations summed, and
+    writes a still picture when one frame is left; no option turns that off
+    (kmin/kmax tried). Said, not hidden: the record counts the input's frames."""
+    try:
+        with Image.open(dest, formats=["WEBP"]) as im:
+            m = getattr(im, "n_frames", 1)
+    except Exception:
+        return []
+    if m >= n:
+        return []
+    if m == 1:
+        return [f"all {n} frames identical: written as a still WebP (libwebp folds repeated frames)"]
+    return [f"{n - m} frame(s) identical to the one before folded into it by libwebp (durations summed)"]
+
+
+def open_animation(src, kind: str, name: str) -> Image.Image:
+    """The animation opened (its header read, no frame decoded), or InputError."""
+    fmt = FORMATS[kind]
+    try:
+        return Image.open(src, formats=[fmt])
+    except Image.DecompressionBombError as e:  # a canvas over Pillow's own bound, from the header
+        raise InputError(f"{name}: {first_line(e, 120)}", "too many pixels") from None
+    except Exception as e:
+        raise InputError(f"{name}: not a readable {fmt} animation ({first_line(e, 120)})", "corrupt header") from None
+
+
+def header(im: Image.Image, kind: str, src, name: str) -> tuple[int, tuple[int, int], tuple[int, int]]:
+    """(frames, the size shown, the canvas the decoder will hold) of an opened
+    animation, nothing decoded. A GIF frame may reach past the logical screen
+    and the decoder then grows its canvas: the canvas is every frame's extent,
+    from the image descriptors. APNG and WebP frames must lie inside theirs
+    (their readers refuse others)."""
+    try:
+        n, size = getattr(im, "n_frames", 1), im.size
+        canvas = size
+        if kind == "gif":
+            ew, eh = gif_extent(src)
+            canvas = (max(size[0], ew), max(size[1], eh))
+    except Exception as e:
+        raise InputError(f"{name}: not a readable {FORMATS[kind]} animation ({first_line(e, 120)})",
+                         "corrupt header") from None
+    return n, size, canvas
 
 
 def check_limits(n: int, size: tuple[int, int], name: str, max_side: int, max_pixels: int, max_frames: int,
-                 max_total_pixels: int = DEFAULT_MAX_TOTAL_PIXELS) -> tuple[int, int]:
-    """The working size of an n-frame animation, or InputError for a limit it passes."""
+                 max_total_pixels: int = DEFAULT_MAX_TOTAL_PIXELS,
+                 canvas: tuple[int, int] | None = None) -> tuple[int, int]:
+    """The working size of an n-frame animation, or InputError for a limit it
+    passes. `canvas`: what the decoder holds when a frame reaches past `size`."""
     w, h = size
     if w * h > max_pixels:
         raise InputError(f"{name}: {w}x{h} frames are {w * h:,} pixels, over --max-pixels ({max_pixels:,})",
                          "too many pixels")
+    cw, ch = canvas or size
+    if cw * ch > max_pixels:
+        raise InputError(f"{name}: a frame reaches out to a {cw}x{ch} canvas, {cw * ch:,} pixels, over "
+                         f"--max-pixels ({max_pixels:,})", "too many pixels")
     if n > max_frames:
         raise InputError(f"{name}: {n} frames, over --max-frames ({max_frames})", "too many frames")
     tw, th = target_size((w, h), max_side)
@@ -133,17 +191,22 @@ def _write(frames, durations, disposals, loop, alpha_any, fmt, dest: Path, quali
         images, extra = _gif_frames(frames, alpha_any)
         # Each frame is whole: with transparency it must replace the one before
         # (disposal 2, restore to background) or the old frame would show through.
-        extra["disposal"] = [2] * len(frames) if alpha_any else disposals
-        extra["optimize"] = False
+        disposals = [2] * len(frames) if alpha_any else disposals
+    elif fmt == "PNG":
+        images = [Image.fromarray(_rgba(rgb, a) if alpha_any else rgb) for rgb, a in frames]
+        extra = {"disposal": _apng_disposals(frames, disposals), "blend": 0}
     else:
         images = [Image.fromarray(_rgba(rgb, a) if alpha_any else rgb) for rgb, a in frames]
-        extra = {"quality": quality, "method": 4} if fmt == "WEBP" else {"disposal": disposals, "blend": 0}
+        extra = {"quality": quality, "method": 4}
     if loop is not None:
         extra["loop"] = loop
     fd, tmp = _temp_for(dest)
     try:
         with os.fdopen(fd, "wb") as f:
-            images[0].save(f, format=fmt, save_all=True, append_images=images[1:], duration=durations, **extra)
+            if fmt == "GIF":
+                _save_gif(f, images, durations, disposals, extra)
+            else:
+                images[0].save(f, format=fmt, save_all=True, append_images=images[1:], duration=durations, **extra)
             f.flush()
             output.finish(f.fileno(), tmp, dest, overwrite, cancel)
     except OSError as e:
@@ -152,6 +215,42 @@ def _write(frames, durations, disposals, loop, alpha_any, fmt, dest: Path, quali
         raise OutputError(f"{dest}: cannot encode as {fmt} ({first_line(e, 120)})") from None
     finally:
         output._discard_temp(tmp)
+
+
+def _save_gif(f, images, durations, disposals, extra) -> None:
+    """Every frame written whole, each with its own delay and disposal. Pillow's
+    save_all folds a frame identical to the one before into it (a still saved
+    as an animation became one frame, or failed to encode at all); the frames
+    go through its per-frame writer instead, on the one global palette."""
+    info = {k: v for k, v in extra.items() if k in ("loop", "transparency")}
+    # the header's colour table is the first frame's own palette, the one every
+    # frame shares; naming the palette instead would remap the frame's pixels
+    # by colour, and the transparent index (black, as is colour 0) would go
+    head, _ = GifImagePlugin.getheader(images[0], None, dict(info))
+    for chunk in head:
+        f.write(chunk)
+    for im, duration, disposal in zip(images, durations, disposals):
+        params = {"duration": duration, "disposal": disposal}
+        if "transparency" in extra:
+            params["transparency"] = extra["transparency"]
+        for chunk in GifImagePlugin.getdata(im, (0, 0), **params):
+            f.write(chunk)
+    f.write(b";")
+
+
+def _apng_disposals(frames, disposals) -> list[int]:
+    """The disposals, changed where a frame repeats the one before: Pillow's
+    APNG writer folds such a frame into the previous one when both have the
+    same disposal (a still saved as an animation became a still PNG, its timing
+    lost). Every frame here is whole and replaces the canvas (blend source), so
+    its disposal does not change what is shown."""
+    out = list(disposals)
+    for i in range(1, len(frames)):
+        (a, aa), (b, ba) = frames[i - 1], frames[i]
+        if out[i] == out[i - 1] and np.array_equal(a, b) and (aa is None) == (ba is None) and (
+                aa is None or np.array_equal(aa, ba)):
+            out[i] = 1 if out[i - 1] == 0 else 0
+    return out
 
 
 def _gif_frames(frames, alpha_any: bool):

@@ -31,6 +31,11 @@ class Clip:
         header = media.probe(source, kind, job.input, max_pixels=opts.max_pixels, max_frames=opts.max_frames,
                              max_side=opts.max_side)
         rec.input_format, rec.input_size = kind, list(header.size)
+        if opts.memory_limit and header.hold_bytes > opts.memory_limit:
+            # the codecs' frames, an animation's stylized frames or a GIF's grown
+            # canvas: held whole, no plan of the engine makes them smaller
+            raise InputError(f"{job.input}: converting this {kind} holds ~{header.hold_bytes / 1e6:,.0f} MB at once, "
+                             f"over --memory-limit ({opts.memory_limit / 1e6:,.0f} MB)", "over the memory limit")
         size = target_size(header.size, opts.max_side)
         ctx.folder.claim(f, None, size, header.suffix)
         if ctx.folder.from_cache(f, size, source, f.stop):

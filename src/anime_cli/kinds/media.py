@@ -13,11 +13,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
-
 from . import animation as animated
 from . import video
-from anime_cli.errors import InputError
 from anime_cli.inputs.sniff import ANIMATED_KINDS, VIDEO_KINDS
 
 
@@ -41,13 +38,13 @@ def probe(path: str | os.PathLike, kind: str, name: str | None = None, *, max_pi
         info = video.probe_video(path, name, kind, max_pixels=max_pixels, max_frames=max_frames)
         return Clip(kind, info.suffix, info.upright_size, info.estimate, video.codec_bytes(info, max_side))
     if kind in ANIMATED_KINDS:
-        try:
-            with Image.open(path, formats=[animated.FORMATS[kind]]) as im:
-                n, size = getattr(im, "n_frames", 1), im.size
-        except Exception as e:
-            raise InputError(f"{name}: not a readable animation ({animated._short(e)})", "corrupt header") from None
-        w, h = animated.check_limits(n, size, name, max_side, max_pixels, max_frames)
-        return Clip(kind, animated.output_suffix(kind), size, n, 4 * w * h * n)
+        with animated.open_animation(path, kind, name) as im:
+            n, size, canvas = animated.header(im, kind, path, name)
+        w, h = animated.check_limits(n, size, name, max_side, max_pixels, max_frames, canvas=canvas)
+        # the stylized frames; and where a GIF frame grows the decoder's canvas
+        # past the picture, that canvas and its RGBA copy
+        grown = 8 * canvas[0] * canvas[1] if canvas != size else 0
+        return Clip(kind, animated.output_suffix(kind), size, n, 4 * w * h * n + grown)
     raise ValueError(f"not a clip kind: {kind!r}")
 
 

@@ -18,6 +18,7 @@ that names the extra.
 from __future__ import annotations
 
 import os
+import struct
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -64,11 +65,14 @@ class VideoInfo:
     codec: str
     audio: list[str] = field(default_factory=list)  # codec names of the audio streams
     estimate: int = 0  # frames declared, or duration x rate: for a progress bar's total
+    # the display matrix as the header gives it (see _orientation); upright if none
+    orientation: tuple[int, int, int, int] = (1, 0, 0, 1)
+    container_duration: float | None = None  # seconds, all streams: what a truncated file falls short of
 
     @property
     def upright_size(self) -> tuple[int, int]:
         w, h = self.size
-        return (h, w) if self.rotation % 180 else (w, h)
+        return (h, w) if self.orientation[0] == 0 else (w, h)
 
     @property
     def suffix(self) -> str:
@@ -85,7 +89,7 @@ def probe_video(path: str | os.PathLike, name: str | None = None, kind: str | No
     name = name or str(path)
     av = require_av(name)
     with _opened(av, path, name) as c:
-        return _info(c, kind or sniff(path) or "?", name, max_pixels, max_frames)
+        return _info(c, kind or sniff(path) or "?", name, max_pixels, max_frames, path)
 
 
 def _opened(av, path, name):
@@ -103,11 +107,22 @@ def _opened(av, path, name):
                          "corrupt video") from None
 
 
-def _info(c, kind: str, name: str, max_pixels: int, max_frames: int) -> VideoInfo:
-    if not c.streams.video:
-        what = "audio only" if c.streams.audio else "no video stream"
+def _video_stream(c):
+    """The stream converted: the first video stream that is not cover art (an
+    attached picture is one frame, not the clip)."""
+    from av.stream import Disposition
+
+    for s in c.streams.video:
+        if not s.disposition & Disposition.attached_pic:
+            return s
+    return None
+
+
+def _info(c, kind: str, name: str, max_pixels: int, max_frames: int, src=None) -> VideoInfo:
+    v = _video_stream(c)
+    if v is None:
+        what = "audio only" if c.streams.audio else ("cover art only" if c.streams.video else "no video stream")
         raise UnsupportedFormat(f"{name}: not a video ({what})", "no video stream")
-    v = c.streams.video[0]
     w, h = v.codec_context.width, v.codec_context.height
     if w < 1 or h < 1:
         raise InputError(f"{name}: video has no frame size ({w}x{h})", "corrupt video")
@@ -121,16 +136,19 @@ def _info(c, kind: str, name: str, max_pixels: int, max_frames: int) -> VideoInf
     if claimed > max_frames:
         said = f"{claimed} frames" if v.frames else f"{duration:.0f} s at {float(rate):.3g} fps, ~{claimed} frames"
         raise InputError(f"{name}: the header declares {said}, over --max-frames ({max_frames})", "too many frames")
-    rotation = _stream_rotation(v)
-    info = VideoInfo(kind, (w, h), rotation, Fraction(rate) if rate else None, int(v.frames or 0), duration,
-                     v.codec_context.name, [a.codec_context.name for a in c.streams.audio], claimed)
+    matrix = _header_matrix(src, kind, v.index if kind in ("mkv", "webm") else v.id) if src is not None else None
+    orientation = _orientation(matrix) if matrix else _TURNS[_stream_rotation(v)]
+    info = VideoInfo(kind, (w, h), _describe(orientation)[0], Fraction(rate) if rate else None, int(v.frames or 0),
+                     duration, v.codec_context.name, [a.codec_context.name for a in c.streams.audio], claimed,
+                     orientation, c.duration / 1e6 if c.duration and c.duration > 0 else None)
     _working_size(info, 0, name)  # too small or too thin: refused before any frame
     return info
 
 
 def _stream_rotation(v) -> int:
     """The old `rotate` tag, where FFmpeg still reports one. The display
-    matrix itself comes with each decoded frame (frame.rotation), used then."""
+    matrix itself comes with each decoded frame, used then; an MP4's is also
+    read from its header (_header_matrix)."""
     tag = v.metadata.get("rotate") if v.metadata else None
     try:
         return _quarter(-float(tag)) if tag else 0  # the old tag turns clockwise
@@ -141,6 +159,196 @@ def _stream_rotation(v) -> int:
 def _quarter(deg: float) -> int:
     q = round(deg / 90) % 4
     return (0, 90, 180, -90)[q]
+
+
+# An orientation is the display matrix's linear part (a, b, c, d), each -1, 0
+# or 1: the stored pixel (x, y) is shown at (a*x + c*y, b*x + d*y), image axes
+# pointing right and down (FFmpeg's convention, and QuickTime's). Quarter
+# turns and mirrors are the eight such; a matrix that turns by another angle
+# is taken to the nearest of them.
+_TURNS = {0: (1, 0, 0, 1), 90: (0, -1, 1, 0), 180: (-1, 0, 0, -1), -90: (0, 1, -1, 0)}  # counterclockwise
+
+
+def _orientation(m) -> tuple[int, int, int, int]:
+    """The orientation of a display matrix (9 numbers: a b u c d v x y w)."""
+    a, b, c, d = m[0], m[1], m[3], m[4]
+    if abs(a) + abs(d) >= abs(b) + abs(c):
+        return (1 if a >= 0 else -1, 0, 0, 1 if d >= 0 else -1)
+    return (0, 1 if b >= 0 else -1, 1 if c >= 0 else -1, 0)
+
+
+def _describe(o: tuple[int, int, int, int]) -> tuple[int, bool]:
+    """(degrees turned counterclockwise, mirrored): a mirror is applied after
+    the turn, to x (av_display_matrix_flip)."""
+    a, b, c, d = o
+    mirrored = a * d - b * c < 0
+    turn = (-a, b, -c, d) if mirrored else o
+    return next(deg for deg, t in _TURNS.items() if t == turn), mirrored
+
+
+def _upright(rgb: np.ndarray, o: tuple[int, int, int, int]) -> np.ndarray:
+    a, b, c, d = o
+    if o == (1, 0, 0, 1):
+        return rgb
+    if a == 0:  # shown at (c*y, b*x): rows become columns
+        rgb = rgb.transpose(1, 0, 2)
+        a, d = c, b
+    if a < 0:
+        rgb = rgb[:, ::-1]
+    if d < 0:
+        rgb = rgb[::-1]
+    return np.ascontiguousarray(rgb)
+
+
+def _frame_orientation(frame):
+    """The display matrix that came with a decoded frame, or None."""
+    from av.sidedata.sidedata import Type
+
+    try:
+        sd = frame.side_data.get(Type.DISPLAYMATRIX)
+        return _orientation(struct.unpack("=9i", bytes(sd))) if sd is not None else None
+    except (ValueError, struct.error, TypeError, KeyError):
+        return None
+
+
+def _header_matrix(src, kind: str, track_id: int):
+    """The display matrix of an MP4/MOV track from its header (tkhd, times the
+    movie's mvhd), as FFmpeg builds it; None elsewhere or when absent. FFmpeg
+    hands it to each decoded frame, not to the probe, so the probe reads it
+    itself: the upright size must be known before the first frame."""
+    read = {"mp4": _mp4_matrix, "mov": _mp4_matrix, "mkv": _mkv_matrix, "webm": _mkv_matrix}.get(kind)
+    if read is None:
+        return None
+    try:
+        if hasattr(src, "read"):
+            pos = src.tell()
+            try:
+                return read(src, track_id)
+            finally:
+                src.seek(pos)
+        with open(src, "rb") as f:
+            return read(f, track_id)
+    except (OSError, ValueError, struct.error, IndexError):
+        return None
+
+
+def _ebml(f, start: int, end: int):
+    """(id, payload start, payload end) of the EBML elements in [start, end)."""
+    pos, n = start, 0
+    while pos < end and n < 10_000:
+        f.seek(pos)
+        head = f.read(12)
+        if not head:
+            return
+        ilen = 9 - head[0].bit_length() if head[0] else 9
+        if ilen > 4 or len(head) < ilen + 1:
+            return
+        eid = int.from_bytes(head[:ilen], "big")
+        slen = 9 - head[ilen].bit_length() if head[ilen] else 9
+        if slen > 8 or len(head) < ilen + slen:
+            return
+        raw = int.from_bytes(head[ilen:ilen + slen], "big") & ((1 << (7 * slen)) - 1)
+        body = pos + ilen + slen
+        size = end - body if raw == (1 << (7 * slen)) - 1 else raw  # all ones: unknown size
+        yield eid, body, min(body + size, end)
+        pos = body + size
+        n += 1
+
+
+def _mkv_matrix(f, track_index: int):
+    """The display matrix of a Matroska file's `track_index`-th track (FFmpeg
+    makes its streams in track order), as FFmpeg builds it from the track's
+    Projection: a turn by ProjectionPoseRoll (clockwise), mirrored when
+    ProjectionPoseYaw is 180; None when it has none."""
+    f.seek(0, os.SEEK_END)
+    end = f.tell()
+    seg = next(((b, e) for i, b, e in _ebml(f, 0, end) if i == 0x18538067), None)
+    if seg is None:
+        return None
+    for eid, b, e in _ebml(f, *seg):
+        if eid == 0x1F43B675:  # a Cluster: the tracks come before the data
+            return None
+        if eid != 0x1654AE6B:
+            continue
+        entries = [(tb, te) for tid, tb, te in _ebml(f, b, e) if tid == 0xAE]
+        for number, (tb, te) in enumerate(entries):
+            pose = {}
+            for k, kb, ke in _ebml(f, tb, te):
+                if k == 0xE0:
+                    for p, pb, pe in _ebml(f, kb, ke):
+                        if p == 0x7670:
+                            for q, qb, qe in _ebml(f, pb, pe):
+                                if q in (0x7673, 0x7674, 0x7675) and qe - qb in (4, 8):
+                                    f.seek(qb)
+                                    pose[q] = struct.unpack(">f" if qe - qb == 4 else ">d", f.read(qe - qb))[0]
+            if number != track_index:
+                continue
+            yaw, pitch, roll = pose.get(0x7673, 0.0), pose.get(0x7674, 0.0), pose.get(0x7675, 0.0)
+            if pitch != 0.0 or yaw not in (0.0, 180.0, -180.0) or roll != roll:
+                return None  # not a flat picture's pose: FFmpeg ignores it too
+            a, b_, c, d = _TURNS[_quarter(-roll)]
+            if yaw:
+                a, c = -a, -c
+            return (a, b_, 0, c, d, 0, 0, 0, 1)
+        return None
+    return None
+
+
+def _boxes(f, start: int, end: int):
+    """(type, payload start, payload end) of the ISO boxes in [start, end)."""
+    pos, n = start, 0
+    while pos + 8 <= end and n < 10_000:
+        f.seek(pos)
+        head = f.read(16)
+        if len(head) < 8:
+            return
+        size, kind = struct.unpack(">I4s", head[:8])
+        body = pos + 8
+        if size == 1:
+            if len(head) < 16:
+                return
+            size, body = struct.unpack(">Q", head[8:16])[0], pos + 16
+        elif size == 0:
+            size = end - pos
+        if size < body - pos:
+            return
+        yield kind, body, min(pos + size, end)
+        pos += size
+        n += 1
+
+
+def _mp4_matrix(f, track_id: int):
+    f.seek(0, os.SEEK_END)
+    end = f.tell()
+    moov = next(((b, e) for k, b, e in _boxes(f, 0, end) if k == b"moov"), None)
+    if moov is None:
+        return None
+    movie = track = None
+    for kind, b, e in _boxes(f, *moov):
+        if kind == b"mvhd":
+            f.seek(b)
+            v = f.read(1)[0]
+            f.seek(b + (4 + 28 if v == 1 else 4 + 16) + 16)
+            movie = struct.unpack(">9i", f.read(36))
+        elif kind == b"trak" and track is None:
+            for k2, b2, _ in _boxes(f, b, e):
+                if k2 == b"tkhd":
+                    f.seek(b2)
+                    v = f.read(1)[0]
+                    f.seek(b2 + 4 + (16 if v == 1 else 8))
+                    tid = struct.unpack(">I", f.read(4))[0]
+                    if tid == track_id:
+                        f.seek(b2 + 4 + (32 if v == 1 else 20) + 16)
+                        track = struct.unpack(">9i", f.read(36))
+                    break
+    if track is None:
+        return None
+    if movie is None:
+        return track
+    ta, tb, tc, td = track[0], track[1], track[3], track[4]
+    ma, mb, mc, md = movie[0], movie[1], movie[3], movie[4]
+    # row vectors: the track's matrix first, then the movie's
+    return (ta * ma + tb * mc, ta * mb + tb * md, 0, tc * ma + td * mc, tc * mb + td * md, 0, 0, 0, 1)
 
 
 def codec_bytes(info: VideoInfo, max_side: int) -> int:
@@ -166,30 +374,58 @@ def _working_size(info: VideoInfo, max_side: int, name: str) -> tuple[int, int]:
 
 # -- decoding -----------------------------------------------------------------
 def frames(c, v, size: tuple[int, int], name: str, max_frames: int,
-           audio_sink: Callable | None = None, info_rotation: int = 0) -> Iterator[tuple[object, np.ndarray]]:
-    """(decoded frame, its upright working-size RGB) one at a time, in
-    presentation order. `size` is the working size as stored; FFmpeg scales
-    each frame to it, then the frame's display matrix (phone videos) turns it
-    upright. Audio packets go to `audio_sink` as they come."""
+           audio_sink: Callable | None = None, info: VideoInfo | None = None, max_pixels: int | None = None,
+           span: list | None = None) -> Iterator[tuple[object, np.ndarray, tuple[int, int, int, int]]]:
+    """(decoded frame, its upright working-size RGB, the orientation applied)
+    one at a time, in presentation order. `size` is the working size as
+    stored; FFmpeg scales each frame to it, then the frame's display matrix
+    (phone videos; the header's when the frame has none) turns it upright.
+    Audio packets go to `audio_sink` as they come. No frame may be larger than
+    the header's (the memory for the clip was reserved from it) or than
+    max_pixels: the decoder itself refuses one before it allocates it, and
+    each decoded frame is checked again. `span`: [first, last] second any
+    packet of any stream covers, for the truncation check."""
     av = require_av(name)
     sw, sh = size
-    count = 0
-    streams = [v, *c.streams.audio] if audio_sink else [v]
+    hw, hh = info.size if info is not None else (v.codec_context.width, v.codec_context.height)
+    limit = min(max_pixels or hw * hh, hw * hh)
+    # FFmpeg checks the stride-aligned width and may pad the height: the slack
+    # lets a frame of the header's own size through, the exact check follows
+    v.codec_context.options = {**v.codec_context.options, "max_pixels": str((-(-hw // 64) * 64) * (hh + 16))}
+    upright = info.orientation if info is not None else (1, 0, 0, 1)
+    count, o, last_turn = 0, upright, None
     try:
-        for packet in c.demux(*streams):
-            if packet.stream.type == "audio":
-                if packet.dts is not None:  # not the flush packet at the end
-                    audio_sink(packet)
+        for packet in c.demux():
+            if span is not None and packet.pts is not None and packet.time_base:
+                t0 = float(packet.pts * packet.time_base)
+                t1 = float((packet.pts + (packet.duration or 0)) * packet.time_base)
+                span[0], span[1] = min(span[0], t0), max(span[1], t1)
+            if packet.stream.index != v.index:
+                if audio_sink is not None and packet.stream.type == "audio" and packet.dts is not None:
+                    audio_sink(packet)  # not the flush packet at the end
                 continue
-            for frame in packet.decode():
+            try:
+                decoded = packet.decode()
+            except av.error.ArgumentError:  # EINVAL: a picture size the decoder was told to refuse
+                raise InputError(f"{name}: frame {count + 1} is larger than the {hw}x{hh} its header declares "
+                                 f"(refused before decoding)", "too many pixels") from None
+            for frame in decoded:
                 count += 1
                 if count > max_frames:
                     raise InputError(f"{name}: more than --max-frames ({max_frames}) frames", "too many frames")
-                rot = _quarter(frame.rotation or 0) or info_rotation
+                fw, fh = frame.width, frame.height
+                if fw * fh > limit:
+                    over = f"over --max-pixels ({max_pixels:,})" if max_pixels and fw * fh > max_pixels else \
+                        f"larger than the {hw}x{hh} its header declares"
+                    raise InputError(f"{name}: frame {count} is {fw}x{fh}, {over}", "too many pixels")
+                # reading a frame's side data keeps that frame alive in PyAV 18
+                # (+60 MB over 300 small frames): read it again only when the
+                # turn changes, which frame.rotation tells without it
+                turn = frame.rotation
+                if count == 1 or turn != last_turn:
+                    o, last_turn = _frame_orientation(frame) or upright, turn
                 rgb = frame.reformat(width=sw, height=sh, format="rgb24", interpolation="LANCZOS").to_ndarray()
-                if rot:
-                    rgb = np.ascontiguousarray(np.rot90(rgb, rot // 90))
-                yield frame, rgb
+                yield frame, _upright(rgb, o), o
     except av.error.FFmpegError as e:
         raise InputError(f"{name}: corrupt video data at frame {count + 1} ({_short(e)})", "corrupt video") from None
 
@@ -199,10 +435,10 @@ def read_frames(path, max_side: int = 0, max_frames: int = DEFAULT_MAX_FRAMES) -
     hands to stylize_frame. For tests and tools."""
     av = require_av(str(path))
     with _opened(av, path, str(path)) as c:
-        info = _info(c, sniff(path) or "?", str(path), 10**12, max_frames)
-        v = c.streams.video[0]
+        info = _info(c, sniff(path) or "?", str(path), 10**12, max_frames, path)
+        v = _video_stream(c)
         size = _working_size(info, max_side, str(path))
-        for frame, rgb in frames(c, v, size, str(path), max_frames, info_rotation=info.rotation):
+        for frame, rgb, _ in frames(c, v, size, str(path), max_frames, info=info):
             yield float(frame.time) if frame.time is not None else None, rgb
 
 
@@ -236,14 +472,14 @@ def convert_video(src: str | os.PathLike, dest: str | os.PathLike, stylize_frame
     dest = Path(dest)
     av = require_av(name)
     with _opened(av, src, name) as c:
-        info = _info(c, sniff(src) or "?", name, max_pixels, max_frames)
+        info = _info(c, sniff(src) or "?", name, max_pixels, max_frames, src)
         size = _working_size(info, max_side, name)
-        v = c.streams.video[0]
+        v = _video_stream(c)
         v.thread_type = "AUTO"
         fd, tmp = _temp_for(dest)
         try:
             with _Writer(av, tmp, dest.suffix, v, c.streams.audio, info.rate, crf) as wr:
-                res = _run(c, v, info, size, name, max_frames, stylize_frame, wr, progress, cancel)
+                res = _run(c, v, info, size, name, max_frames, max_pixels, stylize_frame, wr, progress, cancel)
             output.finish(fd, tmp, dest, overwrite, cancel)  # the encoder wrote it by name; fd holds its lock
         except OSError as e:
             raise output._os_error(dest, e, None) from None
@@ -254,15 +490,17 @@ def convert_video(src: str | os.PathLike, dest: str | os.PathLike, stylize_frame
     return res
 
 
-def _run(c, v, info, size, name, max_frames, stylize_frame, wr, progress, cancel) -> VideoResult:
+def _run(c, v, info, size, name, max_frames, max_pixels, stylize_frame, wr, progress, cancel) -> VideoResult:
     timings = {"decode": 0.0, "stylize": 0.0, "encode": 0.0}
     own = getattr(stylize_frame, "timings", None)
     n = first = last = 0
-    it = frames(c, v, size, name, max_frames, audio_sink=wr.copy_audio, info_rotation=info.rotation)
+    span = [float("inf"), float("-inf")]
+    orientation = info.orientation
+    it = frames(c, v, size, name, max_frames, audio_sink=wr.copy_audio, info=info, max_pixels=max_pixels, span=span)
     while True:
         t = time.perf_counter()
         try:
-            frame, rgb = next(it)
+            frame, rgb, o = next(it)
         except StopIteration:
             timings["decode"] += time.perf_counter() - t
             break
@@ -280,6 +518,8 @@ def _run(c, v, info, size, name, max_frames, stylize_frame, wr, progress, cancel
         pts = wr.encode(out, frame)
         timings["encode"] += time.perf_counter() - t2
         first, last = (pts if n == 0 else first), pts
+        if n == 0:
+            orientation = o
         n += 1
         if progress is not None:
             progress(n, max(n, info.estimate))
@@ -288,6 +528,7 @@ def _run(c, v, info, size, name, max_frames, stylize_frame, wr, progress, cancel
     if info.frames and n < info.frames * 0.99 - 2:  # edit lists may drop a few: not a truncation
         raise InputError(f"{name}: truncated video (decoded {n} of the {info.frames} frames its header "
                          f"declares)", "truncated video")
+    _check_duration(info, span, name)
     t = time.perf_counter()
     wr.finish()
     timings["encode"] += time.perf_counter() - t
@@ -297,14 +538,48 @@ def _run(c, v, info, size, name, max_frames, stylize_frame, wr, progress, cancel
     timings = {k: round(s, 4) for k, s in timings.items()}
     total = sum(timings.values())
     duration = float((last - first + wr.last_duration) * v.time_base)
-    notes = [f"turned {info.rotation or wr.rotation} degrees upright"] if (info.rotation or wr.rotation) else []
-    dropped = len(c.streams) - 1 - len(c.streams.audio)
-    if dropped:
-        notes.append(f"{dropped} subtitle/data stream(s) not copied")
+    deg, mirrored = _describe(orientation)
+    notes = [("mirrored and " if mirrored else "") + f"turned {deg} degrees upright"] if deg or mirrored else []
+    notes += _not_copied(c)
     h, w = wr.shape
     return VideoResult(n, float(info.rate) if info.rate else None, round(duration, 4), len(c.streams.audio),
-                       (w, h), info.upright_size if not wr.rotation % 180 else info.size[::-1], "", timings,
+                       (w, h), info.size[::-1] if orientation[0] == 0 else info.size, "", timings,
                        round(n / total, 3) if total else 0.0, notes)
+
+
+def _check_duration(info: VideoInfo, span: list, name: str) -> None:
+    """A file cut short keeps the header that says how long it was (WebM, MKV
+    and fragmented MP4 declare no frame count): its streams must reach within
+    1 % and two frames of that. Measured from 0 or an earlier start (audio
+    priming), so that a stream that starts late (an empty edit) is no
+    shortfall."""
+    want = info.container_duration
+    if not want or span[1] == float("-inf"):
+        return
+    got = span[1] - min(0.0, span[0])
+    frame = 1 / float(info.rate) if info.rate else 0.04
+    if got < want * 0.99 - 2 * frame - 0.05:
+        raise InputError(f"{name}: truncated video (its header says {want:.3f} s, the streams end at {got:.3f} s)",
+                         "truncated video")
+
+
+def _not_copied(c) -> list[str]:
+    """What of the input is not in the output, said by kind."""
+    from av.stream import Disposition
+
+    main = _video_stream(c)
+    extra = [s for s in c.streams.video if s.index != main.index]
+    covers = sum(1 for s in extra if s.disposition & Disposition.attached_pic)
+    notes = []
+    if len(extra) - covers:
+        k = len(extra) - covers
+        notes.append(f"{k} extra video stream{'s' if k > 1 else ''} not copied")
+    if covers:
+        notes.append("cover art not copied")
+    other = len(c.streams) - len(c.streams.video) - len(c.streams.audio)
+    if other:
+        notes.append(f"{other} subtitle/data stream(s) not copied")
+    return notes
 
 
 class _Writer:
@@ -327,7 +602,6 @@ class _Writer:
         self.video = None
         self.last_pts = None
         self.last_duration = 0
-        self.rotation = 0
         self.shape = (0, 0)
 
     def _start(self, shape) -> None:
@@ -362,7 +636,6 @@ class _Writer:
 
     def encode(self, rgb: np.ndarray, src_frame) -> int:
         if self.video is None:
-            self.rotation = _quarter(src_frame.rotation or 0)
             self._start(rgb.shape)
         f = self.av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
             format="yuv420p", dst_colorspace="ITU709", interpolation="LANCZOS")
