@@ -28,7 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
 
-from clips import make_clip  # noqa: E402
+from clip_makers import make_clip  # noqa: E402
 
 from anime_cli.kinds import video  # noqa: E402
 from anime_cli.kinds.frames import FrameStylizer  # noqa: E402
