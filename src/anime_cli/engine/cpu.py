@@ -19,6 +19,23 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+# A pass runs at most this many band workers; the threads beyond them go to
+# each worker's oneDNN (OpenMP) team. Every worker holds its own strips,
+# windows and scratch, so memory grows with the workers, never with the cores:
+# 16 one-thread workers planned ~580 MiB where 2 plan ~390 (1280 px), and 16
+# Python threads dispatching small convolutions contended for the GIL.
+MAX_WORKERS = 2
+
+
+def split(threads: int) -> list[int]:
+    """The intra-op threads of each band worker for `threads` threads: at
+    most MAX_WORKERS workers, the threads dealt out as evenly as they go
+    (5 -> [3, 2]); one thread a worker up to MAX_WORKERS cores."""
+    threads = max(1, threads)
+    workers = min(threads, MAX_WORKERS)
+    return [threads // workers + (k < threads % workers) for k in range(workers)]
+
+
 class Cores:
     """Worker threads shared by the runs of the files in flight. A batch
     marks each file it is working on as busy (decoding, in the network, or
@@ -34,6 +51,11 @@ class Cores:
 
     def share(self) -> int:
         return max(1, self.total // max(1, self._busy))
+
+    @property
+    def workers(self) -> int:
+        """The most band workers a pass runs (what memory is planned for)."""
+        return len(split(self.total))
 
     @contextmanager
     def busy(self):
