@@ -39,6 +39,7 @@ test-fast: weights
 bench: weights
 	$(PY) bench/bench.py
 	$(PY) bench/styles.py
+	$(PY) bench/threads.py
 	$(PY) bench/video.py
 	$(PY) bench/scale.py
 

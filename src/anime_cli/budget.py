@@ -70,6 +70,39 @@ def footprint(probe, options, stylizer, faces: bool) -> int:
     return need
 
 
+def alone_room(limit: int, held: int, picture: int) -> int | None:
+    """room() for a file alone, before it is decoded: what the network will
+    get once its picture (`picture` bytes) is held beside `held`."""
+    return max(0, limit - held - picture - RESERVE) if limit else None
+
+
+def planned_peak(probe, options, stylizer, faces: bool, held: int) -> int:
+    """The peak RSS of converting one file alone (a dry run's estimate), the
+    process holding `held` bytes before it: the most of its phases, each
+    with the plan the run will take under its limit (not the fastest one,
+    as the ledger's footprint reserves). Decode; the network (the picture,
+    the plan within what the limit leaves beside it, the output); the faces
+    (the picture and its stylized copy, then detection, or a face render
+    with the original decoded again for the crops, as much as the limit
+    leaves: face_decode_pixels)."""
+    w, h = target_size(probe.size, options.max_side)
+    limit = options.memory_limit
+    picture = 3 * w * h
+    net = alone_room(limit, held, picture)
+    sized = getattr(stylizer, "planned_bytes", None)
+    engine = sized(h, w, net) if sized is not None else stylizer.fastest_bytes(h, w)
+    peak = max(decode_bytes(probe, options.max_side), picture + engine)
+    if faces:
+        side = options.face_px()
+        detect = min(w * h, _DETECT_PIXELS) * _DETECT_BYTES_PER_PIXEL
+        face_room = None if net is None else max(0, net - picture)
+        face = sized(side, side, face_room) if sized is not None else stylizer.fastest_bytes(side, side)
+        ow, oh = probe.size
+        crops = 8 * min(ow * oh, face_decode_pixels(None, face_room))
+        peak = max(peak, 2 * picture + max(detect, face + crops))
+    return held + peak
+
+
 @dataclass
 class Grant:
     bytes: int
@@ -131,10 +164,14 @@ def plan_only(conv, loaded) -> None:
         loaded.image = None
     clip = loaded.clip
     w, h = target_size(clip.size if clip is not None else loaded.probe.oriented_size, opts.max_side)
-    rec.plan = conv.stylizer.plan(h, w, conv.budget(loaded))
+    held = rss_bytes()
     if clip is not None:
-        rec.plan = f"{clip.frames} frames, each {rec.plan}"
-    rec.estimated_peak_mb = round((rss_bytes() + conv.footprint(loaded)) / 1e6, 1)
+        rec.plan = f"{clip.frames} frames, each {conv.stylizer.plan(h, w, conv.budget(loaded))}"
+        peak = held + conv.footprint(loaded)
+    else:  # the run: alone, its picture decoded beside what the process holds now
+        rec.plan = conv.stylizer.plan(h, w, alone_room(opts.memory_limit, held, 3 * w * h))
+        peak = planned_peak(loaded.probe, opts, conv.stylizer, conv.faces_on, held)
+    rec.estimated_peak_mb = round(peak / 1e6, 1)
     loaded.clip = None
     rec.status, rec.output_size = "planned", [w, h]
     rec.output = str(loaded.dest) if loaded.dest is not None else "-"
