@@ -37,12 +37,13 @@ def split(threads: int) -> list[int]:
 
 
 class Cores:
-    """Worker threads shared by the runs of the files in flight. A batch
-    marks each file it is working on as busy (decoding, in the network, or
-    writing); each pass of a run then takes total // busy workers, at least
-    one. Two files on two cores run one worker each, so one file's
-    single-threaded steps never wait for a core the other file's network holds;
-    the last file of a batch gets every core from its next pass on."""
+    """Threads shared by the runs of the files in flight. A batch marks each
+    file it is working on as busy (decoding, in the network, or writing);
+    each pass of a run then takes total // busy threads, at least one, as
+    split() deals them to its band workers. Two files on two cores run one
+    one-thread worker each, so one file's single-threaded steps never wait
+    for a core the other file's network holds; the last file of a batch gets
+    every core from its next pass on."""
 
     def __init__(self, total: int | None = None):
         self.total = max(1, total or default_threads())
