@@ -43,6 +43,7 @@ fuzz: weights
 bench: weights
 	$(PY) bench/bench.py
 	$(PY) bench/styles.py
+	$(PY) bench/threads.py
 	$(PY) bench/video.py
 	$(PY) bench/scale.py
 

@@ -23,12 +23,23 @@ def _only_record(log):
 
 
 def test_reader_that_stops_early_is_an_error_not_ok(tmp_path):
-    """`-o - | head -c 100`: the reader goes away with most of the picture unread."""
+    """`-o - | head -c 100`: the reader goes away with most of the picture unread.
+
+    The pipe is shrunk to one page, so the picture (tens of KB) cannot fit in
+    it before the reader closes: otherwise a fast writer wins the race and the
+    run is rightly `ok`."""
+    import fcntl
+    import os
+
     log = tmp_path / "run.jsonl"
-    proc = subprocess.Popen([*CLI, "convert", _picture(tmp_path), "-o", "-", "--log-file", log, *FAST],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    proc.stdout.read(100)
-    proc.stdout.close()
+    r, w = os.pipe()
+    fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 4096)
+    assert fcntl.fcntl(w, fcntl.F_GETPIPE_SZ) == 4096
+    with os.fdopen(r, "rb", buffering=0) as reader:  # unbuffered: it takes only what it reads
+        proc = subprocess.Popen([*CLI, "convert", _picture(tmp_path), "-o", "-", "--log-file", log, *FAST],
+                                stdout=w, stderr=subprocess.PIPE)
+        os.close(w)
+        assert reader.read(100)
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 1, err
     rec = _only_record(log)

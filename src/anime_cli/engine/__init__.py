@@ -69,13 +69,13 @@ for 53-56 dB PSNR against the float32 network on photos (the attention and
 the output layer stay in float32). "fp32" is exact up to float rounding.
 """
 
-from .cpu import Cores, bound_malloc, default_threads, native_bf16, resolve_precision, trim_malloc
+from .cpu import Cores, bf16_works, bound_malloc, default_threads, native_bf16, resolve_precision, trim_malloc
 from .engine import Cancelled, Engine, Rendered, Run
 from .pictures import PictureSink, PictureSource, TensorSource
 from .plan import MIN_SIZE, Plan, padded_size
 
 __all__ = [
     "Cancelled", "Cores", "Engine", "MIN_SIZE", "PictureSink", "PictureSource", "Plan", "Rendered", "Run",
-    "TensorSource", "bound_malloc", "default_threads", "native_bf16", "padded_size", "resolve_precision",
+    "TensorSource", "bf16_works", "bound_malloc", "default_threads", "native_bf16", "padded_size", "resolve_precision",
     "trim_malloc",
 ]

@@ -19,13 +19,31 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+# A pass runs at most this many band workers; the threads beyond them go to
+# each worker's oneDNN (OpenMP) team. Every worker holds its own strips,
+# windows and scratch, so memory grows with the workers, never with the cores:
+# 16 one-thread workers planned ~580 MiB where 2 plan ~390 (1280 px), and 16
+# Python threads dispatching small convolutions contended for the GIL.
+MAX_WORKERS = 2
+
+
+def split(threads: int) -> list[int]:
+    """The intra-op threads of each band worker for `threads` threads: at
+    most MAX_WORKERS workers, the threads dealt out as evenly as they go
+    (5 -> [3, 2]); one thread a worker up to MAX_WORKERS cores."""
+    threads = max(1, threads)
+    workers = min(threads, MAX_WORKERS)
+    return [threads // workers + (k < threads % workers) for k in range(workers)]
+
+
 class Cores:
-    """Worker threads shared by the runs of the files in flight. A batch
-    marks each file it is working on as busy (decoding, in the network, or
-    writing); each pass of a run then takes total // busy workers, at least
-    one. Two files on two cores run one worker each, so one file's
-    single-threaded steps never wait for a core the other file's network holds;
-    the last file of a batch gets every core from its next pass on."""
+    """Threads shared by the runs of the files in flight. A batch marks each
+    file it is working on as busy (decoding, in the network, or writing);
+    each pass of a run then takes total // busy threads, at least one, as
+    split() deals them to its band workers. Two files on two cores run one
+    one-thread worker each, so one file's single-threaded steps never wait
+    for a core the other file's network holds; the last file of a batch gets
+    every core from its next pass on."""
 
     def __init__(self, total: int | None = None):
         self.total = max(1, total or default_threads())
@@ -34,6 +52,11 @@ class Cores:
 
     def share(self) -> int:
         return max(1, self.total // max(1, self._busy))
+
+    @property
+    def workers(self) -> int:
+        """The most band workers a pass runs (what memory is planned for)."""
+        return len(split(self.total))
 
     @contextmanager
     def busy(self):
@@ -46,20 +69,55 @@ class Cores:
                 self._busy -= 1
 
 
-@lru_cache(maxsize=1)
-def native_bf16() -> bool:
-    """Whether the CPU has bfloat16 dot products (AVX512-BF16 or AMX): there
-    oneDNN runs bfloat16 convolutions at about twice the float32 rate. Without
-    them bfloat16 is emulated and slower than float32."""
+NO_BF16 = "ANIME_CLI_NO_BF16"  # =1: behave as on a CPU without bfloat16 (tests and CI cover that path anywhere)
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (/proc/cpuinfo; empty where there is none)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("flags"):
-                    flags = line.split()
-                    return "avx512_bf16" in flags or "amx_bf16" in flags
+                    return set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return False
+    return set()
+
+
+def _switched_off() -> bool:
+    return os.environ.get(NO_BF16, "").strip() not in ("", "0")
+
+
+@lru_cache(maxsize=1)
+def bf16_works() -> bool:
+    """Whether torch can run bfloat16 convolutions here at all: oneDNN's own
+    check (AVX-512 BW/VL/DQ or AVX-NE-CONVERT), which is what raises
+    "bf16 path needs the cpu support ..." mid-network where it fails. The
+    NO_BF16 switch says no on any machine."""
+    if _switched_off():
+        return False
+    import torch
+
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch without the check: trust the flags
+        return bool({"avx512bw", "avx512vl", "avx512dq"} <= cpu_flags() or "avx_ne_convert" in cpu_flags())
+
+
+@lru_cache(maxsize=1)
+def native_bf16() -> bool:
+    """Whether the CPU has bfloat16 dot products (AVX512-BF16 or AMX) and
+    torch can use them: there oneDNN runs bfloat16 convolutions at about
+    twice the float32 rate. With only AVX-512 BW bfloat16 is emulated, and
+    slower than float32; without it, it does not run (bf16_works)."""
+    return bf16_works() and bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+
+
+def bf16_missing() -> str:
+    """Why bfloat16 cannot run here, one line for a usage error."""
+    if _switched_off():
+        return f"bfloat16 is switched off ({NO_BF16}=1)"
+    return "this CPU has no bfloat16 support torch can use (it needs AVX-512 BW/VL/DQ, AVX512-BF16 or AMX)"
 
 
 def resolve_precision(precision: str) -> str:
@@ -67,6 +125,8 @@ def resolve_precision(precision: str) -> str:
         return "bf16" if native_bf16() else "fp32"
     if precision not in ("bf16", "fp32"):
         raise ValueError(f"precision must be 'auto', 'bf16' or 'fp32', not {precision!r}")
+    if precision == "bf16" and not bf16_works():
+        raise ValueError(f"precision bf16: {bf16_missing()}; use fp32 or auto")
     return precision
 
 

@@ -17,7 +17,7 @@ import torch
 
 from anime_cli.errors import Cancelled  # the batch's signal: the engine raises it
 from .bands import Band
-from .cpu import Cores, bound_malloc, resolve_precision, trim_malloc
+from .cpu import Cores, bound_malloc, resolve_precision, split, trim_malloc
 from .layers import Layer, layer_dtype
 from .norms import norm_affine
 from .pictures import PictureSink, PictureSource, TensorSource
@@ -42,10 +42,13 @@ class Engine:
     strips, within a memory budget, faithful to the untiled network (exact up
     to float rounding in "fp32"). It knows no model.
 
-    threads: worker threads (default: the cores this process may use). Each
-    runs torch single-threaded on its own strips, so no OpenMP team waits at
-    a barrier for a core that another process holds. Or `cores`, a Cores
-    shared with other engines: each pass then takes its share of them.
+    threads: CPU threads (default: the cores this process may use). A pass
+    runs at most cpu.MAX_WORKERS band workers, each a Python thread with
+    its own strips and a oneDNN (OpenMP) team of its share of the threads
+    (cpu.split: 2 -> one thread each, 16 -> eight each), so the memory
+    planned, which grows with the workers, stays flat from 2 cores to 64.
+    Or `cores`, a Cores shared with other engines: each pass then takes its
+    share of them.
     precision: "auto" (bf16 where the CPU has native bfloat16), "bf16" or "fp32".
 
     budget_bytes: the memory a run may allocate on top of what the process
@@ -81,12 +84,17 @@ class Engine:
 
     @property
     def threads(self) -> int:
-        """The most workers a pass may use (memory is planned for that many)."""
+        """The most threads a pass may use."""
         return self.cores.total
+
+    @property
+    def workers(self) -> int:
+        """The most band workers a pass runs (memory is planned for that many)."""
+        return self.cores.workers
 
     def geometry(self, h: int, w: int) -> Geometry:
         """Sizes for an h x w network input (multiples of 4, at least MIN_SIZE)."""
-        return Geometry(self.layers, h, w, self.precision, self.threads)
+        return Geometry(self.layers, h, w, self.precision, self.workers)
 
     def make_plan(self, h: int, w: int, budget_bytes: int | None) -> Plan:
         """The plan for an h x w network input (see geometry) and a budget of engine memory."""
@@ -223,17 +231,21 @@ class Run:
             trim_malloc()  # what the pass's strips freed goes back now, not at the end of the run (cpu.bound_malloc)
 
     def _run_pass(self, target, kind, chain, leaves, sink):
-        threads = self.engine.threads
-        workers = min(self.engine.cores.share(), threads)
+        teams = split(min(self.engine.cores.share(), self.engine.threads))
+        workers = len(teams)
         rows = self.geo.bands(target, chain, workers)
         needs = [self.geo.band_needs(target, r, chain) for r in rows]
         tracker = Tracker([{d: need[d] for d in leaves if d >= 0} for need in needs])
         results: list = [None] * len(rows)
-        claims = Claims(len(rows), ahead=2 * threads)
+        claims = Claims(len(rows), ahead=2 * self.engine.workers)
         errors: list[BaseException] = []
 
         def work(k):
-            torch.set_num_threads(1)  # per thread: OpenMP's setting is thread-local
+            # OpenMP's team size is a per-thread setting; asking for it first
+            # makes torch's lazy per-thread set-up happen now, so it cannot
+            # later overwrite the team size with the last one any thread set.
+            torch.get_num_threads()
+            torch.set_num_threads(teams[k])
             scratch = self._scratch(k)
             with torch.inference_mode():
                 while not errors:

@@ -63,6 +63,10 @@ class Clip:
         w, h = self.size
         return f"{self.header.frames} frames, each {self.ctx.style.plan(h, w, self.f.room(0))}"
 
+    def planned_peak(self) -> int:
+        """A dry run's estimate: what the ledger reserves for it."""
+        return self.footprint()
+
     def load(self) -> None:
         """Nothing: a clip is decoded frame by frame as it is converted."""
 

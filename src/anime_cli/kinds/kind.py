@@ -5,7 +5,7 @@ its class's `open(ctx, f, ...)`, which names the output and looks in the
 cache: None means there is nothing left to do (skipped, or placed from the
 cache). Otherwise the batch reserves `footprint()` bytes, then calls `load()`
 (a photo decodes; a clip decodes frame by frame later), and `convert()`, or
-`plan()` for a dry run. `close()` lets go of whatever the kind still holds.
+`plan()` and `planned_peak()` for a dry run. `close()` lets go of whatever the kind still holds.
 
 A kind sees a `Context` (the batch's options, style, detector, output folder)
 and its own `File`, never the batch around it.
@@ -75,6 +75,9 @@ class Kind(Protocol):
 
     def plan(self) -> str:
         """A dry run's account of how the network would run it."""
+
+    def planned_peak(self) -> int:
+        """A dry run's estimate of what converting it adds to the process at its peak."""
 
     def convert(self) -> None:
         """The network, the faces and the write; fills the file's record."""

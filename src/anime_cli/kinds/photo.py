@@ -91,9 +91,40 @@ class Photo:
             need = max(need, 3 * px + max(detect, style.fastest_bytes(side, side) + crops))
         return need
 
+    def _alone_room(self) -> int | None:
+        """What the network will get alone, once the picture is decoded beside
+        what the process holds now (a dry run decodes nothing)."""
+        w, h = self.size
+        room = self.f.room(0)
+        return None if room is None else max(0, room - 3 * w * h)
+
     def plan(self) -> str:
         w, h = self.size
-        return self.ctx.style.plan(h, w, self.f.room(0))
+        return self.ctx.style.plan(h, w, self._alone_room())
+
+    def planned_peak(self) -> int:
+        """What converting the photo alone adds to the process at its peak (a
+        dry run's estimate): the most of its phases, each with the plan the run
+        takes under its limit (not the fastest one, as footprint reserves).
+        Decode; the network (the picture, the plan, the output); the faces (the
+        picture and its stylized copy, then detection, or a face render with
+        the original decoded again for the crops, as much as the limit leaves)."""
+        opts, style = self.ctx.options, self.ctx.style
+        w, h = self.size
+        picture = 3 * w * h
+        net = self._alone_room()
+        sized = getattr(style, "planned_bytes", None)
+        engine = sized(h, w, net) if sized is not None else style.fastest_bytes(h, w)
+        peak = max(decode_bytes(self.probe, opts.max_side), picture + engine)
+        if self.ctx.detector is not None:
+            side = opts.face_px()
+            detect = min(w * h, _DETECT_PIXELS) * _DETECT_BYTES_PER_PIXEL
+            face_room = None if net is None else max(0, net - picture)
+            face = sized(side, side, face_room) if sized is not None else style.fastest_bytes(side, side)
+            ow, oh = self.probe.size
+            crops = 8 * min(ow * oh, _face_decode_pixels(None, face_room))
+            peak = max(peak, 2 * picture + max(detect, face + crops))
+        return peak
 
     def load(self) -> None:
         rec = self.f.record

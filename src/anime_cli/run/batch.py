@@ -30,6 +30,8 @@ def start(inputs: list[str], options: Options, *, recursive: bool = False, log_f
     from .converter import Converter
     from anime_cli.logs.telemetry import rss_bytes
 
+    check_limits(options)
+    check_precision(precision)
     jobs = discover(inputs, recursive, (options.output_dir,), log_file=log_file)
     notes = list(jobs.notes)
     if inputs.count(STDIN) > 1:
@@ -65,6 +67,7 @@ def start_ray(inputs: list[str], output: str, options: Options, *, address: str 
     """The same batch on Ray Data (anime_cli.run.on_ray): local with address None."""
     from . import on_ray as runner
 
+    check_limits(options)
     if STDIN in inputs or output == STDIN:
         raise UsageError("--ray reads files and folders and writes a folder: '-' (stdin/stdout) is not for it")
     if weights_path is None:
@@ -82,6 +85,24 @@ def start_ray(inputs: list[str], output: str, options: Options, *, address: str 
             yield rec
 
     return Batch(run, total[0], options, _open_log(log_file), lambda: int(peaks[0] * 1e6))
+
+
+def check_limits(options: Options) -> None:
+    """Limits that would refuse every file are usage errors, before any work."""
+    if options.max_pixels <= 0:
+        raise UsageError("--max-pixels 0 would refuse every picture: give a pixel count such as 150M")
+    if options.max_file_size <= 0:
+        raise UsageError("--max-file-size 0 would refuse every photo: give a size such as 200MB")
+
+
+def check_precision(precision: str) -> None:
+    """--precision bf16 where torch cannot run bfloat16 here would fail every
+    file in the network: say so before the models load."""
+    if precision == "bf16":
+        from anime_cli.engine.cpu import bf16_missing, bf16_works
+
+        if not bf16_works():
+            raise UsageError(f"--precision bf16: {bf16_missing()}; use --precision fp32 or auto")
 
 
 def _shard(text: str, inputs: list[str]):

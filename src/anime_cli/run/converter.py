@@ -155,10 +155,11 @@ class Converter:
 
     def _plan(self, f: File) -> None:
         """A dry run's record: what converting would do, from the header alone
-        (the output's path and size, the engine's plan, the peak it expects)."""
+        (the output's path and size, the engine's plan, the peak it expects:
+        the plan the run takes under its limit, alone)."""
         rec = f.record
         rec.plan = f.kind.plan()
-        rec.estimated_peak_mb = budget.estimated_peak_mb(f.kind.footprint())
+        rec.estimated_peak_mb = budget.estimated_peak_mb(f.kind.planned_peak())
         rec.status, rec.output_size = "planned", list(f.kind.size)
         rec.output = str(f.dest) if f.dest is not None else "-"
         f.kind.close()

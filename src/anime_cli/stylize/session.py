@@ -111,7 +111,17 @@ class Stylizer:
 
     def plan(self, h: int, w: int, budget_bytes: int | None = None) -> str:
         """How a call for an h x w picture would run within budget_bytes (a dry run's plan)."""
-        return self.engine.make_plan(*self.engine.padded(h, w), budget_bytes).describe()
+        return self.engine.picture_plan(h, w, budget_bytes).describe()
+
+    def planned_bytes(self, h: int, w: int, budget_bytes: int | None = None) -> int:
+        """What a call for an h x w picture adds within budget_bytes: the memory
+        of the plan it takes and the output array (a dry run's estimate)."""
+        if budget_bytes is None:
+            return self.fastest_bytes(h, w)
+        key = (h, w, -budget_bytes - 1)  # apart from _plan_bytes' engine budgets
+        if key not in self._bytes:
+            self._bytes[key] = self.engine.picture_plan(h, w, budget_bytes).bytes + 3 * h * w
+        return self._bytes[key]
 
     def fastest_bytes(self, h: int, w: int) -> int:
         """What stylize() adds to the process for an h x w picture when nothing
