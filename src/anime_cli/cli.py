@@ -29,7 +29,8 @@ from .download import TIMEOUT_S
 from .errors import AnimeCliError
 from .options import (DEFAULT_CRF, DEFAULT_FACE_SIZE, DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_FRAMES, DEFAULT_MAX_PIXELS,
                       DEFAULT_MAX_SIDE, DEFAULT_MEMORY_LIMIT, DEFAULT_OUTPUT, DEFAULT_QUALITY, DEFAULT_STYLE, FORMATS,
-                      PRECISIONS, VIDEO_FACE_SIZE, format_bytes, format_count, parse_bytes, parse_choice, parse_count)
+                      MAX_SIDE_MIN, PRECISIONS, QUALITY_RANGE, VIDEO_FACE_SIZE, format_bytes, format_count,
+                      option_message, parse_bytes, parse_choice, parse_count)
 
 # torch (through weights/stylize) is imported only once a command runs, after main()
 # has taken over the signals: an early Ctrl-C exits 130 instead of a traceback.
@@ -143,9 +144,9 @@ def convert(
     inputs: List[str] = typer.Argument(..., metavar="INPUT...", help="Pictures, videos and/or folders; '-' reads one picture from stdin."),
     output: str = typer.Option(DEFAULT_OUTPUT, "-o", "--output", metavar="DIR", help="Output folder, mirroring the input tree; '-' writes the one result to stdout."),
     recursive: bool = typer.Option(False, "-r", "--recursive", help="Walk sub-folders of folder inputs."),
-    max_side: int = typer.Option(DEFAULT_MAX_SIDE, "--max-side", min=0, help="Longest side of the output in px; never upscales; 0 keeps the native size."),
+    max_side: int = typer.Option(DEFAULT_MAX_SIDE, "--max-side", min=MAX_SIDE_MIN, help="Longest side of the output in px; never upscales; 0 keeps the native size."),
     fmt: str = typer.Option("auto", "--format", metavar="FORMAT", parser=_parsed(parse_choice(FORMATS, ("jpeg",))), autocompletion=_completer(FORMATS), help="auto (keep the input's format; PNG when it can't be written or has alpha), png, jpg or webp."),
-    quality: int = typer.Option(DEFAULT_QUALITY, "--quality", min=1, max=100, help="JPEG/WebP quality."),
+    quality: int = typer.Option(DEFAULT_QUALITY, "--quality", min=QUALITY_RANGE[0], max=QUALITY_RANGE[1], help="JPEG/WebP quality."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs (default: skip them, so a rerun resumes)."),
     face_enhance: bool = typer.Option(True, "--face-enhance/--no-face-enhance", help="Re-render each face at --face-size px (face2paint)."),
     min_face: Optional[int] = typer.Option(None, "--min-face", min=1, metavar="PX", help="Smallest face width (px, in the working image) to enhance. [default: the face module's]"),
@@ -369,6 +370,48 @@ def install_weights(
         fail(f"cannot install into {dest or 'the weights folder'}: {e.strerror or e}")
 
 
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; beyond loopback a token is required."),
+    port: int = typer.Option(8000, "--port", min=0, max=65535, help="TCP port; 0 picks a free one (printed)."),
+    memory_limit: int = typer.Option(format_bytes(DEFAULT_MEMORY_LIMIT), "--memory-limit", metavar="SIZE", parser=_parsed(parse_bytes), help="Peak RSS budget for the whole server; requests wait in the queue until their footprint fits."),
+    style: List[str] = typer.Option([DEFAULT_STYLE], "--style", autocompletion=_complete_style, help="A style to load (repeat, or a comma-separated list); the first is the default."),
+    max_file_size: int = typer.Option(format_bytes(DEFAULT_MAX_FILE_SIZE), "--max-file-size", metavar="SIZE", parser=_parsed(parse_bytes), help="Refuse pictures larger than this."),
+    max_body: Optional[str] = typer.Option(None, "--max-body", metavar="SIZE", help="Refuse request bodies larger than this (413). [default: --max-file-size]"),
+    max_pixels: int = typer.Option(format_count(DEFAULT_MAX_PIXELS), "--max-pixels", metavar="N", parser=_parsed(parse_count), help="Refuse pictures whose header declares more pixels (422)."),
+    queue: int = typer.Option(64, "--queue", min=0, metavar="N", help="Requests that may wait for memory; beyond them 503 with Retry-After."),
+    workers: int = typer.Option(2, "--workers", min=1, metavar="N", help="Pictures converted at once, memory allowing."),
+    token: Optional[str] = typer.Option(None, "--token", envvar="ANIME_CLI_TOKEN", show_envvar=True, help="Requests must send 'Authorization: Bearer TOKEN'; required beyond loopback."),
+    face_enhance: bool = typer.Option(True, "--face-enhance/--no-face-enhance", help="Load the face detector (a request may still turn faces off)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for the network. [default: the cores this process may use]"),
+    precision: str = typer.Option("auto", "--precision", metavar="P", parser=_parsed(parse_choice(PRECISIONS)), help="Network arithmetic: auto, bf16 or fp32."),
+    grace: float = typer.Option(30.0, "--grace", min=0, metavar="S", help="Seconds SIGTERM leaves the conversions in flight."),
+    log_file: Optional[Path] = typer.Option(None, "--log-file", metavar="FILE", help="Append one JSON object per request (JSON Lines)."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="No per-request lines on stderr (server errors still print)."),
+):
+    """Serve the converter over HTTP: POST /v1/convert, /v1/jobs, /healthz, /metrics and a page at /.
+    Needs anime-cli[serve].
+
+    Examples: anime-cli serve; anime-cli serve --host 0.0.0.0 --token \"$TOKEN\" --memory-limit 2GiB;
+    curl --data-binary @photo.jpg -o anime.jpg http://127.0.0.1:8000/v1/convert
+    """
+    from .serve import ServeConfig, serve as run_server
+
+    styles = [s.strip() for entry in style for s in entry.split(",") if s.strip()] or [DEFAULT_STYLE]
+    try:
+        body = parse_bytes(max_body) if max_body is not None else max_file_size
+    except ValueError as e:
+        fail(option_message("--max-body", str(e)))
+    config = ServeConfig(host=host, port=port, memory_limit=memory_limit, styles=styles, max_body=body,
+                         max_pixels=max_pixels, queue=queue, token=token, workers=workers, threads=threads,
+                         precision=precision, face_enhance=face_enhance, grace=grace, log_file=log_file, quiet=quiet)
+    try:
+        code = run_server(config)
+    except AnimeCliError as e:
+        fail(str(e))
+    sys.exit(code)
+
+
 def _hold_closed_std_fds() -> None:
     """Started with stdin, stdout or stderr closed (`>&-`): put /dev/null on
     that descriptor, so that no file opened later takes its number (a picture
@@ -403,7 +446,5 @@ def _usage_line(e) -> str:
     param = getattr(e, "param", None)
     if isinstance(e, typer.BadParameter) and param is not None:
         name = max(param.opts, key=len) if getattr(param, "opts", None) else param.human_readable_name
-        if msg.startswith(name):
-            return safe(msg)
-        return safe(f"{name} {msg}" if msg.startswith("must") else f"{name}: {msg}")
+        return safe(option_message(name, msg))
     return safe(msg)

@@ -83,7 +83,7 @@ def write_photo(conv, loaded, image: np.ndarray) -> None:
         im = output.encode(image, loaded.decoded.alpha, loaded.fmt)
         extra = metadata.save_args(loaded.metadata, loaded.fmt, im.size, opts.keep_gps)
         if loaded.dest is None:
-            output.write_stdout(im, loaded.fmt, opts.quality, extra)
+            output.write_stdout(im, loaded.fmt, opts.quality, extra, stream=getattr(conv, "sink", None))
             rec.output = STDIN
         else:
             output.write_atomic(im, loaded.dest, loaded.fmt, opts.quality, opts.overwrite,

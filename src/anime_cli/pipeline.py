@@ -62,11 +62,14 @@ class Loaded:
 
 
 class Converter:
-    def __init__(self, stylizer, options: Options, detector=None, stdin: bytes | None = None, use_store: bool = True):
+    def __init__(self, stylizer, options: Options, detector=None, stdin: bytes | None = None, use_store: bool = True,
+                 peaks: PeakTracker | None = None):
         self.stylizer = stylizer
         self.options = options
         self.detector = detector
-        self.peaks = PeakTracker()
+        # Converters of one process share a tracker: each new one would reset the kernel's mark (vmhwm)
+        self.peaks = peaks or PeakTracker()
+        self.sink = None  # a binary file that '-' output is encoded into instead of stdout (anime_cli.single)
         self.destinations = Destinations(options, use_store)
         self.names = self.destinations.names  # None: the picture goes to stdout
         self.progress = None  # an observer of work (progress.WorkProgress), set by the caller
