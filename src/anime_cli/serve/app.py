@@ -13,8 +13,10 @@ import asyncio
 import base64
 import hmac
 import json
+import os
 import re
 import shutil
+import sys
 import tempfile
 import time
 import uuid
@@ -55,13 +57,16 @@ class Service:
 
     def __init__(self, config, pictures, base: Options):
         self.config, self.pictures, self.base = config, pictures, base
-        self.folder = Path(tempfile.mkdtemp(prefix="anime-cli-serve-"))  # 0700: only this user reads the spools
+        sweep_stale_folders()
+        # 0700: only this user reads the spools; the pid lets a later server remove it after a SIGKILL
+        self.folder = Path(tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{os.getpid()}-"))
         self.admission = Admission(config.memory_limit, config.queue, config.workers)
         self.jobs = Jobs(self.folder, config.results_ttl, config.results_bytes)
         self.metrics = Metrics()
         self.log = RequestLog(config.log_file, config.quiet)
         self.stopping = False
         self.stopped_at: float | None = None
+        self.banner: str | None = None  # the line saying where it listens, printed once started
         self.loop: asyncio.AbstractEventLoop | None = None
         self.page = {route: (resources.files(__package__).joinpath("page", f).read_bytes(), kind)
                      for route, (f, kind) in PAGE_FILES.items()}
@@ -80,6 +85,24 @@ class Service:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
+FOLDER_PREFIX = "anime-cli-serve-"
+
+
+def sweep_stale_folders() -> None:
+    """Remove the private folders of servers that are gone (killed): their
+    files had no names, so only the empty folder is left."""
+    for d in Path(tempfile.gettempdir()).glob(f"{FOLDER_PREFIX}*-*"):
+        try:
+            pid = int(d.name[len(FOLDER_PREFIX):].split("-", 1)[0])
+            os.kill(pid, 0)
+        except ValueError:
+            continue
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except OSError:  # alive, another user's
+            continue
+
+
 class Refused(Exception):
     def __init__(self, status: int, message: str, reason: str, headers: dict | None = None):
         super().__init__(message)
@@ -90,6 +113,8 @@ def build_app(service: Service) -> Starlette:
     @asynccontextmanager
     async def lifespan(app):
         service.loop = asyncio.get_running_loop()
+        if service.banner:
+            print(service.banner, file=sys.stderr, flush=True)
         yield
         service.begin_shutdown()
         left = max(0.0, service.config.grace - (time.monotonic() - service.stopped_at))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from ..telemetry import JsonlLog, Record, safe
 
@@ -24,7 +24,8 @@ class ServedRecord(Record):
 
     def human(self) -> str:
         wait = f" waited {self.queue_wait:.2f}s" if self.queue_wait else ""
-        return f"{super().human()}  [{self.http_status} {self.request_id} {safe(self.client)}{wait}]"
+        line = Record.human(replace(self, output=self.output or "response"))
+        return f"{line}  [{self.http_status} {self.request_id} {safe(self.client)}{wait}]"
 
 
 class RequestLog:

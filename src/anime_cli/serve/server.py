@@ -48,11 +48,11 @@ def run(config) -> int:
                      service)
     host, port = sock.getsockname()[:2]
     ledger = service.admission.ledger.total
-    print(f"anime-cli: serving {', '.join(stylizers)} on http://{_url_host(host)}:{port}  (memory limit "
-          f"{format_bytes(config.memory_limit) if config.memory_limit else 'none'}, "
-          f"{f'{ledger / 1e6:.0f} MB for pictures' if ledger else 'no ledger'}, queue {config.queue}, "
-          f"max body {format_bytes(config.max_body)}{', token required' if config.token else ''})",
-          file=sys.stderr, flush=True)
+    # printed once the app has started (and uvicorn holds the stop signals): a client may go
+    service.banner = (f"anime-cli: serving {', '.join(stylizers)} on http://{_url_host(host)}:{port}  (memory limit "
+                      f"{format_bytes(config.memory_limit) if config.memory_limit else 'none'}, "
+                      f"{f'{ledger / 1e6:.0f} MB for pictures' if ledger else 'no ledger'}, queue {config.queue}, "
+                      f"max body {format_bytes(config.max_body)}{', token required' if config.token else ''})")
     # uvicorn restores the handlers it found and raises the signal it caught again once it has
     # stopped: with these ignored, that ends in our exit code instead of the default action.
     for s in (signal.SIGINT, signal.SIGTERM):
