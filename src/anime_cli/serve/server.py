@@ -57,6 +57,9 @@ def run(config) -> int:
     # stopped: with these ignored, that ends in our exit code instead of the default action.
     for s in (signal.SIGINT, signal.SIGTERM):
         signal.signal(s, signal.SIG_IGN)
+    # The event loop shares the GIL with the conversions' threads (Python between the
+    # network's strips, Pillow's calls): a shorter switch interval lets it answer promptly.
+    sys.setswitchinterval(0.001)
     try:
         server.run(sockets=[sock])
     finally:
