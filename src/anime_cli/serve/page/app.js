@@ -34,11 +34,12 @@ async function loadInfo() {
 }
 
 function line(rec) {
+  // the figures of the server's log line for this picture
   const t = Object.entries(rec.timings || {}).map(([k, v]) => k + " " + v.toFixed(2) + "s").join(" ");
-  return [rec.input, (rec.input_size || []).join("x"), "->", (rec.output_size || []).join("x"),
-          rec.faces ? "faces " + rec.faces : "", t, "total " + (rec.seconds || 0).toFixed(2) + "s",
+  const size = (rec.input_size || []).join("x") + " -> " + (rec.output_size || []).join("x");
+  return [rec.input, size, rec.faces ? "faces " + rec.faces : "", t, "total " + (rec.seconds || 0).toFixed(2) + "s",
           rec.peak_rss_mb != null ? "peak " + Math.round(rec.peak_rss_mb) + " MB" : "",
-          rec.queue_wait ? "waited " + rec.queue_wait.toFixed(2) + "s" : ""].filter(Boolean).join("  ");
+          rec.queue_wait >= 0.005 ? "waited " + rec.queue_wait.toFixed(2) + "s" : ""].filter(Boolean).join("  ");
 }
 
 async function convert(ev) {
