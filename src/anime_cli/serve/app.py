@@ -195,6 +195,9 @@ async def _upload(request: Request, job: bool) -> Response:
         return _refuse(svc, Refused(e.status, str(e), e.reason), name, extra, spool)
     except Refused as e:
         return _refuse(svc, e, name, extra, spool)
+    except Exception as e:  # a bug: still one line, still a record
+        return _refuse(svc, Refused(500, f"{name}: unexpected {type(e).__name__} ({first_line(e)})",
+                                    "unexpected error"), name, extra, spool)
     if not pending.ready:  # refused from its header: a bomb, not an image
         rec = pending.record
         status = STATUS_OF_REASON.get(rec.reason, 422)
