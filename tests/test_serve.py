@@ -308,3 +308,41 @@ def _quietly(fn, *args, **kw):
         fn(*args, **kw)
     except OSError:
         pass
+
+
+class _Picture:
+    """A stand-in for single.Pending: a footprint, and a run that notes when
+    it started, how many ran beside it and whether it had the budget alone."""
+
+    def __init__(self, name, footprint, log, lock, running):
+        self.name, self.footprint, self.log, self.lock, self.running = name, footprint, log, lock, running
+
+    def run(self, grant):
+        with self.lock:
+            self.running.append(self.name)
+            self.log.append((self.name, grant.alone, len(self.running)))
+        time.sleep(0.05)
+        with self.lock:
+            self.running.remove(self.name)
+
+    def close(self):
+        pass
+
+
+def test_admission_is_first_come_first_served():
+    from anime_cli.budget import RESERVE
+    from anime_cli.serve.admission import Admission, Ticket
+    from anime_cli.telemetry import rss_bytes
+
+    adm = Admission(rss_bytes() + RESERVE + 100 * 10**6, queue=16, workers=2)  # a ledger of ~100 MB
+    log, lock, running, ended = [], threading.Lock(), [], threading.Semaphore(0)
+    names = ["s1", "s2", "s3", "huge", "s4", "s5", "s6"]
+    for n in names:
+        p = _Picture(n, 10**9 if n == "huge" else 10 * 10**6, log, lock, running)
+        assert adm.submit(Ticket(p, lambda t: ended.release()))
+    for _ in names:
+        assert ended.acquire(timeout=30)
+    assert [n for n, _, _ in log] == names  # started in order of arrival: nobody overtakes the huge one
+    huge = next(entry for entry in log if entry[0] == "huge")
+    assert huge[1] and huge[2] == 1  # and it had the whole budget, alone
+    assert adm.drain() == []
