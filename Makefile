@@ -12,8 +12,8 @@ PIP     := $(PY) -m pip
 # Where pip has no local CPU wheel, TORCH_INDEX=--index-url=https://download.pytorch.org/whl/cpu
 TORCH   ?= torch==2.13.0
 TORCH_INDEX ?=
-# Optional features are real features: tests cover HEIC input, video and the Ray runner.
-EXTRAS  ?= heic,video,ray
+# Optional features are real features: tests cover HEIC input, video, the Ray runner and the server.
+EXTRAS  ?= heic,video,ray,serve
 
 .PHONY: demo test test-fast fuzz bench weights install clean
 

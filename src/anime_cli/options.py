@@ -29,9 +29,12 @@ DEFAULT_STYLE = "hayao"
 DEFAULT_DOWNLOAD_TIMEOUT = 30.0  # seconds without a byte before a transfer has stalled
 PRECISIONS = ("auto", "bf16", "fp32")
 FORMATS = ("auto", "png", "jpg", "webp")  # jpeg is read as jpg
+# The ranges of the integer options (the CLI's min/max; what a request to `serve` may set).
+MAX_SIDE_MIN = 0
+QUALITY_RANGE = (1, 100)
 
-__all__ = ["Options", "parse_bytes", "parse_count", "format_bytes", "format_count", "DEFAULT_MAX_FILE_SIZE",
-           "DEFAULT_MAX_PIXELS"]
+__all__ = ["Options", "parse_bytes", "parse_count", "parse_int", "parse_bool", "option_message", "format_bytes",
+           "format_count", "DEFAULT_MAX_FILE_SIZE", "DEFAULT_MAX_PIXELS"]
 
 
 @dataclass
@@ -94,6 +97,42 @@ def parse_choice(choices: tuple[str, ...], aliases: tuple[str, ...] = ()):
         return str(text).lower()
 
     return parse
+
+
+def parse_int(lo: int | None = None, hi: int | None = None):
+    """A parser for an integer option in [lo, hi], failing with the CLI's own
+    messages (Typer validates its integer options with pydantic's words)."""
+
+    def parse(text) -> int:
+        try:
+            value = int(str(text).strip())
+        except ValueError:
+            raise ValueError("Input should be a valid integer, unable to parse string as an integer") from None
+        if lo is not None and value < lo:
+            raise ValueError(f"Input should be greater than or equal to {lo}")
+        if hi is not None and value > hi:
+            raise ValueError(f"Input should be less than or equal to {hi}")
+        return value
+
+    return parse
+
+
+def parse_bool(text) -> bool:
+    """'true', 'false', '1', '0', 'yes', 'no', 'on', 'off' (a flag given as a value)."""
+    t = str(text).strip().lower()
+    if t in ("1", "true", "yes", "on"):
+        return True
+    if t in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"must be true or false (got '{text}')")
+
+
+def option_message(name: str, message: str) -> str:
+    """A parser's message as the CLI shows it, naming the option: '--format must
+    be one of ...', '--quality: Input should be ...'."""
+    if message.startswith(name):
+        return message
+    return f"{name} {message}" if message.startswith("must") else f"{name}: {message}"
 
 
 def format_bytes(n: int) -> str:

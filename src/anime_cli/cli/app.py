@@ -21,7 +21,7 @@ try:  # Typer 0.2x carries its own copy of Click
 except ImportError:
     from click.exceptions import NoArgsIsHelpError, UsageError
 
-from . import convert, install_weights, styles
+from . import convert, install_weights, serve, styles
 from .shell import echo_err, hold_closed_std_fds, interrupted_before_work, stop_signals, usage_line
 
 # torch (through weights/stylize) is imported only once a command runs, after main()
@@ -88,6 +88,7 @@ app = typer.Typer(
 app.command()(convert.convert)
 app.command()(styles.styles)
 app.command("install-weights")(install_weights.install_weights)
+app.command()(serve.serve)
 
 
 def main():

@@ -14,7 +14,8 @@ from rich.console import Console
 from anime_cli.errors import AnimeCliError
 from anime_cli.options import (DEFAULT_CRF, DEFAULT_FACE_SIZE, DEFAULT_MAX_FILE_SIZE, DEFAULT_MAX_FRAMES,
                                DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE, DEFAULT_MEMORY_LIMIT, DEFAULT_OUTPUT,
-                               DEFAULT_QUALITY, DEFAULT_STYLE, FORMATS, PRECISIONS, VIDEO_FACE_SIZE, format_bytes,
+                               DEFAULT_QUALITY, DEFAULT_STYLE, FORMATS, MAX_SIDE_MIN, PRECISIONS, QUALITY_RANGE,
+                               VIDEO_FACE_SIZE, format_bytes,
                                format_count, parse_bytes, parse_choice, parse_count)
 
 from .shell import batch_handlers, completer, fail, parsed, silence
@@ -27,7 +28,7 @@ def _check_name(pattern: str) -> str:
     return pattern
 
 
-def _complete_style(incomplete: str):
+def complete_style(incomplete: str):
     try:
         from anime_cli.weights import catalog as weights
 
@@ -40,14 +41,14 @@ def convert(
     inputs: List[str] = typer.Argument(..., metavar="INPUT...", help="Pictures, videos and/or folders; '-' reads one picture from stdin."),
     output: str = typer.Option(DEFAULT_OUTPUT, "-o", "--output", metavar="DIR", help="Output folder, mirroring the input tree; '-' writes the one result to stdout."),
     recursive: bool = typer.Option(False, "-r", "--recursive", help="Walk sub-folders of folder inputs."),
-    max_side: int = typer.Option(DEFAULT_MAX_SIDE, "--max-side", min=0, help="Longest side of the output in px; never upscales; 0 keeps the native size."),
+    max_side: int = typer.Option(DEFAULT_MAX_SIDE, "--max-side", min=MAX_SIDE_MIN, help="Longest side of the output in px; never upscales; 0 keeps the native size."),
     fmt: str = typer.Option("auto", "--format", metavar="FORMAT", parser=parsed(parse_choice(FORMATS, ("jpeg",))), autocompletion=completer(FORMATS), help="auto (keep the input's format; PNG when it can't be written or has alpha), png, jpg or webp."),
-    quality: int = typer.Option(DEFAULT_QUALITY, "--quality", min=1, max=100, help="JPEG/WebP quality."),
+    quality: int = typer.Option(DEFAULT_QUALITY, "--quality", min=QUALITY_RANGE[0], max=QUALITY_RANGE[1], help="JPEG/WebP quality."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs (default: skip them, so a rerun resumes)."),
     face_enhance: bool = typer.Option(True, "--face-enhance/--no-face-enhance", help="Re-render each face at --face-size px (face2paint)."),
     min_face: Optional[int] = typer.Option(None, "--min-face", min=1, metavar="PX", help="Smallest face width (px, in the working image) to enhance. [default: the face module's]"),
     face_size: Optional[int] = typer.Option(None, "--face-size", min=64, max=2048, metavar="PX", help=f"Size at which faces are re-rendered. [default: {DEFAULT_FACE_SIZE} for photos, {VIDEO_FACE_SIZE} for video]"),
-    style: str = typer.Option(DEFAULT_STYLE, "--style", autocompletion=_complete_style, help="Installed style to use (see `anime-cli styles`)."),
+    style: str = typer.Option(DEFAULT_STYLE, "--style", autocompletion=complete_style, help="Installed style to use (see `anime-cli styles`)."),
     weights_path: Optional[Path] = typer.Option(None, "--weights", metavar="PATH", help="A generator state dict of a known family (overrides --style)."),
     log_file: Optional[Path] = typer.Option(None, "--log-file", metavar="FILE", help="Append one JSON object per input file (JSON Lines)."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bar, no per-file lines; errors still print."),
@@ -64,7 +65,7 @@ def convert(
     keep_gps: bool = typer.Option(False, "--keep-gps", help="With --keep-metadata, keep the GPS position too."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Walk, probe headers and plan: one 'planned' record per file with its output path, size, engine plan and estimated peak memory. Decodes and writes nothing."),
     shard: Optional[str] = typer.Option(None, "--shard", metavar="K/N", help="Convert only the K-th of N parts of the inputs (by a hash of each file's path): N processes or machines split a batch with no coordinator."),
-    ray: Optional[str] = typer.Option(None, "--ray", metavar="[ADDRESS]", help="Run on Ray Data: a local Ray (no ADDRESS) or a cluster ('auto', 'ray://head:10001'); inputs and -o may be s3:// URIs. Needs anime-cli[ray]."),
+    ray: Optional[str] = typer.Option(None, "--ray", metavar="[ADDRESS]", help="Run on Ray Data: a local Ray (no ADDRESS) or a cluster ('auto', 'ray://head:10001'); inputs and -o may be s3:// URIs. Needs animegan-cli[ray]."),
     json_out: bool = typer.Option(False, "--json", help="One JSON record per file on stdout as each finishes (the --log-file schema); human lines stay on stderr."),
 ):
     """Convert photos, videos and animations into anime style.

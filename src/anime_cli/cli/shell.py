@@ -8,6 +8,8 @@ import signal
 
 import typer
 
+from anime_cli.options import option_message
+
 
 def fail(message: str, code: int = 2):
     from anime_cli.logs.telemetry import safe
@@ -46,9 +48,7 @@ def usage_line(e) -> str:
     param = getattr(e, "param", None)
     if isinstance(e, typer.BadParameter) and param is not None:
         name = max(param.opts, key=len) if getattr(param, "opts", None) else param.human_readable_name
-        if msg.startswith(name):
-            return safe(msg)
-        return safe(f"{name} {msg}" if msg.startswith("must") else f"{name}: {msg}")
+        return safe(option_message(name, msg))
     return safe(msg)
 
 

@@ -223,10 +223,14 @@ def _os_error(dest: Path, e: OSError, abort: threading.Event | None) -> OutputEr
     return OutputError(f"{dest}: cannot write ({os.strerror(e.errno) if e.errno else e})", fatal=fatal)
 
 
-def write_stdout(im: Image.Image, fmt: str, quality: int, extra: dict | None = None) -> None:
+def write_stdout(im: Image.Image, fmt: str, quality: int, extra: dict | None = None, stream=None) -> None:
     """The whole encoded picture to fd 1, or an OutputError saying why not: a
     reader that went away (`| head -c 100`: broken pipe), a full device
-    (`> /dev/full`), a closed stdout. A short write is never `ok`."""
+    (`> /dev/full`), a closed stdout. A short write is never `ok`.
+    `stream`: a binary file in memory to encode into instead (a server's answer)."""
+    if stream is not None:
+        im.save(stream, format=fmt, **save_kwargs(fmt, quality), **(extra or {}))
+        return
     if sys.stdout is None:  # closed when the process started (see cli._hold_closed_std_fds)
         raise OutputError("stdout: cannot write the picture (stdout is closed)")
     buf = io.BytesIO()

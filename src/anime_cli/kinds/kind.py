@@ -32,6 +32,7 @@ class Context:
     detector: object | None  # faces.FaceDetector; None: no face enhancement
     folder: object | None  # folder.destinations.Destinations; None: the picture goes to stdout
     halt: threading.Event = field(default_factory=threading.Event)  # the batch stopped early
+    sink: object | None = None  # a binary file '-' output is encoded into instead of stdout (run.single)
 
     def work(self, h: int, w: int, budget: int | None = None) -> float:
         """The work of an h x w picture, in progress units."""

@@ -161,7 +161,7 @@ class Photo:
             im = files.encode(image, self.decoded.alpha, self.fmt)
             extra = metadata.save_args(self.metadata, self.fmt, im.size, opts.keep_gps)
             if f.dest is None:
-                files.write_stdout(im, self.fmt, opts.quality, extra)
+                files.write_stdout(im, self.fmt, opts.quality, extra, stream=self.ctx.sink)
                 rec.output = STDIN
             else:
                 files.write_atomic(im, f.dest, self.fmt, opts.quality, opts.overwrite, abort=f.stop, extra=extra)

@@ -33,7 +33,7 @@ _CLEAR_REFS = "/proc/self/clear_refs"
 _SAMPLE_S = 0.005
 
 
-def _read_kb(key: str) -> int | None:
+def read_kb(key: str) -> int | None:
     try:
         with open(_STATUS) as f:
             for line in f:
@@ -72,7 +72,7 @@ def _rusage_peak() -> int | None:
 
 def rss_bytes() -> int:
     """Current resident set size of this process (0 where unknown)."""
-    kb = _read_kb("VmRSS:")
+    kb = read_kb("VmRSS:")
     if kb:
         return kb * 1024
     return _psutil_rss() or 0
@@ -89,9 +89,9 @@ def _reset_hwm() -> bool:
 
 def rss_method() -> str | None:
     """Which peak-RSS method this process can use (see the module's doc); None: none."""
-    if _read_kb("VmHWM:") is not None and _reset_hwm():
+    if read_kb("VmHWM:") is not None and _reset_hwm():
         return "vmhwm"
-    if _read_kb("VmRSS:") is not None:
+    if read_kb("VmRSS:") is not None:
         return "sampled"
     if _psutil_rss() is not None:
         return "psutil"
@@ -152,7 +152,7 @@ class PeakTracker:
 
     def _mark(self) -> int:
         if self.method == "vmhwm":
-            hwm = (_read_kb("VmHWM:") or 0) * 1024
+            hwm = (read_kb("VmHWM:") or 0) * 1024
             _reset_hwm()
             return hwm
         if self.method == "getrusage":

@@ -25,10 +25,8 @@ from anime_cli.logs.telemetry import JsonlLog, Record
 def start(inputs: list[str], options: Options, *, recursive: bool = False, log_file: Path | None = None,
           style: str = "hayao", weights_path: Path | None = None, threads: int | None = None,
           precision: str = "auto", shard: str | None = None) -> "Batch":
-    from . import budget
     from anime_cli.folder import files as output
     from .converter import Converter
-    from anime_cli.logs.telemetry import rss_bytes
 
     check_limits(options)
     check_precision(precision)
@@ -48,17 +46,25 @@ def start(inputs: list[str], options: Options, *, recursive: bool = False, log_f
         from anime_cli.faces.enhance import FaceDetector
 
         detector = FaceDetector.load()
+    check_memory_limit(options, stylizer)
+    if options.output_dir is not None and not options.dry_run:
+        _usage(output.check_output_dir, options.output_dir)
+    conv = Converter(stylizer, options, detector)
+    return Batch(lambda: conv.run(jobs), len(jobs), options, _open_log(log_file), lambda: conv.peaks.overall,
+                 converter=conv, notes=notes)
+
+
+def check_memory_limit(options: Options, stylizer) -> None:
+    """UsageError when --memory-limit is below what the loaded models need."""
+    from . import budget
+    from anime_cli.logs.telemetry import rss_bytes
+
     if options.memory_limit:
         side = options.face_px() if options.face_enhance else 64  # the least a file can ask of the network
         need = rss_bytes() + budget.RESERVE + stylizer.min_bytes(side, side)
         if options.memory_limit < need:
             raise UsageError(f"--memory-limit {format_bytes(options.memory_limit)} is below what the models "
                              f"need: at least {need / 1e6:.0f}MB (or 0 for no limit)")
-    if options.output_dir is not None and not options.dry_run:
-        _usage(output.check_output_dir, options.output_dir)
-    conv = Converter(stylizer, options, detector)
-    return Batch(lambda: conv.run(jobs), len(jobs), options, _open_log(log_file), lambda: conv.peaks.overall,
-                 converter=conv, notes=notes)
 
 
 def start_ray(inputs: list[str], output: str, options: Options, *, address: str | None = None,

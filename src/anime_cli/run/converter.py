@@ -35,11 +35,13 @@ LANES = 2  # files in flight in a batch
 
 
 class Converter:
-    def __init__(self, stylizer, options: Options, detector=None, stdin: bytes | None = None, use_store: bool = True):
+    def __init__(self, stylizer, options: Options, detector=None, stdin: bytes | None = None, use_store: bool = True,
+                 peaks: PeakTracker | None = None):
         self.stylizer = stylizer
         self.options = options
         self.detector = detector
-        self.peaks = PeakTracker()
+        # Converters of one process share a tracker: each new one would reset the kernel's mark (vmhwm)
+        self.peaks = peaks or PeakTracker()
         self.destinations = Destinations(options, use_store)
         self.names = self.destinations.names  # None: the picture goes to stdout
         self.progress = None  # an observer of work (progress.WorkProgress), set by the caller

@@ -1,0 +1,23 @@
+"""`anime-cli serve`: the pipeline as a web service that admits work by memory.
+
+A thin layer over the library (anime_cli.single, budget, options, telemetry):
+- config.py: the server's settings and the checks made before it starts;
+- params.py: a request's convert options, parsed as the CLI parses them;
+- body.py: a request body to a private spool file, within --max-body;
+- admission.py: the memory ledger and the first-come-first-served queue;
+- jobs.py: POST /v1/jobs work and its results, bounded in time and size;
+- metrics.py: the Prometheus counters; log.py: one record per request;
+- app.py: the routes (Starlette); server.py: uvicorn, signals, shutdown;
+- page/: the web page at /, served from here (no external asset).
+
+Imported only by the `serve` command: `anime-cli --help` never loads it.
+"""
+
+from .config import ServeConfig  # noqa: F401
+
+
+def serve(config: "ServeConfig") -> int:
+    """Load the models, serve until SIGTERM or Ctrl-C; the exit code."""
+    from .server import run
+
+    return run(config)
