@@ -61,7 +61,7 @@ def main() -> None:
         return network(args)
 
     from anime_cli import models
-    from anime_cli.engine.families import layers_for
+    from anime_cli.models import layers_for
     from anime_cli.engine.int8 import qconv, quantize, pack
     from anime_cli.engine.layers import conv
     from anime_cli.engine.plan import Sizes
@@ -140,7 +140,7 @@ def network(args) -> None:
     import torch
 
     from anime_cli import models
-    from anime_cli.engine.families import layers_for
+    from anime_cli.models import layers_for
     from anime_cli.engine import int8
     from anime_cli.engine.int8 import Network
 
