@@ -61,6 +61,7 @@ def main() -> None:
         return network(args)
 
     from anime_cli import models
+    from anime_cli.weights import catalog as weights
     from anime_cli.models import layers_for
     from anime_cli.engine.int8 import qconv, quantize, pack
     from anime_cli.engine.layers import conv
@@ -68,7 +69,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     w, h = map(int, args.size.split("x"))
-    layers = layers_for(models.load_style(args.style))
+    layers = layers_for(weights.load_module(args.style))
     sizes = Sizes(layers, h, w, "fp32")
     bf16 = "avx512_bf16" in open("/proc/cpuinfo").read() and not args.emulate_avx2
     print(f"one worker, one strip of each layer at {w}x{h} ({args.style}), ms of CPU time, best of 7; int8 includes the quantize;"
@@ -140,6 +141,7 @@ def network(args) -> None:
     import torch
 
     from anime_cli import models
+    from anime_cli.weights import catalog as weights
     from anime_cli.models import layers_for
     from anime_cli.engine import int8
     from anime_cli.engine.int8 import Network
@@ -160,7 +162,7 @@ def network(args) -> None:
     shared = Path(os.environ.get("ANIME_CLI_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "photos"
     calib, held = ["coffee.png", "astronaut.png", "chelsea.png"], ["rocket.jpg"]
     w, h = map(int, args.size.split("x"))
-    layers = layers_for(models.load_style(args.style))
+    layers = layers_for(weights.load_module(args.style))
     net = Network(layers)
     keep = set(args.keep.split(",")) if args.keep else set()
     chosen = [i for i, L in enumerate(layers)
