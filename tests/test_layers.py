@@ -107,3 +107,14 @@ def test_no_import_cycle():
 @pytest.mark.parametrize("name", anime_cli.__all__)
 def test_public_api_names_resolve(name):
     assert getattr(anime_cli, name) is not None
+
+
+def test_no_private_name_is_imported_across_modules():
+    """A leading underscore means "this module's own": another module must not reach for it."""
+    reached = []
+    for path in PKG.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("anime_cli")):
+                reached += [f"{module_name(path)}: {a.name}" for a in node.names
+                            if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not reached, "private names imported from another module:\n" + "\n".join(sorted(reached))

@@ -4,19 +4,16 @@ input rows, convolve, then collect statistics, store, stream or emit."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 
 from .layers import conv
 from .plan import WINDOW_BYTES, skip_key
 from .rows import Pages
-from .norms import LEAK, _norm, strip_statistics
+from .norms import LEAK, norm_rows, strip_statistics
 from .stored import Stored
+from .state import RunState
 
-if TYPE_CHECKING:
-    from .engine import Run
 
 
 class LeafView:
@@ -45,7 +42,7 @@ class LayerNode:
     out ("emit") its raw rows.
     """
 
-    def __init__(self, run: "Run", index: int, band: "Band"):
+    def __init__(self, run: RunState, index: int, band: "Band"):
         geo = self.geo = run.geo
         self.run, self.index, self.band = run, index, band
         self.L = run.layers[index]
@@ -142,7 +139,7 @@ class LayerNode:
     def _normalise(self, y, r0, r1):
         """Norm, activation and skip of freshly computed rows."""
         L = self.L
-        y = _norm(y.to(self.store), self.run.affine[self.index], L.lrelu and not L.act_after_skip)
+        y = norm_rows(y.to(self.store), self.run.affine[self.index], L.lrelu and not L.act_after_skip)
         if L.residual is not None:
             res = self.band.nodes[L.residual]
             s = self.band.scratch.take(y.shape[1], r1 - r0, y.shape[3], y.dtype)
@@ -190,7 +187,7 @@ class Band:
     """One worker's share of a pass: target rows [t0, t1), with private nodes
     for the layers that stream and views of the stored ones."""
 
-    def __init__(self, run: "Run", number: int, target: int, kind: str, chain, leaves, rows, tracker, sink,
+    def __init__(self, run: RunState, number: int, target: int, kind: str, chain, leaves, rows, tracker, sink,
                  scratch):
         geo = run.geo
         self.geo, self.number, self.tracker, self.sink = geo, number, tracker, sink

@@ -1,6 +1,6 @@
 """The norms a layer may have, as the engine learns them strip by strip and
 applies them: the statistics a strip adds (strip_statistics), what they make
-once the layer is complete (norm_affine), and applying that to rows (_norm)."""
+once the layer is complete (norm_affine), and applying that to rows (norm_rows)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from .layers import conv
-from .rows import _flat
+from .rows import flat_rows
 
 LEAK = 0.2
 
@@ -42,7 +42,7 @@ def strip_statistics(L, y32: torch.Tensor, lade: torch.Tensor | None):
         moments = [channel_moments(p.permute(0, 2, 3, 1).reshape(-1, p.shape[1])) for p in parts]
         return torch.cat([m[0] for m in moments]), torch.cat([m[1] for m in moments])
     # GroupNorm(1): per strip in float32 (torch sums blockwise); across strips in float64
-    v = _flat(y32)
+    v = flat_rows(y32)
     return float(v.sum()), float(torch.dot(v, v))
 
 
@@ -79,7 +79,7 @@ class Softmax:
         return out.div_(out.sum(dim=1, keepdim=True).add_(1e-9))
 
 
-def _norm(t: torch.Tensor, affine, lrelu: bool, out: torch.Tensor | None = None) -> torch.Tensor:
+def norm_rows(t: torch.Tensor, affine, lrelu: bool, out: torch.Tensor | None = None) -> torch.Tensor:
     """The norm with its statistics folded into (scale, shift) (None: a layer
     without a norm), then the LeakyReLU where the layer has one: into `out`
     (default: in place)."""

@@ -20,12 +20,12 @@ from .plan import Shape
 CL = torch.channels_last
 
 
-def _flat(t: torch.Tensor) -> torch.Tensor:
+def flat_rows(t: torch.Tensor) -> torch.Tensor:
     """A channels_last 4-D tensor as a 1-D view (NHWC memory is contiguous)."""
     return t.permute(0, 2, 3, 1).reshape(-1)
 
 
-def _empty(c: int, h: int, w: int, dtype) -> torch.Tensor:
+def empty_rows(c: int, h: int, w: int, dtype) -> torch.Tensor:
     return torch.empty((1, c, h, w), dtype=dtype, memory_format=CL)
 
 
@@ -131,7 +131,7 @@ class Scratch:
         n = c * h * w * dtype.itemsize
         start = -(-self.top // 64) * 64
         if start + n > self.buf.numel():  # the memory model fell short: correct, just not counted
-            return _empty(c, h, w, dtype)
+            return empty_rows(c, h, w, dtype)
         self.top = start + n
         return self.buf[start : start + n].view(dtype).view(1, h, w, c).permute(0, 3, 1, 2)
 

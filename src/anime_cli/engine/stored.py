@@ -4,17 +4,14 @@ them (Image), and the tracker that frees their rows during their last pass."""
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from .plan import BLOCK_BYTES
-from .norms import LEAK, _norm
-from .rows import Pages, _empty
-
-if TYPE_CHECKING:
-    from .engine import Run
+from .norms import LEAK, norm_rows
+from .rows import Pages, empty_rows
+from .state import RunState
 
 
 class Stored:
@@ -26,7 +23,7 @@ class Stored:
     instead folded once, in place (norm plus skip).
     """
 
-    def __init__(self, run: "Run", index: int, compact: bool = False):
+    def __init__(self, run: RunState, index: int, compact: bool = False):
         self.run, self.index = run, index
         self.layer = run.layers[index]
         shape = run.geo.shapes[index]
@@ -82,7 +79,7 @@ class Stored:
         if t.dtype != out.dtype:
             out.copy_(t)
             t = out
-        _norm(t, self.run.affine[self.index], self.layer.lrelu, out=out)
+        norm_rows(t, self.run.affine[self.index], self.layer.lrelu, out=out)
 
     def drop(self, live) -> None:
         self.pages.drop(live)
@@ -94,8 +91,8 @@ class Stored:
         """Norm plus skip, in place, once the statistics are known (residual layers)."""
         L = self.layer
         for lo, hi, t in self.pages.pieces(0, self.pages.shape.h):
-            _norm(t, self.run.affine[self.index], L.lrelu and not L.act_after_skip, out=t)
-            s = _empty(t.shape[1], hi - lo, t.shape[3], t.dtype)
+            norm_rows(t, self.run.affine[self.index], L.lrelu and not L.act_after_skip, out=t)
+            s = empty_rows(t.shape[1], hi - lo, t.shape[3], t.dtype)
             skip.read(lo, hi, s)
             t.add_(s)
             if L.lrelu and L.act_after_skip:

@@ -17,6 +17,7 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -76,15 +77,31 @@ def save_kwargs(fmt: str, quality: int) -> dict:
 def write_atomic(im: Image.Image, dest: Path, fmt: str, quality: int, overwrite: bool,
                  abort: threading.Event | None = None, extra: dict | None = None) -> None:
     """Encode `im` into `dest` atomically (`extra`: more arguments for Pillow's
-    save, e.g. metadata). Raises OutputError (disk full: fatal),
-    or OutputExists when another process published `dest` first.
+    save, e.g. metadata), through temporary(): OutputError (disk full:
+    fatal), or OutputExists when another process published `dest` first."""
+    with temporary(dest, overwrite, abort) as (fd, _):
+        try:
+            with os.fdopen(fd, "wb", closefd=False) as f:
+                im.save(f, format=fmt, **save_kwargs(fmt, quality), **(extra or {}))
+        except (ValueError, TypeError) as e:  # the encoder refuses: a 17000 px wide WebP, say
+            raise OutputError(f"{dest}: cannot encode as {fmt} ({first_line(e)})") from None
 
-    Without `overwrite` the picture is published with link(2), which fails
+
+@contextmanager
+def temporary(dest: Path, overwrite: bool, abort: threading.Event | None = None):
+    """The one life of an output's temporary, for photos, videos and
+    animations: a locked hidden file beside `dest` (see open_temp), given to
+    the body as (descriptor, name) for a writer that writes either; when the
+    body ends, the file made durable and published under `dest` (see finish);
+    on any way out the temporary is gone and the descriptor closed.
+
+    Without `overwrite` the output is published with link(2), which fails
     rather than replace a file that appeared meanwhile: two runs into one
-    folder never clobber each other. `abort`: set by the batch when it stops
-    early; a write that sees it set, before it starts or before it
-    publishes, leaves nothing behind. A fatal error sets it, so that the
-    file in flight beside this one does not slip through."""
+    folder never clobber each other (OutputExists). `abort`: set by the batch
+    when it stops early; seen before the write starts or before it
+    publishes, it leaves nothing behind. An OSError is one OutputError; a
+    fatal one (disk full) sets `abort`, so that the file in flight beside
+    this one does not slip through."""
     if abort is not None and abort.is_set():
         raise OutputError(f"{dest}: not written (the batch was stopped)")
     try:
@@ -92,16 +109,13 @@ def write_atomic(im: Image.Image, dest: Path, fmt: str, quality: int, overwrite:
     except OSError as e:
         raise _os_error(dest, e, abort) from None
     try:
-        with os.fdopen(fd, "wb") as f:
-            im.save(f, format=fmt, **save_kwargs(fmt, quality), **(extra or {}))
-            f.flush()
-            finish(f.fileno(), tmp, dest, overwrite, abort)
+        yield fd, tmp
+        finish(fd, tmp, dest, overwrite, abort)
     except OSError as e:
         raise _os_error(dest, e, abort) from None
-    except (ValueError, TypeError) as e:  # the encoder refuses: a 17000 px wide WebP, say
-        raise OutputError(f"{dest}: cannot encode as {fmt} ({first_line(e)})") from None
     finally:
         _discard_temp(tmp)
+        os.close(fd)
 
 
 def open_temp(dest: Path) -> tuple[int, str]:

@@ -28,7 +28,7 @@ from anime_cli.folder import files as output
 from anime_cli.inputs.decode import over_white, target_size
 from anime_cli.errors import InputError, OutputError, first_line
 from anime_cli.inputs.sniff import gif_extent
-from .video import DEFAULT_MAX_FRAMES, VideoResult, _temp_for
+from .video import DEFAULT_MAX_FRAMES, VideoResult
 
 FORMATS = {"gif": "GIF", "webp": "WEBP", "apng": "PNG"}
 SUFFIXES = {"GIF": ".gif", "WEBP": ".webp", "PNG": ".png"}
@@ -200,21 +200,16 @@ def _write(frames, durations, disposals, loop, alpha_any, fmt, dest: Path, quali
         extra = {"quality": quality, "method": 4}
     if loop is not None:
         extra["loop"] = loop
-    fd, tmp = _temp_for(dest)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if fmt == "GIF":
-                _save_gif(f, images, durations, disposals, extra)
-            else:
-                images[0].save(f, format=fmt, save_all=True, append_images=images[1:], duration=durations, **extra)
-            f.flush()
-            output.finish(f.fileno(), tmp, dest, overwrite, cancel)
-    except OSError as e:
-        raise output._os_error(dest, e, None) from None
-    except (ValueError, TypeError) as e:
-        raise OutputError(f"{dest}: cannot encode as {fmt} ({first_line(e, 120)})") from None
-    finally:
-        output._discard_temp(tmp)
+    with output.temporary(dest, overwrite, cancel) as (fd, _):
+        try:
+            with os.fdopen(fd, "wb", closefd=False) as f:
+                if fmt == "GIF":
+                    _save_gif(f, images, durations, disposals, extra)
+                else:
+                    images[0].save(f, format=fmt, save_all=True, append_images=images[1:], duration=durations,
+                                   **extra)
+        except (ValueError, TypeError) as e:
+            raise OutputError(f"{dest}: cannot encode as {fmt} ({first_line(e, 120)})") from None
 
 
 def _save_gif(f, images, durations, disposals, extra) -> None:

@@ -476,16 +476,9 @@ def convert_video(src: str | os.PathLike, dest: str | os.PathLike, stylize_frame
         size = _working_size(info, max_side, name)
         v = _video_stream(c)
         v.thread_type = "AUTO"
-        fd, tmp = _temp_for(dest)
-        try:
+        with output.temporary(dest, overwrite, cancel) as (_, tmp):  # the encoder writes it by name
             with _Writer(av, tmp, dest.suffix, v, c.streams.audio, info.rate, crf) as wr:
                 res = _run(c, v, info, size, name, max_frames, max_pixels, stylize_frame, wr, progress, cancel)
-            output.finish(fd, tmp, dest, overwrite, cancel)  # the encoder wrote it by name; fd holds its lock
-        except OSError as e:
-            raise output._os_error(dest, e, None) from None
-        finally:
-            output._discard_temp(tmp)
-            os.close(fd)
     res.suffix = dest.suffix
     return res
 
@@ -662,14 +655,6 @@ class _Writer:
         except (self.av.error.FFmpegError, OSError) as e:
             if exc[0] is None:
                 raise OutputError(f"{self.path}: cannot write ({_short(e)})") from None
-
-
-def _temp_for(dest: Path) -> tuple[int, str]:
-    """output.open_temp, its failure one line."""
-    try:
-        return output.open_temp(dest)
-    except OSError as e:
-        raise OutputError(f"{dest}: cannot write ({e.strerror or e})") from None
 
 
 def _short(e: BaseException) -> str:
