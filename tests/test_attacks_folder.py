@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from anime_cli.errors import OutputError
-from anime_cli.folder.database import DB_NAME, Outputs, Store, StoreError, local_stat, place
+from anime_cli.folder.cache import Outputs, place
+from anime_cli.folder.database import DB_NAME, Store, StoreError, local_stat
 from helpers import files_in, invoke, make_photo, read_log
 
 FAST = ("--no-face-enhance", "--max-side", "64")
@@ -294,7 +295,7 @@ def test_place_copies_no_link_even_one_made_after_the_lookup(tmp_path):
 
 def test_the_ray_service_goes_on_without_a_database_it_cannot_use(tmp_path):
     pytest.importorskip("pyarrow")
-    from anime_cli.run.on_ray import _Service, _where
+    from anime_cli.run.ray_actors import Service as _Service, where as _where
 
     out = tmp_path / "out"
     Store(out).close()

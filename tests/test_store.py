@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from anime_cli.folder.database import DB_NAME, Inflight, Store, StoreError, cache_key, input_key, is_store_file, place
+from anime_cli.folder.cache import Inflight, cache_key, place
+from anime_cli.folder.database import DB_NAME, Store, StoreError, input_key, is_store_file
 from anime_cli.folder.files import file_sha256
 from anime_cli.folder.names import alternatives as name_candidates
 from helpers import make_photo
@@ -217,7 +218,7 @@ def test_outputs_for_a_batch_compute_identical_files_once(tmp_path):
     import threading
 
     from anime_cli.run.converter import Options
-    from anime_cli.folder.database import Outputs
+    from anime_cli.folder.cache import Outputs
 
     src = tmp_path / "in"
     a = make_photo(src / "a.png")

@@ -39,7 +39,8 @@ class Destinations:
         memory and no cache, with store_error saying why."""
         if self.outputs is not None or not self.use_store:
             return
-        from .database import Outputs, StoreError
+        from .cache import Outputs
+        from .database import StoreError
 
         opts = self.options
         try:
@@ -94,7 +95,7 @@ class Destinations:
         if hit is None:
             loaded.cache_key = key
             return False
-        from .database import place
+        from .cache import place
 
         try:
             place(hit, loaded.dest, self.options.overwrite)
