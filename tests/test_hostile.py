@@ -806,7 +806,7 @@ def test_an_encoder_refusal_fails_that_file_only(tmp_path):
 
 
 def test_heic_through_the_optional_extra(tmp_path):
-    """pip install anime-cli[heic]: HEIF joins the allow-list; a HEIC photo converts
+    """pip install animegan-cli[heic]: HEIF joins the allow-list; a HEIC photo converts
     (written as PNG: HEIF is not a format we write). Skipped without pillow-heif."""
     pytest.importorskip("pillow_heif", reason="the [heic] extra (pillow-heif) is not installed")
     from anime_cli.inputs import probe

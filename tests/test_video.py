@@ -20,7 +20,7 @@ from helpers import ROOT, psnr
 
 av = pytest.importorskip("av")
 
-from anime_cli.kinds import video  # noqa: E402
+from anime_cli.kinds import video, video_header  # noqa: E402
 from anime_cli.errors import InputError, UnsupportedFormat  # noqa: E402
 from anime_cli.errors import Cancelled  # noqa: E402
 
@@ -84,7 +84,7 @@ def test_a_video_from_memory(tmp_path):
 # -- converting ------------------------------------------------------------------
 def test_clip_through_the_real_model_keeps_frames_time_and_sound(tmp_path, stylizer):
     src = make_clip(tmp_path / "in.mp4", n=12, size=(96, 64), fps=12)
-    info = video.probe_video(src)
+    info = video_header.probe_video(src)
     assert (info.kind, info.size, info.frames, info.audio, info.suffix) == ("mp4", (96, 64), 12, ["aac"], ".mp4")
     seen = []
     res = video.convert_video(src, tmp_path / "out.mp4", stylizer.stylize, progress=lambda d, t: seen.append((d, t)))
@@ -140,7 +140,7 @@ def test_phone_rotation_is_applied(tmp_path, rotation):
                                                       ("in.mkv", "pcm_s16le", ".mkv"), ("in.mov", None, ".mp4")])
 def test_containers_and_audio_copied(tmp_path, name, audio_codec, suffix):
     src = make_clip(tmp_path / name, n=5, audio_codec=audio_codec)
-    info = video.probe_video(src)
+    info = video_header.probe_video(src)
     assert info.suffix == suffix
     res = video.convert_video(src, tmp_path / f"out{suffix}", lambda x: 255 - x)
     assert res.frames == 5 and res.audio == 1
@@ -303,16 +303,16 @@ def test_limits_on_pixels_and_frames(tmp_path):
 def test_without_pyav_a_video_is_skipped_naming_the_extra(tmp_path):
     src = make_clip(tmp_path / "in.mp4", n=2, audio=False)
     code = ("import sys; sys.modules['av'] = None\n"
-            "from anime_cli.kinds import video\n"
+            "from anime_cli.kinds import video, video_header\n"
             f"assert video.sniff({str(src)!r}) == 'mp4'\n"
             "try:\n"
-            f"    video.probe_video({str(src)!r})\n"
-            "except video.UnsupportedFormat as e:\n"
+            f"    video_header.probe_video({str(src)!r})\n"
+            "except video_header.UnsupportedFormat as e:\n"
             "    print(e.reason, '|', e)\n")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        env=dict(os.environ, PYTHONPATH=str(ROOT / "src")), timeout=120)
     assert p.returncode == 0, p.stderr
-    assert "anime-cli[video]" in p.stdout and "pip install" in p.stdout
+    assert "animegan-cli[video]" in p.stdout and "pip install" in p.stdout
 
 
 # -- memory ------------------------------------------------------------------------

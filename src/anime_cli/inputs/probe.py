@@ -33,7 +33,7 @@ from anime_cli.errors import InputError, UnsupportedFormat
 from .sniff import VIDEO_SUFFIXES
 
 FORMATS = ["JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF"]
-try:  # optional extra: pip install anime-cli[heic]; registered with Pillow on first use
+try:  # optional extra: pip install animegan-cli[heic]; registered with Pillow on first use
     import pillow_heif
 
     FORMATS.append("HEIF")
@@ -369,7 +369,7 @@ def _unidentified(source, name: str) -> InputError:
         if brand in ("heic", "heix", "mif1", "msf1", "heim", "heis", "hevc", "hevx"):
             if "HEIF" in FORMATS:  # the extra is there and could not read it
                 return InputError(f"{name}: not a readable HEIF image (corrupt)", "corrupt or not an image")
-            return UnsupportedFormat(f"{name}: unsupported format (HEIF; install anime-cli[heic])",
+            return UnsupportedFormat(f"{name}: unsupported format (HEIF; install animegan-cli[heic])",
                                      "unsupported format")
         if brand in ("avif", "avis"):
             return UnsupportedFormat(f"{name}: unsupported format (AVIF)", "unsupported format")

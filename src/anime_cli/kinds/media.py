@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import animation as animated
-from . import video
+from . import video, video_header
 from anime_cli.inputs.sniff import ANIMATED_KINDS, VIDEO_KINDS
 
 
@@ -32,11 +32,11 @@ class Clip:
 def probe(path: str | os.PathLike, kind: str, name: str | None = None, *, max_pixels: int = 150_000_000,
           max_frames: int = video.DEFAULT_MAX_FRAMES, max_side: int = 1280) -> Clip:
     """The header's facts, limits checked, no frame decoded. Raises InputError /
-    UnsupportedFormat (no PyAV: a skip naming anime-cli[video])."""
+    UnsupportedFormat (no PyAV: a skip naming animegan-cli[video])."""
     name = name or str(path)
     if kind in VIDEO_KINDS:
-        info = video.probe_video(path, name, kind, max_pixels=max_pixels, max_frames=max_frames)
-        return Clip(kind, info.suffix, info.upright_size, info.estimate, video.codec_bytes(info, max_side))
+        info = video_header.probe_video(path, name, kind, max_pixels=max_pixels, max_frames=max_frames)
+        return Clip(kind, info.suffix, info.upright_size, info.estimate, video_header.codec_bytes(info, max_side))
     if kind in ANIMATED_KINDS:
         with animated.open_animation(path, kind, name) as im:
             n, size, canvas = animated.header(im, kind, path, name)

@@ -1,4 +1,4 @@
-"""The Ray Data runner: the same per-file pipeline on a Ray cluster (`anime-cli[ray]`).
+"""The Ray Data runner: the same per-file pipeline on a Ray cluster (`animegan-cli[ray]`).
 
     from .on_ray import convert_dataset
     for record in convert_dataset(["s3://photos/2024"], "s3://anime/2024", Options(max_side=1024)):
@@ -95,7 +95,7 @@ def convert_dataset(inputs: Iterable[str], output: str, options=None, *, recursi
     for a missing input; RayError for a cluster it cannot start or join comes
     at the first record."""
     if importlib.util.find_spec("ray") is None or importlib.util.find_spec("pyarrow") is None:
-        raise RayError("--ray needs Ray: pip install 'anime-cli[ray]'")
+        raise RayError("--ray needs Ray: pip install 'animegan-cli[ray]'")
     from .converter import Options
 
     options = options or Options()

@@ -22,7 +22,7 @@ def run(config) -> int:
 
         from .app import Service, build_app
     except ImportError as e:
-        raise UsageError(f"anime-cli serve needs the serve extra: pip install 'anime-cli[serve]' ({e})") from None
+        raise UsageError(f"anime-cli serve needs the serve extra: pip install 'animegan-cli[serve]' ({e})") from None
     from anime_cli.run import batch
     from anime_cli.inputs.probe import configure_process
     from anime_cli.run.single import Pictures
