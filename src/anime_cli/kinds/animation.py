@@ -28,7 +28,8 @@ from anime_cli.folder import files as output
 from anime_cli.inputs.decode import over_white, target_size
 from anime_cli.errors import InputError, OutputError, first_line
 from anime_cli.inputs.sniff import gif_extent
-from .video import DEFAULT_MAX_FRAMES, VideoResult
+from anime_cli.options import DEFAULT_MAX_FRAMES, DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
+from .video import VideoResult
 
 FORMATS = {"gif": "GIF", "webp": "WEBP", "apng": "PNG"}
 SUFFIXES = {"GIF": ".gif", "WEBP": ".webp", "PNG": ".png"}
@@ -45,7 +46,7 @@ def output_suffix(kind: str) -> str:
 
 def convert_animated(src: str | os.PathLike, dest: str | os.PathLike, kind: str,
                      stylize_frame: Callable[[np.ndarray], np.ndarray], *, name: str | None = None,
-                     max_side: int = 1280, max_pixels: int = 150_000_000, max_frames: int = DEFAULT_MAX_FRAMES,
+                     max_side: int = DEFAULT_MAX_SIDE, max_pixels: int = DEFAULT_MAX_PIXELS, max_frames: int = DEFAULT_MAX_FRAMES,
                      max_total_pixels: int = DEFAULT_MAX_TOTAL_PIXELS, quality: int = 95, overwrite: bool = False,
                      progress: Callable[[int, int], None] | None = None, cancel=None) -> VideoResult:
     """Stylize every frame of the animation `src` (kind from video.sniff: gif,

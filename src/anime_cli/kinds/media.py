@@ -15,6 +15,7 @@ from pathlib import Path
 
 from . import animation as animated
 from . import video, video_header
+from anime_cli.options import DEFAULT_CRF, DEFAULT_MAX_FRAMES, DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
 from anime_cli.inputs.sniff import ANIMATED_KINDS, VIDEO_KINDS
 
 
@@ -29,8 +30,8 @@ class Clip:
     hold_bytes: int = 0
 
 
-def probe(path: str | os.PathLike, kind: str, name: str | None = None, *, max_pixels: int = 150_000_000,
-          max_frames: int = video.DEFAULT_MAX_FRAMES, max_side: int = 1280) -> Clip:
+def probe(path: str | os.PathLike, kind: str, name: str | None = None, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+          max_frames: int = DEFAULT_MAX_FRAMES, max_side: int = DEFAULT_MAX_SIDE) -> Clip:
     """The header's facts, limits checked, no frame decoded. Raises InputError /
     UnsupportedFormat (no PyAV: a skip naming animegan-cli[video])."""
     name = name or str(path)
@@ -49,8 +50,8 @@ def probe(path: str | os.PathLike, kind: str, name: str | None = None, *, max_pi
 
 
 def convert(clip: Clip, src: str | os.PathLike, dest: str | os.PathLike, stylize_frame, *, name: str | None = None,
-            max_side: int = 1280, max_pixels: int = 150_000_000, max_frames: int = video.DEFAULT_MAX_FRAMES,
-            crf: int = video.DEFAULT_CRF, quality: int = 95, overwrite: bool = False, progress=None,
+            max_side: int = DEFAULT_MAX_SIDE, max_pixels: int = DEFAULT_MAX_PIXELS, max_frames: int = DEFAULT_MAX_FRAMES,
+            crf: int = DEFAULT_CRF, quality: int = 95, overwrite: bool = False, progress=None,
             cancel=None) -> video.VideoResult:
     kw = dict(name=name, max_side=max_side, max_pixels=max_pixels, max_frames=max_frames, overwrite=overwrite,
               progress=progress, cancel=cancel)

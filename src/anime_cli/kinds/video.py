@@ -28,7 +28,7 @@ import numpy as np
 
 from anime_cli.folder import files as output
 from anime_cli.errors import InputError, OutputError
-from anime_cli.options import DEFAULT_CRF, DEFAULT_MAX_FRAMES
+from anime_cli.options import DEFAULT_CRF, DEFAULT_MAX_FRAMES, DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
 from anime_cli.inputs.sniff import ANIMATED_KINDS, VIDEO_KINDS, VIDEO_SUFFIXES, sniff  # noqa: F401  (the API in one place)
 
 from .video_header import (VideoInfo, describe_orientation, ffmpeg_words, frame_orientation, opened, read_info,
@@ -121,7 +121,7 @@ class VideoResult:
 
 
 def convert_video(src: str | os.PathLike, dest: str | os.PathLike, stylize_frame: Callable[[np.ndarray], np.ndarray],
-                  *, name: str | None = None, max_side: int = 1280, max_pixels: int = 150_000_000,
+                  *, name: str | None = None, max_side: int = DEFAULT_MAX_SIDE, max_pixels: int = DEFAULT_MAX_PIXELS,
                   max_frames: int = DEFAULT_MAX_FRAMES, crf: int = DEFAULT_CRF, overwrite: bool = False,
                   progress: Callable[[int, int], None] | None = None, cancel=None) -> VideoResult:
     """Stylize every frame of `src` into `dest` (its suffix should be

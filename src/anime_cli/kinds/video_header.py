@@ -15,7 +15,7 @@ import numpy as np
 from anime_cli.errors import InputError, UnsupportedFormat, first_line
 from anime_cli.inputs.decode import target_size
 from anime_cli.inputs.sniff import sniff
-from anime_cli.options import DEFAULT_MAX_FRAMES
+from anime_cli.options import DEFAULT_MAX_FRAMES, DEFAULT_MAX_PIXELS
 
 
 EXTRA = "animegan-cli[video]"
@@ -66,7 +66,7 @@ class VideoInfo:
         return ".mp4" if all(a in _MP4_AUDIO for a in self.audio) else ".mkv"
 
 def probe_video(path: str | os.PathLike, name: str | None = None, kind: str | None = None, *,
-                max_pixels: int = 150_000_000, max_frames: int = DEFAULT_MAX_FRAMES) -> VideoInfo:
+                max_pixels: int = DEFAULT_MAX_PIXELS, max_frames: int = DEFAULT_MAX_FRAMES) -> VideoInfo:
     """What the container's header says, with the limits checked; no frame decoded."""
     name = name or str(path)
     av = require_av(name)

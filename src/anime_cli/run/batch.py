@@ -18,12 +18,12 @@ from typing import Callable, Iterator
 
 from anime_cli.inputs.discover import STDIN, discover
 from anime_cli.errors import Fatal, UsageError
-from anime_cli.options import Options, format_bytes
+from anime_cli.options import DEFAULT_STYLE, Options, format_bytes
 from anime_cli.logs.telemetry import JsonlLog, Record
 
 
 def start(inputs: list[str], options: Options, *, recursive: bool = False, log_file: Path | None = None,
-          style: str = "hayao", weights_path: Path | None = None, threads: int | None = None,
+          style: str = DEFAULT_STYLE, weights_path: Path | None = None, threads: int | None = None,
           precision: str = "auto", shard: str | None = None) -> "Batch":
     from anime_cli.folder import files as output
     from .converter import Converter
@@ -68,7 +68,7 @@ def check_memory_limit(options: Options, stylizer) -> None:
 
 
 def start_ray(inputs: list[str], output: str, options: Options, *, address: str | None = None,
-              recursive: bool = False, log_file: Path | None = None, style: str = "hayao",
+              recursive: bool = False, log_file: Path | None = None, style: str = DEFAULT_STYLE,
               weights_path: Path | None = None, threads: int | None = None, precision: str = "auto") -> "Batch":
     """The same batch on Ray Data (anime_cli.run.on_ray): local with address None."""
     from . import on_ray as runner

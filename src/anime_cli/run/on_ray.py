@@ -42,6 +42,7 @@ from anime_cli.inputs.discover import discover
 from anime_cli.errors import AnimeCliError, first_line
 from anime_cli.logs.telemetry import Record
 
+from anime_cli.options import DEFAULT_STYLE
 from .ray_actors import Service, Worker, where
 
 _LOCAL_STORE_MB = 256
@@ -79,7 +80,7 @@ def _rows(inputs: Iterable[str], recursive: bool, exclude: Path | None) -> tuple
 
 
 def convert_dataset(inputs: Iterable[str], output: str, options=None, *, recursive: bool = False,
-                    style: str = "hayao", weights: str | None = None, threads: int = 1,
+                    style: str = DEFAULT_STYLE, weights: str | None = None, threads: int = 1,
                     precision: str = "auto", address: str | None = None,
                     actors: int | None = None, on_total=None) -> Iterator[Record]:
     """Convert `inputs` (files, folders, URIs) into `output` on Ray; one Record per

@@ -20,6 +20,7 @@ import numpy as np
 
 from anime_cli import models
 from anime_cli.weights import catalog as weights
+from anime_cli.options import DEFAULT_STYLE
 from anime_cli.engine import Cores, Engine, Rendered
 
 Progress = Callable[[int], None]
@@ -74,7 +75,7 @@ class Stylizer:
         self._bytes: dict[tuple[int, int, int | None], int] = {}  # (h, w, None or 0) -> engine bytes of that plan
 
     @classmethod
-    def from_style(cls, name: str = "hayao", threads: int | None = None, precision: str = "auto") -> "Stylizer":
+    def from_style(cls, name: str = DEFAULT_STYLE, threads: int | None = None, precision: str = "auto") -> "Stylizer":
         return cls(_network(weights.load(name), name), name, threads=threads, precision=precision)
 
     @classmethod
