@@ -16,7 +16,13 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-import typer
+# Before torch loads libgomp (it reads this once): a band worker's OpenMP team
+# whose idle threads spin holds the cores its own team-mates wait for on a
+# busy machine; one two-thread team ran 0.03 MP/s against 0.26 when they sleep
+# (2 loaded cores, bench/threads.py --workers 1). The user's own setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import typer  # noqa: E402
 from rich.console import Console
 from typer.core import TyperGroup
 

@@ -13,7 +13,11 @@ methods (a new family's Stylizer, a test's stand-in) can convert a batch.
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads libgomp: see cli.py
+
+from pathlib import Path  # noqa: E402
 from typing import Callable, Protocol
 
 import numpy as np
