@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI runs (cli.py), before torch loads
 import platform
 import statistics
 import threading

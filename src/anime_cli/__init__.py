@@ -19,6 +19,14 @@ stylize -> faces -> kinds -> run -> serve, cli.
 from __future__ import annotations
 
 import importlib
+import os
+
+# Before anything loads torch and its libgomp (read once): a band worker's
+# OpenMP team whose idle threads spin holds the cores its own team-mates wait
+# for on a busy machine; one two-thread team ran 0.03 MP/s against 0.26 when
+# they sleep (2 loaded cores, bench/threads.py --workers 1). The user's own
+# setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 _API = {
     "Options": "anime_cli.options",
