@@ -283,7 +283,8 @@ def _finish_job(svc: Service, ticket: Ticket, entry, extra: dict) -> None:
 
 
 # -- jobs ------------------------------------------------------------------------
-async def job_status(request: Request) -> Response:
+def _known_job(request: Request):
+    """The job the request names, or the error to answer: the token first, then the id."""
     svc = request.app.state.service
     try:
         _authorize(request, svc)
@@ -292,18 +293,20 @@ async def job_status(request: Request) -> Response:
     entry = svc.jobs.get(request.path_params["job_id"])
     if entry is None:
         return _error(404, "no such job (unknown, or its result has expired)", "no such job", None)
+    return entry
+
+
+async def job_status(request: Request) -> Response:
+    entry = _known_job(request)
+    if isinstance(entry, Response):
+        return entry
     return JSONResponse(_job_view(entry))
 
 
 async def job_result(request: Request) -> Response:
-    svc = request.app.state.service
-    try:
-        _authorize(request, svc)
-    except Refused as e:
-        return _error(e.status, str(e), e.reason, None, e.headers)
-    entry = svc.jobs.get(request.path_params["job_id"])
-    if entry is None:
-        return _error(404, "no such job (unknown, or its result has expired)", "no such job", None)
+    entry = _known_job(request)
+    if isinstance(entry, Response):
+        return entry
     if entry.status == "error":
         return _error(entry.http_status, entry.error, (entry.record or {}).get("reason"), None)
     if entry.status != "done":
