@@ -36,8 +36,9 @@ def venv(tmp_path_factory) -> Path:
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
     run(sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", tmp / "dist", src)
-    [wheel] = (tmp / "dist").glob("anime_cli-*.whl")
-    assert "anime_cli/manifest.json" in zipfile.ZipFile(wheel).namelist()
+    [wheel] = (tmp / "dist").glob("animegan_cli-*.whl")  # the distribution; the package is anime_cli
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "anime_cli/weights/manifest.json" in names and "anime_cli/serve/page/index.html" in names
 
     env = tmp / "venv"
     run(sys.executable, "-m", "venv", "--without-pip", env)
@@ -76,7 +77,7 @@ def test_the_installed_wheel_lists_styles_installs_weights_and_converts(venv, tm
 
 def test_a_wheel_without_its_manifest_fails_in_one_line(venv, tmp_path):
     python = venv / "bin" / "python"
-    pkg = Path(run(python, "-c", "import anime_cli, os; print(os.path.dirname(anime_cli.__file__))",
+    pkg = Path(run(python, "-c", "import anime_cli.weights as w, os; print(os.path.dirname(w.__file__))",
                    env=clean_env(), cwd=tmp_path).stdout.strip())
     moved = pkg / "manifest.json.away"
     os.replace(pkg / "manifest.json", moved)
