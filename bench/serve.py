@@ -10,8 +10,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import io
-import re
-import subprocess
 import sys
 import threading
 import time
@@ -20,6 +18,9 @@ from pathlib import Path
 from PIL import Image
 
 from bench import PHOTOS
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from servers import Server, vm_rss  # noqa: E402  (the tests' server in a subprocess)
 
 SAMPLES = ["astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg"]
 SIZE = (1224, 816)  # 1.0 MP, kept whole at the default --max-side 1280
@@ -33,16 +34,6 @@ def photos() -> list[bytes]:
             im.convert("RGB").resize(SIZE, Image.Resampling.LANCZOS).save(buf, "JPEG", quality=92)
             out.append(buf.getvalue())
     return out
-
-
-def rss(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    return 0
 
 
 def post(port: int, data: bytes) -> float:
@@ -65,7 +56,7 @@ def phase(port: int, pid: int, pictures: list[bytes], clients: int, requests: in
 
     def sample():
         while not stop.is_set():
-            peak[0] = max(peak[0], rss(pid))
+            peak[0] = max(peak[0], vm_rss(pid))
             time.sleep(0.003)
 
     def client():
@@ -100,16 +91,8 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=8, help="requests per phase (x2 at 8 clients)")
     ap.add_argument("--memory-limit", default="1GiB")
     args = ap.parse_args()
-    server = subprocess.Popen([sys.executable, "-m", "anime_cli", "serve", "--port", "0", "--quiet",
-                               "--memory-limit", args.memory_limit], stderr=subprocess.PIPE, text=True)
-    port = None
-    for line in server.stderr:
-        m = re.search(r"http://127\.0\.0\.1:(\d+)", line)
-        if m:
-            port = int(m.group(1))
-            break
-    if port is None:
-        raise SystemExit("bench: the server did not start")
+    server = Server("--quiet", "--memory-limit", args.memory_limit)
+    port = server.port
     try:
         pictures = photos()
         post(port, pictures[0])  # warm up
@@ -121,8 +104,7 @@ def main() -> None:
             print(f"{r['clients']:>7} {r['requests']:>8} {r['per_minute']:>8.1f} {r['p50']:>7.2f} {r['p95']:>7.2f} "
                   f"{r['peak_mb']:>11.0f}", flush=True)
     finally:
-        server.terminate()
-        server.wait(120)
+        server.stop()
 
 
 if __name__ == "__main__":

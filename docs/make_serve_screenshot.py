@@ -6,9 +6,7 @@ chromium after converting a sample photo (the same drive as tests/test_serve_pag
 
 from __future__ import annotations
 
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -20,17 +18,14 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+from servers import Server  # noqa: E402  (the tests' server in a subprocess)
+
 PHOTO = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT.parent / "shared" / "photos" / "astronaut.png"
 OUT = Path(sys.argv[2]) if len(sys.argv) > 2 else ROOT / "docs" / "serve_page.png"
 
-server = subprocess.Popen([sys.executable, "-m", "anime_cli", "serve", "--port", "0", "--quiet"],
-                          stderr=subprocess.PIPE, text=True)
-port = None
-for line in server.stderr:
-    m = re.search(r"http://127\.0\.0\.1:(\d+)", line)
-    if m:
-        port = int(m.group(1))
-        break
+server = Server("--quiet")
+port = server.port
 profile = Path(tempfile.mkdtemp(prefix="anime-cli-chromium-"))
 options = webdriver.ChromeOptions()
 options.binary_location = "/usr/bin/chromium"
@@ -52,6 +47,5 @@ try:
 finally:
     driver.quit()
     shutil.rmtree(profile, ignore_errors=True)
-    server.terminate()
-    server.wait(120)
+    server.stop()
 print(OUT)
