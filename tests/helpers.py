@@ -178,3 +178,22 @@ def files_in(folder: Path, recursive: bool = False) -> list[str]:
     found = folder.rglob("*") if recursive else folder.iterdir()
     return sorted(p.relative_to(folder).as_posix() for p in found
                   if not is_store_file(p) and (p.is_file() or not recursive))
+
+
+class HTTPThread:
+    """A real http.server on 127.0.0.1 (a free port) answering with `handler`
+    in a thread, until close()."""
+
+    def __init__(self, handler):
+        import http.server
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(5)

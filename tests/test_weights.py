@@ -21,7 +21,7 @@ from anime_cli.weights import catalog as weights
 from anime_cli.errors import WeightsError
 from anime_cli.folder.files import file_sha256
 from anime_cli.weights.install import install
-from helpers import SHARED, invoke
+from helpers import SHARED, HTTPThread, invoke
 
 CUTE = "animeganv3_tiny_cute.pt"
 
@@ -81,17 +81,12 @@ class Server:
             def log_message(self, *args):
                 pass
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
-        self.thread.start()
+        self.http = HTTPThread(Handler)
+        self.url = self.http.url
 
     def close(self):
         self.stop.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(5)
+        self.http.close()
 
 
 @pytest.fixture
