@@ -176,7 +176,7 @@ class Batch:
         warned = False
         try:
             for rec in self.run():
-                why = getattr(self.converter, "store_error", None)
+                why = self.converter.destinations.store_error if self.converter is not None else None
                 if why and not warned:
                     warned = True
                     yield rec, f"anime-cli: {why}; output names are not kept for reruns, nothing is cached"

@@ -55,10 +55,6 @@ class Converter:
     def faces_on(self) -> bool:
         return self.context.detector is not None
 
-    @property
-    def store_error(self) -> str | None:
-        return self.destinations.store_error
-
     # -- the batch ---------------------------------------------------------
     def run(self, jobs: Iterable[Job], stdin: bytes | None = None) -> Iterator[Record]:
         """Records for `jobs`, in their order. Raises errors.Fatal (with the
