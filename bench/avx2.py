@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from anime_cli.engine import cpu
+
 AVX2_ENV = {"ONEDNN_MAX_CPU_ISA": "AVX2", "DNNL_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
 PHOTOS3 = [("coffee.png", (1248, 832)), ("rocket.jpg", (1248, 832)), ("chelsea.png", (1248, 832))]
 FLOP_PER_PIXEL = 0.80e6
@@ -42,14 +44,6 @@ w = torch.randn(256, 256, 3, 3)
 torch.mkldnn_convolution(x, w, None, [0, 0], [1, 1], [1, 1], 1)
 print("aten", torch.backends.cpu.get_cpu_capability())
 """
-
-
-def cpu_model() -> str:
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 def kernels(env: dict) -> str:
@@ -132,7 +126,7 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench import cli, make_jpeg  # bench/bench.py
 
-    print(f"CPU: {cpu_model()}, {len(os.sched_getaffinity(0))} cores; load average {os.getloadavg()[0]:.1f} at start")
+    print(f"CPU: {cpu.cpu_model()}, {len(os.sched_getaffinity(0))} cores; load average {os.getloadavg()[0]:.1f} at start")
     for m in modes:
         print(f"  {m:6s}: {kernels(envs[m])}")
     if args.limit_only:

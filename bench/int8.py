@@ -60,10 +60,10 @@ def main() -> None:
     if args.network:
         return network(args)
 
-    from anime_cli import models
-    from anime_cli.weights import catalog as weights
+    from anime_cli.engine import cpu
+    from anime_cli.engine.int8 import pack, qconv, quantize
     from anime_cli.models import layers_for
-    from anime_cli.engine.int8 import qconv, quantize, pack
+    from anime_cli.weights import catalog as weights
     from anime_cli.engine.layers import conv
     from anime_cli.engine.plan import Sizes
 
@@ -71,7 +71,7 @@ def main() -> None:
     w, h = map(int, args.size.split("x"))
     layers = layers_for(weights.load_module(args.style))
     sizes = Sizes(layers, h, w, "fp32")
-    bf16 = "avx512_bf16" in open("/proc/cpuinfo").read() and not args.emulate_avx2
+    bf16 = "avx512_bf16" in cpu.cpu_flags() and not args.emulate_avx2
     print(f"one worker, one strip of each layer at {w}x{h} ({args.style}), ms of CPU time, best of 7; int8 includes the quantize;"
           f" {'oneDNN capped at ' + args.isa if args.emulate_avx2 else 'native'}, ATen {torch.backends.cpu.get_cpu_capability()}")
     print(f"  {'layer':12s} {'kind':9s} {'cin':>4s} {'cout':>4s} {'k':>2s} {'input block':>12s}"
@@ -140,7 +140,6 @@ def network(args) -> None:
 
     import torch
 
-    from anime_cli import models
     from anime_cli.weights import catalog as weights
     from anime_cli.models import layers_for
     from anime_cli.engine import int8

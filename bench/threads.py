@@ -16,7 +16,6 @@ import argparse
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI runs (cli.py), before torch loads
-import platform
 import statistics
 import threading
 import time
@@ -37,14 +36,6 @@ FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8", "avx_vnni", "
 def rss() -> int:
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown"
 
 
 class Peak:
@@ -80,7 +71,7 @@ def main() -> None:
     own = default_threads()
     counts = [int(t) for t in args.threads.split(",")] if args.threads else sorted({1, 2, 4, 8, 16, own})
     flags = cpu.cpu_flags()
-    print(f"CPU: {cpu_model()}; {os.cpu_count()} logical CPUs, {own} usable; "
+    print(f"CPU: {cpu.cpu_model()}; {os.cpu_count()} logical CPUs, {own} usable; "
           f"flags: {' '.join(f for f in FLAGS if f in flags) or 'none of ' + ', '.join(FLAGS)}")
     import torch
 

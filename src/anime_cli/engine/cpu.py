@@ -72,16 +72,29 @@ class Cores:
 NO_BF16 = "ANIME_CLI_NO_BF16"  # =1: behave as on a CPU without bfloat16 (tests and CI cover that path anywhere)
 
 
-def cpu_flags() -> set[str]:
+@lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
     """The CPU's feature flags (/proc/cpuinfo; empty where there is none)."""
+    return frozenset(_cpuinfo("flags").split())
+
+
+def cpu_model() -> str:
+    """The CPU's model name, for every figure a benchmark prints."""
+    import platform
+
+    return _cpuinfo("model name") or platform.processor() or "unknown CPU"
+
+
+def _cpuinfo(key: str) -> str:
+    """The first CPU's `key` in /proc/cpuinfo; '' where there is none."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                if line.split(":", 1)[0].strip() == key:
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return set()
+    return ""
 
 
 def _switched_off() -> bool:
