@@ -25,6 +25,7 @@ from PIL import Image
 
 from anime_cli.run import budget
 from anime_cli.engine import bf16_works, cpu, default_threads
+from anime_cli.logs.telemetry import rss_bytes
 from anime_cli.options import DEFAULT_MEMORY_LIMIT
 from anime_cli.stylize.session import Stylizer
 
@@ -33,21 +34,16 @@ from bench import PHOTOS
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8", "avx_vnni", "avx512_vnni")
 
 
-def rss() -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
-
-
 class Peak:
     def __init__(self):
         self.peak, self.done = 0, False
 
     def __enter__(self):
-        self.peak, self.done = rss(), False
+        self.peak, self.done = rss_bytes(), False
 
         def sample():
             while not self.done:
-                self.peak = max(self.peak, rss())
+                self.peak = max(self.peak, rss_bytes())
                 time.sleep(0.002)
 
         self.thread = threading.Thread(target=sample, daemon=True)
@@ -81,7 +77,7 @@ def main() -> None:
     with Image.open(PHOTOS / "rocket.jpg") as im:
         rgb = np.asarray(im.convert("RGB").resize((2000, 1500), Image.Resampling.LANCZOS))
     mp = rgb.shape[0] * rgb.shape[1] / 1e6
-    generator = Stylizer.from_style("hayao").generator
+    layers = Stylizer.from_style("hayao").layers
     precisions = [args.precision] if args.precision else (["bf16", "fp32"] if bf16_works() else ["fp32"])
     print(f"2000x1500 hayao, the default budget ({DEFAULT_MEMORY_LIMIT >> 20} MiB less what the process holds), "
           f"median of {args.runs}")
@@ -89,7 +85,7 @@ def main() -> None:
     for precision in precisions:
         base = None
         for t in counts:
-            st = Stylizer(generator, "hayao", threads=t, precision=precision)
+            st = Stylizer(layers, "hayao", threads=t, precision=precision)
             st.stylize(rgb[:128, :128])  # warm up: oneDNN primitives, the team of each worker
             room = budget.room(DEFAULT_MEMORY_LIMIT, None, 0)
             times = []
