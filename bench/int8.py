@@ -65,7 +65,7 @@ def main() -> None:
     from anime_cli.models import layers_for
     from anime_cli.weights import catalog as weights
     from anime_cli.engine.layers import conv
-    from anime_cli.engine.plan import Sizes
+    from anime_cli.engine.geometry import Sizes
 
     torch.set_num_threads(1)
     w, h = map(int, args.size.split("x"))

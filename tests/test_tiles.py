@@ -21,6 +21,7 @@ from PIL import Image
 
 from anime_cli import engine as tiles
 from anime_cli import models
+from anime_cli.engine import geometry
 from anime_cli.engine import plan as planning
 from anime_cli.models.animeganv2 import load_generator
 from anime_cli.weights.catalog import load
@@ -61,7 +62,7 @@ def tensor(rgb: np.ndarray) -> torch.Tensor:
 
 def random_plans(engine, h, w, count, seed=0):
     """The two extremes and `count` random checkpoint sets the planner allows."""
-    geo = planning.Geometry(engine.layers, h, w, engine.precision, engine.threads)
+    geo = geometry.Geometry(engine.layers, h, w, engine.precision, engine.threads)
     planner, n = planning.Planner(geo), len(engine.layers)
     sets = [set(range(n - 1)), set()]
     rng = random.Random(seed)
@@ -86,7 +87,7 @@ def assert_exact(engine, x, ref, plans):
 
 def test_fp32_every_plan_is_exact(generator, fp32, monkeypatch, photos):
     """Any set of stored layers, with strips of a few rows, gives the untiled result."""
-    monkeypatch.setattr(planning, "STRIP_BYTES", 48 << 10)  # many strips, many band edges
+    monkeypatch.setattr(geometry, "STRIP_BYTES", 48 << 10)  # many strips, many band edges
     rgb = load_rgb(photos / "coffee.png")[100:172, 200:304]  # 72 x 104
     x = tensor(rgb)
     with torch.inference_mode():
@@ -97,7 +98,7 @@ def test_fp32_every_plan_is_exact(generator, fp32, monkeypatch, photos):
 @pytest.mark.parametrize("h,w", [(8, 1000), (1000, 8), (8, 8), (100, 36)])
 def test_fp32_odd_shapes_are_exact(generator, fp32, monkeypatch, h, w):
     """Thin and tiny pictures; heights that are no multiple of any strip."""
-    monkeypatch.setattr(planning, "STRIP_BYTES", 40 << 10)
+    monkeypatch.setattr(geometry, "STRIP_BYTES", 40 << 10)
     x = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(h * w)) * 2 - 1
     with torch.inference_mode():
         ref = generator(x)
@@ -134,7 +135,7 @@ def test_every_strategy_is_faithful_on_a_portrait(generator, photos, monkeypatch
     """The budget picks the plan; each one keeps the portrait untouched: exact
     in float32 with layers stored in float32, ~55-60 dB where they are stored
     in 8 bits; down to a budget nothing fits (the least-memory plan)."""
-    monkeypatch.setattr(planning, "STRIP_BYTES", 256 << 10)  # small strips: stored layers dominate, as on big pictures
+    monkeypatch.setattr(geometry, "STRIP_BYTES", 256 << 10)  # small strips: stored layers dominate, as on big pictures
     rgb = portrait(photos, 384)
     ref = untiled(generator, rgb)
     engine = tiles.Engine(models.layers_for(generator), threads=2, precision="fp32")
@@ -157,7 +158,7 @@ def test_8bit_storage_on_real_photos(generator, engine, photos):
     for name in ("coffee.png", "astronaut.png"):
         rgb = load_rgb(photos / name)
         ref = untiled(generator, rgb)
-        h, w = planning.padded_size(*rgb.shape[:2])
+        h, w = geometry.padded_size(*rgb.shape[:2])
         plan = planning.Plan("forced", frozenset(range(len(engine.layers) - 1)), 0, 1.0, True, compact=True)
         out = np.empty_like(rgb)
         engine.stream(tiles.PictureSource(rgb), tiles.PictureSink(out), plan=plan)
@@ -325,7 +326,7 @@ def test_progress_comes_strip_by_strip_and_adds_up_to_work(photos, monkeypatch, 
 
     from anime_cli.stylize.session import Stylizer
 
-    monkeypatch.setattr(planning, "STRIP_BYTES", 64 << 10)  # several strips a pass
+    monkeypatch.setattr(geometry, "STRIP_BYTES", 64 << 10)  # several strips a pass
     st = Stylizer.from_style("hayao", threads=2, precision="fp32")
     rgb = load_rgb(photos / "chelsea.png")[:150, :203]
     calls, lock = [], threading.Lock()
@@ -427,8 +428,8 @@ def family_eager(layers, x):
 def test_instance_norm_legacy_resize_and_one_sided_stride_are_exact(monkeypatch, h, w):
     """Every plan (every layer stored, or recomputed from any checkpoints), in
     strips of a few rows, gives the eager network's output in float32."""
-    monkeypatch.setattr(planning, "STRIP_BYTES", 4 << 10)
-    monkeypatch.setattr(planning, "STREAM_BYTES", 2 << 10)
+    monkeypatch.setattr(geometry, "STRIP_BYTES", 4 << 10)
+    monkeypatch.setattr(geometry, "STREAM_BYTES", 2 << 10)
     layers = family_layers()
     engine = tiles.Engine(layers, threads=2, precision="fp32")
     x = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(h + w)) * 2 - 1
@@ -497,8 +498,8 @@ def cute():
 def test_v3_tiny_is_exact_on_every_plan(cute, monkeypatch, photos):
     """float32: the engine equals the eager network whatever is stored or
     recomputed, in strips of a few rows (~100 dB and more)."""
-    monkeypatch.setattr(planning, "STRIP_BYTES", 32 << 10)
-    monkeypatch.setattr(planning, "STREAM_BYTES", 16 << 10)
+    monkeypatch.setattr(geometry, "STRIP_BYTES", 32 << 10)
+    monkeypatch.setattr(geometry, "STREAM_BYTES", 16 << 10)
     sd, layers = cute
     engine = tiles.Engine(layers, threads=2, precision="fp32")
     x = tensor(load_rgb(photos / "astronaut.png")[40:136, 100:180])  # 96 x 80
@@ -583,8 +584,8 @@ def v3(request):
 
 
 def test_v3_is_exact_on_every_plan(v3, monkeypatch, photos):
-    monkeypatch.setattr(planning, "STRIP_BYTES", 64 << 10)
-    monkeypatch.setattr(planning, "STREAM_BYTES", 32 << 10)
+    monkeypatch.setattr(geometry, "STRIP_BYTES", 64 << 10)
+    monkeypatch.setattr(geometry, "STREAM_BYTES", 32 << 10)
     sd, layers = v3
     engine = tiles.Engine(layers, threads=2, precision="fp32")
     x = tensor(load_rgb(photos / "astronaut.png")[40:120, 100:204])  # 80 x 104
@@ -651,8 +652,8 @@ def test_v1_is_exact_on_every_plan(paprika, monkeypatch, photos):
     """float32: whatever is stored or recomputed, in strips of a few rows
     (band edges inside the Down blocks' branch and its every-second-pixel
     input), and the least-memory stream plan, give the eager module's output."""
-    monkeypatch.setattr(planning, "STRIP_BYTES", 64 << 10)
-    monkeypatch.setattr(planning, "STREAM_BYTES", 32 << 10)
+    monkeypatch.setattr(geometry, "STRIP_BYTES", 64 << 10)
+    monkeypatch.setattr(geometry, "STREAM_BYTES", 32 << 10)
     sd, module, layers = paprika
     engine = tiles.Engine(layers, threads=2, precision="fp32")
     x = tensor(load_rgb(photos / "astronaut.png")[40:120, 100:204])  # 80 x 104

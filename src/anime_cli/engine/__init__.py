@@ -52,8 +52,9 @@ The package, by what each file holds:
 
   engine.py    Engine (what lasts: layers, weights, cores, precision,
                planning) and Run (one picture: its plan's passes)
-  plan.py      sizes, rows and passes of a network input (Geometry), the
-               memory model, and the planner (Plan, best_plan)
+  geometry.py  sizes, rows and passes of a network input (Geometry) and the
+               memory model
+  plan.py      the planner: which layers are stored (Plan, best_plan)
   layers.py    the network as a flat list of layers (Layer), and each layer's dtype
   bands.py     one worker's share of a pass, and the layers computed in it
   norms.py     the statistics each norm learns strip by strip, and applying them
@@ -71,8 +72,9 @@ the output layer stay in float32). "fp32" is exact up to float rounding.
 
 from .cpu import Cores, bf16_works, bound_malloc, default_threads, native_bf16, resolve_precision, trim_malloc
 from .engine import Cancelled, Engine, Rendered, Run
+from .geometry import MIN_SIZE, padded_size
 from .pictures import PictureSink, PictureSource, TensorSource
-from .plan import MIN_SIZE, Plan, padded_size
+from .plan import Plan
 
 __all__ = [
     "Cancelled", "Cores", "Engine", "MIN_SIZE", "PictureSink", "PictureSource", "Plan", "Rendered", "Run",

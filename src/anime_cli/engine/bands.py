@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from .layers import conv
-from .plan import WINDOW_BYTES, skip_key
+from .geometry import WINDOW_BYTES, skip_key
 from .rows import Pages
 from .norms import LEAK, norm_rows, strip_statistics
 from .stored import Stored

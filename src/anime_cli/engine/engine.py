@@ -18,10 +18,11 @@ import torch
 from anime_cli.errors import Cancelled  # the batch's signal: the engine raises it
 from .bands import Band
 from .cpu import Cores, bound_malloc, resolve_precision, split, trim_malloc
+from .geometry import Geometry, padded_size
 from .layers import Layer, layer_dtype
 from .norms import norm_affine
 from .pictures import PictureSink, PictureSource, TensorSource
-from .plan import Geometry, Plan, best_plan, padded_size, pass_units
+from .plan import Plan, best_plan, pass_units
 from .rows import CL, BlockPool, Scratch
 from .stored import Image, Stored, Tracker
 

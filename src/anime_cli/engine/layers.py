@@ -55,7 +55,7 @@ class Layer:
     # convs of one input) reads an earlier layer; readers always come after what they read.
     source: int | None = None
     half: bool = False  # the input is every second row and column of the source (TF's legacy x0.5)
-    eight_bit: bool = True  # may be stored in 8 bits (plan.Sizes.compactable)
+    eight_bit: bool = True  # may be stored in 8 bits (geometry.Sizes.compactable)
 
     @property
     def cin(self) -> int:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .plan import padded_size
+from .geometry import padded_size
 
 
 class TensorSource:

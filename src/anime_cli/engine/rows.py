@@ -15,7 +15,7 @@ import threading
 
 import torch
 
-from .plan import Shape
+from .geometry import Shape
 
 CL = torch.channels_last
 

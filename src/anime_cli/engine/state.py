@@ -9,7 +9,7 @@ from typing import Protocol
 import torch
 
 from .layers import Layer
-from .plan import Geometry
+from .geometry import Geometry
 from .rows import BlockPool
 
 

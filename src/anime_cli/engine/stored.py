@@ -8,7 +8,7 @@ import threading
 import torch
 import torch.nn.functional as F
 
-from .plan import BLOCK_BYTES
+from .geometry import BLOCK_BYTES
 from .norms import LEAK, norm_rows
 from .rows import Pages, empty_rows
 from .state import RunState
