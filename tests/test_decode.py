@@ -4,13 +4,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anime_cli.inputs import probe
+from anime_cli.options import DEFAULT_MAX_FILE_SIZE
+from anime_cli.inputs import probe, read
 from anime_cli.inputs.decode import decode, target_size
 from helpers import PHOTOS, exif_orientation, invoke, make_photo, psnr, read_log
 
 
 def open_probe(path):
-    src, n = probe.read_source(path, probe.DEFAULT_MAX_FILE_SIZE)
+    src, n = read.read_source(path, DEFAULT_MAX_FILE_SIZE)
     return probe.open_image(src, n, str(path), probe.DEFAULT_MAX_PIXELS)
 
 

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFilter
 
+from anime_cli.options import DEFAULT_MAX_FILE_SIZE
 from anime_cli.weights import catalog as weights
 from anime_cli.faces.enhance import (
     DEFAULT_MIN_FACE,
@@ -318,13 +319,13 @@ def test_enhance_changes_the_face_and_nothing_far_from_it(detector, stylizer):
 def big_astronaut(tmp_path):
     """A 2048 px JPEG of the astronaut, probed and decoded to a 512 px working
     image: (path, probe, working image)."""
-    from anime_cli.inputs import probe
+    from anime_cli.inputs import probe, read
     from anime_cli.inputs.decode import decode
 
     path = tmp_path / "big.jpg"
     with Image.open(PHOTOS / "astronaut.png") as im:
         im.convert("RGB").resize((2048, 2048), Image.Resampling.LANCZOS).save(path, quality=95)
-    src, n = probe.read_source(path, probe.DEFAULT_MAX_FILE_SIZE)
+    src, n = read.read_source(path, DEFAULT_MAX_FILE_SIZE)
     im, pr = probe.open_image(src, n, "big.jpg", probe.DEFAULT_MAX_PIXELS)
     with im:
         return path, pr, decode(im, pr, 512, "big.jpg").rgb

@@ -87,9 +87,9 @@ def mutate(data: bytes, mutations) -> bytes:
 def front(data: bytes, name: str):
     """read -> probe -> decode, as the pipeline does it."""
     from anime_cli.inputs import decode
-    from anime_cli.inputs import probe
+    from anime_cli.inputs import probe, read
 
-    src, n = probe.read_bytes(data, name, 10**8)
+    src, n = read.read_bytes(data, name, 10**8)
     im, pr = probe.open_image(src, n, name, MAX_PIXELS)
     with im:
         return pr, decode.decode(im, pr, MAX_SIDE, name)

@@ -429,9 +429,9 @@ def test_corpus_run_is_quick(corpus_run):
 
 def _front(data: bytes, name: str, max_pixels=150_000_000, max_side=1280):
     from anime_cli.inputs import decode
-    from anime_cli.inputs import probe
+    from anime_cli.inputs import probe, read
 
-    src, n = probe.read_bytes(data, name, 10**9)
+    src, n = read.read_bytes(data, name, 10**9)
     im, pr = probe.open_image(src, n, name, max_pixels)
     with im:
         return pr, decode.decode(im, pr, max_side, name)

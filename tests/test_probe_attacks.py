@@ -24,8 +24,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from anime_cli.options import DEFAULT_MAX_FILE_SIZE
 from anime_cli.folder import files
-from anime_cli.inputs import probe
+from anime_cli.inputs import probe, read
 from anime_cli.inputs.decode import decode
 from anime_cli.errors import InputError, UnsupportedFormat
 from helpers import CLI, PHOTOS, encoded, exif_orientation, invoke, read_log, run_cli
@@ -96,7 +97,7 @@ def pattern(size=(60, 40)) -> Image.Image:
 
 
 def front(data: bytes, name: str, max_pixels=probe.DEFAULT_MAX_PIXELS):
-    src, n = probe.read_bytes(data, name, 10**9)
+    src, n = read.read_bytes(data, name, 10**9)
     return probe.open_image(src, n, name, max_pixels)
 
 
@@ -120,12 +121,13 @@ def test_probing_a_big_picture_decodes_nothing(fmt):
 
 _MEASURE = textwrap.dedent("""
     import json, resource, sys, time
-    from anime_cli.inputs import probe
+    from anime_cli.inputs import probe, read
+    from anime_cli.options import DEFAULT_MAX_FILE_SIZE
     from anime_cli.errors import InputError
     path, max_pixels = sys.argv[1], int(sys.argv[2])
     peak, t = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter()
     try:
-        src, n = probe.read_source(path, probe.DEFAULT_MAX_FILE_SIZE)
+        src, n = read.read_source(path, DEFAULT_MAX_FILE_SIZE)
         probe.open_image(src, n, path, max_pixels)[0].close()
         reason = None
     except InputError as e:
@@ -263,7 +265,7 @@ class _Endless:
 def test_a_device_is_refused_unread():
     t = time.perf_counter()
     with pytest.raises(InputError) as e:
-        probe.read_source("/dev/zero", probe.DEFAULT_MAX_FILE_SIZE)
+        read.read_source("/dev/zero", DEFAULT_MAX_FILE_SIZE)
     assert e.value.reason == "not a file" and "character device" in str(e.value)
     assert time.perf_counter() - t < 0.5
 
@@ -273,14 +275,14 @@ def test_a_regular_file_over_the_limit_is_refused_from_its_size(tmp_path):
     with open(big, "wb") as f:
         f.truncate(300_000_000)  # sparse: nothing on disk, nothing that could be read quickly
     with pytest.raises(InputError) as e:
-        probe.read_source(big, probe.DEFAULT_MAX_FILE_SIZE)
+        read.read_source(big, DEFAULT_MAX_FILE_SIZE)
     assert e.value.reason == "file too large" and "300.0 MB" in str(e.value)
 
 
 def test_a_stream_is_read_no_further_than_the_limit_plus_one():
     s = _Endless()
     with pytest.raises(InputError) as e:
-        probe.read_stream(s, "pipe", 3_000_000)
+        read.read_stream(s, "pipe", 3_000_000)
     assert e.value.reason == "file too large"
     assert s.read_bytes == 3_000_001
 
@@ -293,7 +295,7 @@ def test_a_fifo_given_directly_is_read(tmp_path):
     data = encoded(pattern(), "JPEG")
     writer = threading.Thread(target=lambda: fifo.write_bytes(data))
     writer.start()
-    src, n = probe.read_source(fifo, probe.DEFAULT_MAX_FILE_SIZE)
+    src, n = read.read_source(fifo, DEFAULT_MAX_FILE_SIZE)
     writer.join()
     im, pr = probe.open_image(src, n, str(fifo), probe.DEFAULT_MAX_PIXELS)
     with im:
@@ -303,7 +305,7 @@ def test_a_fifo_given_directly_is_read(tmp_path):
 def test_stdin_is_read_no_further_than_the_limit_plus_one():
     s = _Endless()
     with pytest.raises(InputError, match="more than --max-file-size"):
-        probe.read_stdin(1000, s)
+        read.read_stdin(1000, s)
     assert s.read_bytes == 1001
 
 
@@ -311,7 +313,7 @@ def test_stdin_on_a_terminal_is_refused_not_waited_for():
     master, slave = os.openpty()
     try:
         with open(slave, "rb", buffering=0, closefd=False) as tty, pytest.raises(InputError) as e:
-            probe.read_stdin(1000, tty)
+            read.read_stdin(1000, tty)
         assert e.value.reason == "stdin is a terminal"
     finally:
         os.close(master)
@@ -319,10 +321,10 @@ def test_stdin_on_a_terminal_is_refused_not_waited_for():
 
 
 _STDIN = textwrap.dedent("""
-    from anime_cli.inputs import probe
+    from anime_cli.inputs import read
     from anime_cli.errors import InputError
     try:
-        probe.read_stdin(1000)
+        read.read_stdin(1000)
     except InputError as e:
         print(e.reason, "|", e)
 """)
@@ -404,10 +406,10 @@ def test_our_temporary_files_are_skipped(tmp_path, name, temporary):
     path.write_bytes(encoded(pattern(), "JPEG"))
     if temporary:
         with pytest.raises(UnsupportedFormat) as e:
-            probe.read_source(path, probe.DEFAULT_MAX_FILE_SIZE)
+            read.read_source(path, DEFAULT_MAX_FILE_SIZE)
         assert e.value.reason == "temporary"
     else:
-        assert probe.read_source(path, probe.DEFAULT_MAX_FILE_SIZE)[1] > 0
+        assert read.read_source(path, DEFAULT_MAX_FILE_SIZE)[1] > 0
 
 
 def test_the_temporary_pattern_matches_what_the_writer_makes(tmp_path, monkeypatch):
@@ -431,7 +433,7 @@ _GLOBALS = textwrap.dedent("""
     from anime_cli.inputs import decode
     from anime_cli.inputs import discover
     from anime_cli.inputs import pngscan
-    from anime_cli.inputs import probe
+    from anime_cli.inputs import probe, read
     imported = state()
     probe.configure_process(400_000_000)
     print(json.dumps([before == imported, Image.MAX_IMAGE_PIXELS,

@@ -19,7 +19,7 @@ from anime_cli.engine import trim_malloc
 from anime_cli.errors import Cancelled, Fatal, InputError, OutputError, OutputExists, UnsupportedFormat, first_line
 from anime_cli.folder import files
 from anime_cli.folder.destinations import Destinations
-from anime_cli.inputs import probe
+from anime_cli.inputs import probe, read
 from anime_cli.inputs.discover import STDIN, Job
 from anime_cli.inputs.sniff import VIDEO_KINDS, sniff
 from anime_cli.kinds.clips import Clip
@@ -36,8 +36,9 @@ LANES = 2  # files in flight in a batch
 
 class Converter:
     def __init__(self, stylizer, options: Options, detector=None, stdin: bytes | None = None, use_store: bool = True,
-                 peaks: PeakTracker | None = None):
+                 peaks: PeakTracker | None = None, stills_only: bool = False):
         self.stylizer = stylizer
+        self.stills_only = stills_only  # a video or an animation is an error (the server converts pictures)
         self.options = options
         self.detector = detector
         # Converters of one process share a tracker: each new one would reset the kernel's mark (vmhwm)
@@ -111,6 +112,9 @@ class Converter:
             with rec.stage("probe"):
                 source, nbytes, kind = _source(job, self.options, self._stdin)
                 rec.input_bytes = nbytes
+                if kind is not None and self.stills_only:
+                    raise InputError(f"{job.input}: a video or an animation ({kind}); convert it with "
+                                     "anime-cli convert", "not a still picture")
                 if kind is not None:  # a video or an animation: frame by frame
                     f.kind = Clip.open(self.context, f, kind, source)
                 else:
@@ -230,12 +234,12 @@ def _source(job: Job, options: Options, stdin: bytes | None):
     not --max-file-size."""
     if job.path is None:
         if stdin is not None:
-            source, n = probe.read_bytes(stdin, STDIN, options.max_file_size)
+            source, n = read.read_bytes(stdin, STDIN, options.max_file_size)
         else:
-            source, n = probe.read_stdin(options.max_file_size)
+            source, n = read.read_stdin(options.max_file_size)
         return source, n, sniff(source)
     kind = sniff(job.path) if job.path.is_file() else None  # a FIFO's bytes are sniffed once read
-    source, n = probe.read_source(job.path, 1 << 62 if kind in VIDEO_KINDS else options.max_file_size)
+    source, n = read.read_source(job.path, 1 << 62 if kind in VIDEO_KINDS else options.max_file_size)
     if isinstance(source, io.BytesIO):
         kind = sniff(source)
     return source, n, kind
