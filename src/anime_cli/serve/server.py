@@ -20,7 +20,8 @@ def run(config) -> int:
     try:
         import uvicorn
 
-        from .app import Service, build_app
+        from .app import build_app
+        from .service import Service
     except ImportError as e:
         raise UsageError(f"anime-cli serve needs the serve extra: pip install 'animegan-cli[serve]' ({e})") from None
     from anime_cli.run import batch
