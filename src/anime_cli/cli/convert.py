@@ -80,34 +80,41 @@ def convert(
 
       cat photo.jpg | anime-cli convert - -o - > anime.jpg
     """
-    from anime_cli.run.batch import Batch, start, start_ray
-    from anime_cli.options import Options
     from anime_cli.inputs.probe import configure_process
+    from anime_cli.options import Options
 
     configure_process(max_pixels)  # warnings, libtiff's stderr, Pillow's bomb guard: the CLI's choices
-    to_stdout = output == "-"
-    if json_out and to_stdout:
-        fail("--json writes the records to stdout, where -o - writes the picture; use --log-file instead")
+    _check_together(output, json_out, ray, shard, dry_run)
     options = Options(
-        output_dir=None if to_stdout else Path(output).expanduser(), max_side=max_side, format=fmt,
+        output_dir=None if output == "-" else Path(output).expanduser(), max_side=max_side, format=fmt,
         quality=quality, overwrite=overwrite, face_enhance=face_enhance, min_face=min_face, face_size=face_size,
         max_file_size=max_file_size, max_pixels=max_pixels, memory_limit=memory_limit, pipelined=not sequential,
         dry_run=dry_run, crf=crf, max_frames=max_frames, name=name, keep_metadata=keep_metadata, keep_gps=keep_gps,
-        weights=weights_path,
-        style=weights_path.stem if weights_path is not None else style,
+        weights=weights_path, style=weights_path.stem if weights_path is not None else style,
     )
-    common = dict(recursive=recursive, log_file=log_file, style=style, weights_path=weights_path, threads=threads,
-                  precision=precision)
     try:
-        if ray is not None:
-            if shard is not None or dry_run:
-                fail("--ray runs the whole batch on the cluster; it does not take --shard or --dry-run")
-            batch: Batch = start_ray(inputs, output, options, address=ray, **common)
-        else:
-            batch = start(inputs, options, shard=shard, **common)
+        batch = _start(inputs, output, options, ray, shard, recursive=recursive, log_file=log_file, style=style,
+                       weights_path=weights_path, threads=threads, precision=precision)
     except AnimeCliError as e:
         fail(str(e))
     sys.exit(_run(batch, quiet, json_out))
+
+
+def _check_together(output: str, json_out: bool, ray: str | None, shard: str | None, dry_run: bool) -> None:
+    """Options that cannot go together: a usage error before any work."""
+    if json_out and output == "-":
+        fail("--json writes the records to stdout, where -o - writes the picture; use --log-file instead")
+    if ray is not None and (shard is not None or dry_run):
+        fail("--ray runs the whole batch on the cluster; it does not take --shard or --dry-run")
+
+
+def _start(inputs, output: str, options, ray: str | None, shard: str | None, **common):
+    """The batch: in this process, or on Ray Data."""
+    from anime_cli.run.batch import start, start_ray
+
+    if ray is not None:
+        return start_ray(inputs, output, options, address=ray, **common)
+    return start(inputs, options, shard=shard, **common)
 
 
 def _run(batch, quiet: bool, json_out: bool = False) -> int:

@@ -24,9 +24,9 @@ from typing import Callable
 import numpy as np
 from PIL import GifImagePlugin, Image
 
+from anime_cli.errors import Cancelled, InputError, OutputError, first_line
 from anime_cli.folder import files as output
 from anime_cli.inputs.decode import over_white, target_size
-from anime_cli.errors import InputError, OutputError, first_line
 from anime_cli.inputs.sniff import gif_extent
 from anime_cli.options import DEFAULT_MAX_FRAMES, DEFAULT_MAX_PIXELS, DEFAULT_MAX_SIDE
 from .video import VideoResult
@@ -65,30 +65,17 @@ def convert_animated(src: str | os.PathLike, dest: str | os.PathLike, kind: str,
         try:
             for i in range(n):
                 if cancel is not None and cancel.is_set():
-                    from anime_cli.errors import Cancelled
-
                     raise Cancelled()
                 t = time.perf_counter()
-                im.seek(i)
-                if im.width * im.height > canvas[0] * canvas[1]:  # seek read the extent; load decodes it
-                    raise InputError(f"{name}: frame {i + 1} grows the canvas to {im.width}x{im.height}, "
-                                     f"past the {canvas[0]}x{canvas[1]} its header walk found", "too many pixels")
-                im.load()  # WebP sets a frame's duration only once it is loaded
-                durations.append(int(im.info.get("duration") or 0))
-                disposals.append(_disposal(im, fmt))
-                frame = im.convert("RGBA")
-                if frame.size != (w, h):  # a GIF frame reached past the screen: shown clipped, as browsers do
-                    frame = frame.crop((0, 0, w, h))
-                rgba = np.asarray(frame.resize(size, Image.Resampling.LANCZOS))
-                alpha = rgba[..., 3]
-                has_alpha = bool((alpha < 255).any())
-                alpha_any |= has_alpha
-                rgb = over_white(rgba) if has_alpha else np.ascontiguousarray(rgba[..., :3])
+                rgb, alpha, duration, disposal = _frame(im, i, fmt, (w, h), canvas, size, name)
+                durations.append(duration)
+                disposals.append(disposal)
+                alpha_any |= alpha is not None
                 t1 = time.perf_counter()
                 timings["decode"] += t1 - t
                 out = stylize_frame(rgb)
                 timings["stylize"] += time.perf_counter() - t1
-                frames.append((out, alpha if has_alpha else None))
+                frames.append((out, alpha))
                 if progress is not None:
                     progress(i + 1, n)
         except (OSError, EOFError, SyntaxError, ValueError) as e:  # a truncated or broken frame
@@ -109,6 +96,25 @@ def convert_animated(src: str | os.PathLike, dest: str | os.PathLike, kind: str,
     return VideoResult(n, round(1000 * n / sum(durations), 3) if sum(durations) else None,
                        round(sum(durations) / 1000, 4), 0, size, (w, h), SUFFIXES[fmt], timings,
                        round(n / total, 3) if total else 0.0, notes)
+
+
+def _frame(im, i: int, fmt: str, screen: tuple[int, int], canvas: tuple[int, int], size: tuple[int, int], name: str):
+    """Frame i at the working size, over white where it is transparent: (rgb,
+    its alpha or None, its duration in ms, its disposal)."""
+    im.seek(i)
+    if im.width * im.height > canvas[0] * canvas[1]:  # seek read the extent; load decodes it
+        raise InputError(f"{name}: frame {i + 1} grows the canvas to {im.width}x{im.height}, "
+                         f"past the {canvas[0]}x{canvas[1]} its header walk found", "too many pixels")
+    im.load()  # WebP sets a frame's duration only once it is loaded
+    duration, disposal = int(im.info.get("duration") or 0), _disposal(im, fmt)
+    frame = im.convert("RGBA")
+    if frame.size != screen:  # a GIF frame reached past the screen: shown clipped, as browsers do
+        frame = frame.crop((0, 0, *screen))
+    rgba = np.asarray(frame.resize(size, Image.Resampling.LANCZOS))
+    alpha = rgba[..., 3]
+    if (alpha < 255).any():
+        return over_white(rgba), alpha, duration, disposal
+    return np.ascontiguousarray(rgba[..., :3]), None, duration, disposal
 
 
 def _webp_folded(dest: Path, n: int) -> list[str]:
