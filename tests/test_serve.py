@@ -77,6 +77,16 @@ def test_not_an_image_is_415(server):
     assert _error(body)["reason"] == "not an image"
 
 
+def test_an_animation_is_415_a_still_picture_is_what_a_request_converts(server):
+    frames = [Image.new("RGB", (64, 48), c) for c in ("red", "blue")]
+    gif = io.BytesIO()
+    frames[0].save(gif, format="GIF", save_all=True, append_images=frames[1:], duration=100)
+    status, _, body = server.convert(gif.getvalue())
+    assert status == 415
+    e = _error(body)
+    assert e["reason"] == "not a still picture" and "a video or an animation (gif)" in e["error"], e
+
+
 def test_a_corrupt_photo_is_refused_in_one_line(server):
     jpeg = photo_bytes(size=(320, 240))
     status, _, body = server.convert(jpeg[: len(jpeg) // 2], "faces=false")  # header intact, data cut

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from anime_cli.inputs.discover import Job
-from anime_cli.inputs.sniff import sniff
 from anime_cli.logs.telemetry import PeakTracker, Record
 from anime_cli.options import Options
 
@@ -42,17 +41,11 @@ class Pictures:
     def open(self, path: Path, name: str, options: Options) -> "Pending":
         """Probe the picture at `path` (shown as `name` in its record) for
         `options` (output_dir None: the result stays in memory). A video or an
-        animation is refused here: a request converts one still picture."""
-        conv = Converter(self.stylizers[options.style], options,
-                         self.detector if options.face_enhance else None, use_store=False, peaks=self.peaks)
+        animation is refused from its first bytes: a request converts one still picture."""
+        conv = Converter(self.stylizers[options.style], options, self.detector if options.face_enhance else None,
+                         use_store=False, peaks=self.peaks, stills_only=True)
         conv.context.sink = io.BytesIO()
-        job = Job(name, Path(path), Path(name))
-        kind = sniff(path)
-        if kind is not None:
-            rec = Record(input=name, style=options.style, status="error", reason="not a still picture")
-            rec.error = f"{name}: a video or an animation ({kind}); convert it with anime-cli convert"
-            return Pending(conv, None, rec, 0)
-        loaded = conv.open(job)
+        loaded = conv.open(Job(name, Path(path), Path(name)))
         if loaded.kind is not None:
             return Pending(conv, loaded, loaded.record, conv.footprint(loaded), getattr(loaded.kind, "fmt", None))
         skipped = loaded.record.status == "skipped"
