@@ -27,7 +27,7 @@ DEFAULT_MAX_FRAMES = 100_000  # about an hour at 30 fps: a bomb cannot run for d
 DEFAULT_MEMORY_LIMIT = 1024**3
 DEFAULT_STYLE = "hayao"
 DEFAULT_DOWNLOAD_TIMEOUT = 30.0  # seconds without a byte before a transfer has stalled
-PRECISIONS = ("auto", "bf16", "fp32")
+PRECISIONS = ("auto", "bf16", "int8", "fp32")
 FORMATS = ("auto", "png", "jpg", "webp")  # jpeg is read as jpg
 # The ranges of the integer options (the CLI's min/max; what a request to `serve` may set).
 MAX_SIDE_MIN = 0

@@ -30,7 +30,7 @@ def serve(
     token: Optional[str] = typer.Option(None, "--token", envvar="ANIME_CLI_TOKEN", show_envvar=True, help="Requests must send 'Authorization: Bearer TOKEN'; required beyond loopback."),
     face_enhance: bool = typer.Option(True, "--face-enhance/--no-face-enhance", help="Load the face detector (a request may still turn faces off)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for the network. [default: the cores this process may use]"),
-    precision: str = typer.Option("auto", "--precision", metavar="P", parser=parsed(parse_choice(PRECISIONS)), help="Network arithmetic: auto, bf16 or fp32."),
+    precision: str = typer.Option("auto", "--precision", metavar="P", parser=parsed(parse_choice(PRECISIONS)), help="Network arithmetic: auto, bf16, int8 or fp32 (as for convert)."),
     grace: float = typer.Option(30.0, "--grace", min=0, metavar="S", help="Seconds SIGTERM leaves the conversions in flight."),
     log_file: Optional[Path] = typer.Option(None, "--log-file", metavar="FILE", help="Append one JSON object per request (JSON Lines)."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No per-request lines on stderr (server errors still print)."),

@@ -87,8 +87,14 @@ class LayerNode:
         x = self._gather(src, a, b, va, vb, s0, s1)
         if r1 < self.limit:
             src.release(self.index, self.geo.needs(self.index, r1, r1 + 1)[0])
-        w, bias = self.run.weights[self.index]
-        y = conv(x, w, bias, stride=self.L.stride, groups=self.L.groups)
+        if self.index in self.run.observe:
+            self.run.observe[self.index](self.index, x)
+        qconv = self.run.int8.get(self.index)
+        if qconv is not None:
+            y = qconv(x, scratch.take(x.shape[1], x.shape[2], x.shape[3], torch.uint8))
+        else:
+            w, bias = self.run.weights[self.index]
+            y = conv(x, w, bias, stride=self.L.stride, groups=self.L.groups)
         y32 = None
         if self.kind != "stream" and self.L.norm is not None:
             y32 = self._accumulate(y)

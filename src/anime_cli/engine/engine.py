@@ -19,6 +19,7 @@ from anime_cli.errors import Cancelled  # the batch's signal: the engine raises 
 from .bands import Band
 from .cpu import Cores, bound_malloc, resolve_precision, split, trim_malloc
 from .geometry import Geometry, padded_size
+from .int8 import convs as int8_convs, missing as int8_missing, quantized
 from .layers import Layer, layer_dtype
 from .norms import norm_affine
 from .pictures import PictureSink, PictureSource, TensorSource
@@ -50,7 +51,11 @@ class Engine:
     planned, which grows with the workers, stays flat from 2 cores to 64.
     Or `cores`, a Cores shared with other engines: each pass then takes its
     share of them.
-    precision: "auto" (bf16 where the CPU has native bfloat16), "bf16" or "fp32".
+    precision: "auto" (bf16 where the CPU has native bfloat16, else int8 where
+    it can run, else fp32), "bf16", "int8" or "fp32".
+    int8: the network's calibration table (layer name -> [low, high] of its
+    input on real photos: a style's, in the weights manifest), without which
+    int8 cannot run.
 
     budget_bytes: the memory a run may allocate on top of what the process
     already holds: stored activations, streaming windows and per-strip
@@ -66,15 +71,19 @@ class Engine:
     """
 
     def __init__(self, layers: list[Layer], threads: int | None = None, precision: str = "auto",
-                 cores: Cores | None = None):
+                 cores: Cores | None = None, int8: dict[str, list[float]] | None = None):
         if not isinstance(layers, list):
             raise TypeError(f"an Engine runs a layer list (models.layers_for), not a {type(layers).__name__}")
         bound_malloc()
-        self.precision = resolve_precision(precision)
+        self.precision = resolve_precision(precision, int8_missing(int8))
+        self.int8 = int8_convs(layers, int8) if self.precision == "int8" else {}
         self.cores = cores or Cores(threads)
         self.layers = layers
         self.weights = []
         for i, L in enumerate(self.layers):
+            if i in self.int8:
+                self.weights.append(None)
+                continue
             dt = layer_dtype(self.precision, i, L)
             w = L.weight.to(dt).contiguous(memory_format=CL)
             self.weights.append((w, None if L.bias is None else L.bias.to(dt)))
@@ -132,6 +141,28 @@ class Engine:
         self.stream(TensorSource(x), sink, budget_bytes, plan)
         return out
 
+    def calibrate(self, x: torch.Tensor, seen: dict[str, list[float]] | None = None) -> dict[str, list[float]]:
+        """The [low, high] every int8 layer's input takes when the network runs
+        x ((1, 3, H, W) as run() takes it) in float32, merged into `seen`: an
+        int8 calibration table (int8.py)."""
+        seen = {} if seen is None else seen
+
+        def observe(i, block):
+            name = self.layers[i].name
+            lo, hi = float(block.amin()), float(block.amax())
+            with lock:
+                old = seen.get(name, [lo, hi])
+                seen[name] = [min(old[0], lo), max(old[1], hi)]
+
+        if self.precision != "fp32":
+            raise ValueError("calibrate a float32 engine: the table describes the float32 network")
+        lock = threading.Lock()
+        geo = self.geometry(x.shape[2], x.shape[3])
+        run = Run(self, geo, TensorSource(x), best_plan(geo, None))
+        run.observe = {i: observe for i, L in enumerate(self.layers) if quantized(i, L)}
+        run.execute(lambda r0, r1, y: None)
+        return seen
+
     def render(self, rgb: np.ndarray, budget_bytes: int | None = None, cancel=None, progress=None) -> Rendered:
         """h x w x 3 uint8 -> h x w x 3 uint8 and the plan it ran, without
         whole-image float copies. Any size: the network runs on the picture
@@ -166,7 +197,8 @@ class Run:
 
     def __init__(self, engine: Engine, geo: Geometry, src, plan: Plan, cancel=None, progress=None):
         self.engine, self.geo, self.plan = engine, geo, plan
-        self.layers, self.weights = engine.layers, engine.weights
+        self.layers, self.weights, self.int8 = engine.layers, engine.weights, engine.int8
+        self.observe: dict = {}  # layer index -> observe(index, padded input block) (calibration)
         self.cancel, self.progress = cancel, progress
         self.stored: dict[int, Stored] = {-1: Image(self, src)}
         self.pool = BlockPool()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .int8 import quantized
 from .layers import layer_dtype, sources
 
 STRIP_BYTES = 4 << 20  # target size of a pass's strips (input or output block): cache-sized
@@ -29,7 +30,8 @@ class Sizes:
     heights, and the memory model the planner uses."""
 
     def __init__(self, layers, h: int, w: int, precision: str, workers: int = 1):
-        self.layers, self.h, self.w, self.workers = layers, h, w, workers
+        self.layers, self.h, self.w, self.workers, self.precision = layers, h, w, workers, precision
+        self.int8 = [precision == "int8" and quantized(i, L) for i, L in enumerate(layers)]
         self.dtypes = [layer_dtype(precision, i, L) for i, L in enumerate(layers)]
         # rows are kept (stored or streamed) in the layer's own precision
         self.store = list(self.dtypes)
@@ -128,7 +130,8 @@ class Sizes:
         L, s, si = self.layers[i], self.shapes[i], self.in_shapes[i]
         item, rows = self.dtypes[i].itemsize, self.strip[i]
         in_rows = (rows - 1) * L.stride + L.kernel
-        total = in_rows * (si.w + L.pad[0] + L.pad[1]) * si.c * item  # padded input block
+        block = in_rows * (si.w + L.pad[0] + L.pad[1]) * si.c
+        total = block * (item + self.int8[i])  # padded input block (and its uint8 codes)
         if L.upsample:  # source rows, and their x2
             src_rows = min(in_rows // 2 + 4, si.h // 2)
             total += src_rows * (si.w // 2) * si.c * item + 2 * src_rows * si.w * si.c * item
@@ -138,7 +141,7 @@ class Sizes:
         total += out * 4  # float32 copy for the statistics
         if L.residual is not None:
             total += out * self.store[i].itemsize
-        return total + 5 * 64
+        return total + 6 * 64
 
     def work(self, i, target: bool = True) -> int:
         """Heap temporaries while one strip of layer i is computed: the

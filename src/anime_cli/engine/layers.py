@@ -75,6 +75,7 @@ def layer_dtype(precision: str, i: int, L: Layer):
     # The output layer (3 channels, 0.02 % of the work) stays in float32 so that
     # the picture is not rounded to bfloat16 before it is rounded to 8 bits.
     # (The first layer in float32 bought nothing measurable: +-1 dB, 6 % slower.)
-    if precision == "fp32" or L.tanh or L.exact:
+    # int8 runs on float32: its convolutions take float32 blocks and give float32 (int8.py).
+    if precision in ("fp32", "int8") or L.tanh or L.exact:
         return torch.float32
     return torch.bfloat16

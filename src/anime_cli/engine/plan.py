@@ -33,10 +33,12 @@ class Plan:
     passes: float  # compute, in units of one pass of the whole network
     fits: bool  # whether `bytes` is within the budget asked for
     compact: bool = False  # stored layers in 8 bits (see Stored)
+    precision: str = ""  # the arithmetic it runs in (cpu.resolve_precision)
 
     def describe(self) -> str:
         extra = "" if self.name == "strips" else f", {len(self.stored)} layers stored, {self.passes:.2f} passes"
         extra += ", 8-bit storage" if self.compact else ""
+        extra += f", {self.precision}" if self.precision else ""
         return f"{self.name} (~{self.bytes / 2**20:.0f} MiB{extra})"
 
 
@@ -129,7 +131,8 @@ class Planner:
             mid = (lo + hi) // 2
             lo, hi = (lo, mid) if self._best(mid) is not None else (mid, hi)
         best = self._best(hi)
-        return Plan(best.name, best.stored, best.bytes, best.passes, fits=False, compact=self.compact)
+        return Plan(best.name, best.stored, best.bytes, best.passes, fits=False, compact=self.compact,
+                    precision=best.precision)
 
     def _best(self, budget) -> Plan | None:
         n = self.n
@@ -152,7 +155,8 @@ class Planner:
             return None
         cost, peak, path = min(finals)
         name = "strips" if len(path) == n - 1 else "stream"
-        return Plan(name, frozenset(path), int(peak), cost / self.total, fits=True, compact=self.compact)
+        return Plan(name, frozenset(path), int(peak), cost / self.total, fits=True, compact=self.compact,
+                    precision=self.geo.precision)
 
 
 def best_plan(geo: Geometry, budget: int | None) -> Plan:

@@ -18,6 +18,8 @@ class RunState(Protocol):
     layers: list[Layer]
     weights: list[tuple[torch.Tensor, torch.Tensor | None]]  # each layer's, in its dtype
     lade: dict[int, torch.Tensor]  # LADE's 1x1 convs, float32
+    int8: dict  # layer index -> int8.QConv: the layers that run in int8
+    observe: dict  # layer index -> observe(index, padded input block): calibration
     stored: dict  # layer index -> stored.Stored: the layers kept whole (-1: the picture)
     affine: dict[int, tuple[torch.Tensor, torch.Tensor] | None]  # each norm's learnt scale and shift
     pool: BlockPool  # the memory stored layers and windows live in
