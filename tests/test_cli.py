@@ -222,13 +222,13 @@ def test_precision_fp32_gives_the_untiled_network_exactly(tmp_path):
 
 def test_unknown_precision_is_one_line_and_exit_2(tmp_path):
     src = make_photo(tmp_path / "p.png")
-    code, _, err = invoke("convert", src, "-o", tmp_path / "out", "--precision", "int8")
+    code, _, err = invoke("convert", src, "-o", tmp_path / "out", "--precision", "fp16")
     assert code == 2
-    assert err.strip() == "anime-cli: --precision must be one of auto, bf16, fp32 (got 'int8')"
+    assert err.strip() == "anime-cli: --precision must be one of auto, bf16, int8, fp32 (got 'fp16')"
 
 
 @pytest.mark.parametrize("option,value", [("--memory-limit", "lots"), ("--max-file-size", "big"),
-                                          ("--max-pixels", "many"), ("--format", "gif"), ("--precision", "int8"),
+                                          ("--max-pixels", "many"), ("--format", "gif"), ("--precision", "fp16"),
                                           ("--quality", "500"), ("--max-side", "-1")])
 def test_a_bad_option_value_touches_nothing_and_names_the_option(tmp_path, option, value):
     src = make_photo(tmp_path / "in" / "p.png")

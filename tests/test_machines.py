@@ -19,17 +19,16 @@ def test_precision_bf16_without_bfloat16_is_exit_2_before_any_output_folder(tmp_
     assert not (tmp_path / "out").exists()
 
 
-def test_auto_without_bfloat16_chooses_fp32(tmp_path):
+@pytest.mark.parametrize("style,precision", [("hayao", "int8"), ("paprika", "fp32")])
+def test_auto_without_bfloat16_runs_int8_where_the_style_has_it_else_fp32(tmp_path, style, precision):
     src = make_photo(tmp_path / "p.jpg")
-    code, out, err = run_cli("convert", src, "-o", tmp_path / "out", "--no-face-enhance", "--dry-run", "--json",
+    code, out, err = run_cli("convert", src, "-o", tmp_path / "out", "--no-face-enhance", "--style", style, "--json",
                              env=NO_BF16)
     assert code == 0, err
     import json
 
-    assert json.loads(out)["status"] == "planned"
-    code, _, err = run_cli("convert", src, "-o", tmp_path / "out", "--no-face-enhance", "--precision", "fp32",
-                           env=NO_BF16)
-    assert code == 0, err
+    record = json.loads(out)
+    assert record["status"] == "ok" and record["plan"].endswith(f", {precision})"), record
 
 
 def test_the_switch_is_what_the_engine_sees(monkeypatch):
@@ -40,7 +39,8 @@ def test_the_switch_is_what_the_engine_sees(monkeypatch):
     monkeypatch.setenv("ANIME_CLI_NO_BF16", "1")
     try:
         assert not cpu.bf16_works() and not cpu.native_bf16()
-        assert cpu.resolve_precision("auto") == "fp32"
+        assert cpu.resolve_precision("auto") == "fp32"  # a network without an int8 table
+        assert cpu.resolve_precision("auto", int8_missing=None) == "int8"
         with pytest.raises(ValueError, match="switched off"):
             cpu.resolve_precision("bf16")
     finally:

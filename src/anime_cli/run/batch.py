@@ -29,7 +29,7 @@ def start(inputs: list[str], options: Options, *, recursive: bool = False, log_f
     from .converter import Converter
 
     check_limits(options)
-    check_precision(precision)
+    check_precision(precision, style, weights_path)
     jobs = discover(inputs, recursive, (options.output_dir,), log_file=log_file)
     notes = list(jobs.notes)
     if inputs.count(STDIN) > 1:
@@ -78,6 +78,7 @@ def start_ray(inputs: list[str], output: str, options: Options, *, address: str 
         raise UsageError("--ray reads files and folders and writes a folder: '-' (stdin/stdout) is not for it")
     if weights_path is None:
         load_style_check(style)
+    check_precision(precision, style, weights_path)
     total = [0]
     records = runner.convert_dataset(inputs, output, options, recursive=recursive, style=style,
                                      weights=str(weights_path) if weights_path else None, threads=threads or 1,
@@ -101,14 +102,29 @@ def check_limits(options: Options) -> None:
         raise UsageError("--max-file-size 0 would refuse every photo: give a size such as 200MB")
 
 
-def check_precision(precision: str) -> None:
-    """--precision bf16 where torch cannot run bfloat16 here would fail every
-    file in the network: say so before the models load."""
+def check_precision(precision: str, style: str = DEFAULT_STYLE, weights_path: Path | None = None) -> None:
+    """--precision bf16 or int8 where they cannot run would fail every file
+    in the network: say so before the models load."""
     if precision == "bf16":
         from anime_cli.engine.cpu import bf16_missing, bf16_works
 
         if not bf16_works():
             raise UsageError(f"--precision bf16: {bf16_missing()}; use --precision fp32 or auto")
+    if precision == "int8":
+        from anime_cli.engine import int8
+        from anime_cli.weights import catalog
+
+        try:
+            table = catalog.int8_table(style, weights_path)
+        except (OSError, catalog.WeightsError):
+            return  # the weights themselves are refused in their own words when they load
+        if not table:
+            which = f"{weights_path} is not an installed style's weights and has" if weights_path else f"style {style} has"
+            calibrated = ", ".join(e.name for e in catalog.styles() if e.int8)
+            raise UsageError(f"--precision int8: {which} no int8 calibration (styles with one: {calibrated}); "
+                             "use --precision fp32 or auto")
+        if int8.missing(table):
+            raise UsageError(f"--precision int8: {int8.missing(table)}; use --precision fp32 or auto")
 
 
 def _shard(text: str, inputs: list[str]):

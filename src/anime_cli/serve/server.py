@@ -29,6 +29,8 @@ def run(config) -> int:
     from anime_cli.run.single import Pictures
 
     config.check()
+    for style in config.styles:
+        batch.check_precision(config.precision, style)
     configure_process(config.max_pixels)
     sock = _listen(config.host, config.port)  # before the models load: a busy port fails fast
     stylizers = {}

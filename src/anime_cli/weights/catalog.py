@@ -44,6 +44,9 @@ class WeightFile:
     family: str = ""  # a style's generator family (models.FAMILIES)
     description: str = ""
     size: int = 0  # bytes: the bound of a download (0: not known)
+    # A style's int8 calibration: layer name -> [low, high] its input took on real
+    # photos (engine/int8.py; made by `python -m anime_cli.stylize.calibrate`). None: no int8.
+    int8: dict[str, list[float]] | None = None
 
 
 @lru_cache(maxsize=1)
@@ -184,6 +187,16 @@ def load_module_file(path):
         return models.load(sd)
     except WeightsError as e:
         raise WeightsError(f"{path}: {e}") from None
+
+
+def int8_table(style: str, weights: str | os.PathLike | None = None) -> dict[str, list[float]] | None:
+    """The int8 calibration of a style, or of a weights file that is a known
+    style's (by its sha256); None where there is none."""
+    if not weights:
+        entry = manifest().get(style)
+        return entry.int8 if entry else None
+    sha = file_sha256(Path(weights))
+    return next((e.int8 for e in manifest().values() if e.sha256 == sha), None)
 
 
 def weights_sha256(style: str, weights: str | os.PathLike | None = None) -> str:
