@@ -135,8 +135,11 @@ class LayerNode:
         return x
 
     def _accumulate(self, y) -> torch.Tensor:
-        """Add the strip to the statistics; returns its float32 copy (scratch)."""
-        y32 = self.band.scratch.take(y.shape[1], y.shape[2], y.shape[3], torch.float32).copy_(y)
+        """Add the strip to the statistics; returns its float32 copy (scratch),
+        or y itself where it is float32 (nothing reads y after its writer)."""
+        y32 = y
+        if y.dtype != torch.float32:
+            y32 = self.band.scratch.take(y.shape[1], y.shape[2], y.shape[3], torch.float32).copy_(y)
         s, sq = strip_statistics(self.L, y32, self.run.lade.get(self.index))
         self.sum += s
         self.sumsq += sq
