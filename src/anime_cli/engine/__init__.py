@@ -38,10 +38,12 @@ Which layers are kept whole is the plan (plan.py):
 Where it saves passes, the stored layers are kept in 8 bits (each row and
 channel over its own range: ~60 dB from float32, half the memory of bfloat16).
 
-Threads: each worker thread runs torch single-threaded on its own strips (or,
-when layers stream, its own band of rows). No OpenMP team waits at a barrier
-for a core that another process holds: on a busy 2-core machine two OpenMP
-threads made thousands of small operations up to 10x slower.
+Threads: a pass runs at most two band workers (cpu.MAX_WORKERS), each a
+Python thread with its own strips (or, when layers stream, its own band of
+rows) and a oneDNN team of its share of the threads: one thread each on two
+cores, eight each on sixteen. Memory is planned for the workers, so it does
+not grow with the cores; idle team threads sleep (OMP_WAIT_POLICY=PASSIVE):
+spinning, they made a busy 2-core machine up to 8x slower.
 
 Memory: stored layers and streaming windows live in blocks mapped for the run
 and reused (BlockPool), strip temporaries in one scratch buffer per worker: in
@@ -56,6 +58,7 @@ The package, by what each file holds:
                memory model
   plan.py      the planner: which layers are stored (Plan, best_plan)
   layers.py    the network as a flat list of layers (Layer), and each layer's dtype
+  int8.py      int8 convolutions (oneDNN's, through torch.ops.onednn) from a calibration table
   bands.py     one worker's share of a pass, and the layers computed in it
   norms.py     the statistics each norm learns strip by strip, and applying them
   stored.py    layers kept whole between passes, and when their rows are freed
@@ -67,7 +70,11 @@ Precision. "bf16" (the default where the CPU has native bfloat16 dot products)
 runs the convolutions in bfloat16 with float32 accumulation, and keeps the
 statistics and the output layer in float32: about twice the speed of float32
 for 53-56 dB PSNR against the float32 network on photos (the attention and
-the output layer stay in float32). "fp32" is exact up to float rounding.
+the output layer stay in float32). "int8" runs the dense convolutions of
+activations on uint8 codes of their input (one range a layer, from a style's
+calibration on real photos) and int8 weights, everything else in float32:
+1.3-2.2x float32 for 43-48 dB, the fastest where bfloat16 is not native.
+"fp32" is exact up to float rounding.
 """
 
 from .cpu import Cores, bf16_works, bound_malloc, default_threads, native_bf16, resolve_precision, trim_malloc
