@@ -1,6 +1,7 @@
 """Is anime-cli 2.5x the naive way on an AVX2-only CPU? The whole process on 3
 ~1 MP JPEGs at native size (`anime-cli convert ... --max-side 0
---no-face-enhance --precision fp32` against bench/naive.py), alternating,
+--no-face-enhance` at --precision auto, which is int8 there, or the one
+given, against bench/naive.py), alternating,
 medians; and, in the same run, the machine's fp32 convolution limit (a
 256-channel 3x3 convolution, channels-last, all cores) and the network's
 share of it (0.80 MFLOP a pixel, from a --sequential run's logged stylize
@@ -10,11 +11,12 @@ Mode "avx2" caps oneDNN at AVX2 (ONEDNN_MAX_CPU_ISA, and DNNL_MAX_CPU_ISA
 for older builds) and ATen's own kernels (ATEN_CPU_CAPABILITY) in every
 child, and the convolution kernel oneDNN really picks (ONEDNN_VERBOSE) is
 printed, so that an AVX-512 machine measures as an AVX2 one would (same
-cores, same clock; no AVX2_VNNI, like AMD Zen 2/3). Both modes alternate in
+cores, same clock; no AVX2_VNNI, like AMD Zen 2/3), and switches bfloat16
+off (ANIME_CLI_NO_BF16: an AVX2 CPU has none). Both modes alternate in
 one run, so that the machine's load falls on both. A benchmark, not a test;
 the load moves the times, the ratio less, and each process's CPU time least.
 
-    .venv/bin/python bench/avx2.py [--modes native,avx2] [--runs 3] [--precision fp32]
+    .venv/bin/python bench/avx2.py [--modes native,avx2] [--runs 3] [--precision auto]
 """
 
 from __future__ import annotations
@@ -31,17 +33,20 @@ from pathlib import Path
 
 from anime_cli.engine import cpu
 
-AVX2_ENV = {"ONEDNN_MAX_CPU_ISA": "AVX2", "DNNL_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+AVX2_ENV = {"ONEDNN_MAX_CPU_ISA": "AVX2", "DNNL_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2",
+            cpu.NO_BF16: "1"}
 PHOTOS3 = [("coffee.png", (1248, 832)), ("rocket.jpg", (1248, 832)), ("chelsea.png", (1248, 832))]
 FLOP_PER_PIXEL = 0.80e6
 
 # One convolution under ONEDNN_VERBOSE, in a child: the kernel oneDNN picks for
-# fp32 (and int8 through torch.ops.onednn) under the environment this bench runs with.
+# fp32 and for int8 (the engine's QConv) under the environment this bench runs with.
 PROBE = r"""
 import torch
+from anime_cli.engine.int8 import QConv, pack
 x = torch.randn(1, 256, 18, 66).contiguous(memory_format=torch.channels_last)
 w = torch.randn(256, 256, 3, 3)
 torch.mkldnn_convolution(x, w, None, [0, 0], [1, 1], [1, 1], 1)
+QConv(pack(w, None, (-4.0, 4.0), 1, 1), (-4.0, 4.0))(x.clone(), torch.empty_like(x, dtype=torch.uint8))
 print("aten", torch.backends.cpu.get_cpu_capability())
 """
 
@@ -49,9 +54,12 @@ print("aten", torch.backends.cpu.get_cpu_capability())
 def kernels(env: dict) -> str:
     env = dict(env, ONEDNN_VERBOSE="1", DNNL_VERBOSE="1")
     out = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, check=True).stdout
-    conv = sorted({ln.split(",")[6] for ln in out.splitlines() if ",exec,cpu,convolution," in ln})
+    convs = [ln for ln in out.splitlines() if ",exec,cpu,convolution," in ln]
+    fp32 = sorted({ln.split(",")[6] for ln in convs if "src:f32" in ln})
+    int8 = sorted({ln.split(",")[6] for ln in convs if "src:u8" in ln})
     aten = [ln.split()[1] for ln in out.splitlines() if ln.startswith("aten ")]
-    return f"oneDNN fp32 convolution kernel {', '.join(conv)}; ATen CPU capability {', '.join(aten)}"
+    return (f"oneDNN convolution kernels fp32 {', '.join(fp32)}, int8 {', '.join(int8)};"
+            f" ATen CPU capability {', '.join(aten)}")
 
 
 LIMIT = r"""
@@ -113,7 +121,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--modes", default="native,avx2", help="native, avx2 (emulated) or both, alternating")
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--precision", default="fp32", help="anime-cli's --precision (default fp32: what AVX2 runs)")
+    ap.add_argument("--precision", default="auto", help="anime-cli's --precision (default auto: int8 on AVX2)")
     ap.add_argument("--limit-only", action="store_true", help="only the convolution limit of each mode")
     args = ap.parse_args()
     modes = args.modes.split(",")

@@ -6,10 +6,12 @@ torch.ops.onednn.qconv2d_pointwise (the op torch.compile's x86 inductor
 quantizer lowers to; plain uint8/int8 tensors, no deprecated quantized-tensor
 type): per-tensor uint8 activations, per-channel int8 weights prepacked once,
 float32 out (the dequantize fused), the quantize of the strip's input
-included. A measurement behind a decision in the README, not a test.
+included. With --network: the whole network in the engine, every style that
+has an int8 table, int8 against fp32 (and bf16). A measurement behind a
+decision in the README, not a test.
 
     .venv/bin/python bench/int8.py [--emulate-avx2 [--isa AVX2_VNNI]]
-    .venv/bin/python bench/int8.py --network [--emulate-avx2] [--percentile P] [--keep first,depthwise,out]
+    .venv/bin/python bench/int8.py --network [--style all] [--emulate-avx2] [--size 1024x768]
 
 --emulate-avx2 caps oneDNN at AVX2 (no VNNI, as on AMD Zen 2/3) and ATen at
 avx2; the kernel oneDNN picks for each column is printed.
@@ -45,13 +47,10 @@ def main() -> None:
     ap.add_argument("--emulate-avx2", action="store_true")
     ap.add_argument("--isa", default="AVX2", help="the cap --emulate-avx2 puts on oneDNN: AVX2 or AVX2_VNNI")
     ap.add_argument("--size", default="1024x768", help="picture WxH whose plan gives the strips")
-    ap.add_argument("--style", default="hayao")
+    ap.add_argument("--style", default="hayao", help="the style (--network: a style or all)")
     ap.add_argument("--network", action="store_true",
-                    help="instead: calibrate on real photos, then fidelity and speed of the whole network")
-    ap.add_argument("--percentile", type=float, default=None, help="calibrate to this percentile (default min/max)")
+                    help="instead: the whole network in the engine, fidelity and speed, fp32 / int8 / bf16")
     ap.add_argument("--no-speed", action="store_true", help="--network: fidelity only")
-    ap.add_argument("--keep", default="first,depthwise,out",
-                    help="layers kept in float32: first, depthwise, out, or layer names (comma-separated)")
     args = ap.parse_args()
     if args.emulate_avx2:
         os.environ.update(AVX2_ENV, ONEDNN_MAX_CPU_ISA=args.isa, DNNL_MAX_CPU_ISA=args.isa)
@@ -61,7 +60,7 @@ def main() -> None:
         return network(args)
 
     from anime_cli.engine import cpu
-    from anime_cli.engine.int8 import pack, qconv, quantize
+    from anime_cli.engine.int8 import QConv, pack
     from anime_cli.models import layers_for
     from anime_cli.weights import catalog as weights
     from anime_cli.engine.layers import conv
@@ -85,9 +84,16 @@ def main() -> None:
         x = torch.randn(1, L.cin, in_rows, cols).contiguous(memory_format=torch.channels_last)
         wt = L.weight.float().contiguous(memory_format=torch.channels_last)
         bias = None if L.bias is None else L.bias.float()
-        scale, zp = float(x.abs().max()) / 127, 128
-        packed = pack(L.weight, L.bias, scale, zp, L.stride, L.groups)
-        fns = [lambda: conv(x, wt, bias, L.stride, L.groups), lambda: qconv(quantize(x, scale, zp), scale, zp, packed)]
+        span = (-float(x.abs().max()), float(x.abs().max()))
+        qconv = QConv(pack(L.weight, L.bias, span, L.stride, L.groups), span)
+        codes = torch.empty_like(x, dtype=torch.uint8)
+        spoilt = torch.empty_like(x)  # QConv makes the codes in its input: a copy per call, as the engine's block
+
+        def int8_call():
+            spoilt.copy_(x)
+            return qconv(spoilt, codes)
+
+        fns = [lambda: conv(x, wt, bias, L.stride, L.groups), int8_call]
         if bf16:
             xb, wb = x.bfloat16(), wt.bfloat16()
             bb = None if bias is None else bias.bfloat16()
@@ -107,100 +113,54 @@ def main() -> None:
           f" int8 where faster {tot['best']:.2f} s ({tot['fp32'] / tot['best']:.2f}x)")
 
 
-def photo(path, w: int, h: int):
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    with Image.open(path) as im:
-        rgb = np.asarray(im.convert("RGB").resize((w, h), Image.Resampling.LANCZOS))
-    return torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
-
-
-def to_u8(y):
-    import torch
-
-    return ((y + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-
-
-def psnr(a, b) -> float:
-    import math
-
-    mse = float(((a.float() - b.float()) ** 2).mean())
-    return float("inf") if mse == 0 else 10 * math.log10(255**2 / mse)
-
-
 def network(args) -> None:
-    """Per-layer calibration on three of the shared photos (512x384), then the
-    whole network at --size on all four (the fourth, rocket, held out): PSNR of
-    int8 against float32 (the uint8 pictures), and the time of each, layer by
-    layer and untiled, on one thread, alternating, medians of 3."""
+    """Every style with an int8 table (the weights manifest): the engine in
+    fp32, int8 (and bf16 where it runs) on the four shared photos at --size
+    (rocket.jpg held out of the calibration): PSNR against fp32, and the
+    CPU time of one thread for the held-out photo, alternating, medians of 3."""
     import statistics
     from pathlib import Path
 
     import torch
 
-    from anime_cli.weights import catalog as weights
-    from anime_cli.models import layers_for
-    from anime_cli.engine import int8
-    from anime_cli.engine.int8 import Network
-
-    # the convolutions' share of each run (the quantize counted with int8)
-    spent = {"conv": 0.0}
-
-    def clocked(fn):
-        def call(*a, **k):
-            t = time.thread_time()
-            out = fn(*a, **k)
-            spent["conv"] += time.thread_time() - t
-            return out
-        return call
-
-    int8.conv, int8.qconv, int8.quantize = clocked(int8.conv), clocked(int8.qconv), clocked(int8.quantize)
+    from anime_cli import models
+    from anime_cli.engine import Engine, cpu
+    from anime_cli.stylize import calibrate
+    from anime_cli.weights import catalog
 
     shared = Path(os.environ.get("ANIME_CLI_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "photos"
-    calib, held = ["coffee.png", "astronaut.png", "chelsea.png"], ["rocket.jpg"]
-    w, h = map(int, args.size.split("x"))
-    layers = layers_for(weights.load_module(args.style))
-    net = Network(layers)
-    keep = set(args.keep.split(",")) if args.keep else set()
-    chosen = [i for i, L in enumerate(layers)
-              if not ("first" in keep and i == 0) and not ("out" in keep and L.tanh)
-              and not ("depthwise" in keep and L.groups > 1) and L.name not in keep]
-    ranges = net.calibrate([photo(shared / n, 512, 384) for n in calib], args.percentile)
-    print(f"{args.style}: int8 for {len(chosen)} of {len(layers)} layers (float32: {args.keep or 'none'});"
-          f" calibration {'min/max' if args.percentile is None else f'percentile {args.percentile}'} on"
-          f" {', '.join(calib)} at 512x384; ATen {torch.backends.cpu.get_cpu_capability()}"
-          f"{', oneDNN capped at ' + args.isa if args.emulate_avx2 else ''}")
-    with torch.no_grad():
-        for n in calib + held:
-            x = photo(shared / n, w, h)
-            net.quantize_layers({})
-            ref = to_u8(net.forward(x))
-            net.quantize_layers({i: ranges[i] for i in chosen})
-            q = to_u8(net.forward(x))
-            print(f"  {n:14s} {w}x{h}: PSNR {psnr(ref, q):5.1f} dB{'  (held out)' if n in held else ''}", flush=True)
+    side = max(map(int, args.size.split("x")))
+    files = sorted(p for p in shared.iterdir() if p.suffix.lower() in (".png", ".jpg"))
+    pictures = {p.name: calibrate.photo(p, side) for p in files}
+    torch.set_num_threads(1)
+    print(f"{cpu.cpu_model()}; ATen {torch.backends.cpu.get_cpu_capability()}"
+          f"{', oneDNN capped at ' + args.isa if args.emulate_avx2 else ''}; longer side {side} px, one thread")
+    for entry in catalog.styles():
+        if not entry.int8 or (args.style != "all" and entry.name != args.style):
+            continue
+        layers = models.layers_for(catalog.load(entry.name))
+        engines = {"fp32": Engine(layers, threads=1, precision="fp32"),
+                   "int8": Engine(layers, threads=1, precision="int8", int8=entry.int8)}
+        if cpu.bf16_works() and not args.emulate_avx2:
+            engines["bf16"] = Engine(layers, threads=1, precision="bf16")
+        ref = {n: engines["fp32"].stylize(rgb) for n, rgb in pictures.items()}
+        for kind in [k for k in engines if k != "fp32"]:
+            db = ", ".join(f"{n} {calibrate.psnr(engines[kind].stylize(rgb), ref[n]):.1f}"
+                           + ("" if n in calibrate.CALIBRATION else " (held out)") for n, rgb in pictures.items())
+            print(f"  {entry.name} {kind} vs fp32: {db} dB", flush=True)
         if args.no_speed:
-            return
-        torch.set_num_threads(1)
-        x = photo(shared / held[0], w, h)
-        times: dict[str, list[float]] = {"fp32": [], "int8": []}
-        convs: dict[str, list[float]] = {"fp32": [], "int8": []}
+            continue
+        held = next(rgb for n, rgb in pictures.items() if n not in calibrate.CALIBRATION)
+        times: dict[str, list[float]] = {k: [] for k in engines}
         for _ in range(3):
-            for kind in times:
-                net.quantize_layers({} if kind == "fp32" else {i: ranges[i] for i in chosen})
-                spent["conv"] = 0.0
+            for kind, engine in engines.items():
                 t = time.thread_time()
-                net.forward(x)
+                engine.stylize(held)
                 times[kind].append(time.thread_time() - t)
-                convs[kind].append(spent["conv"])
-        t32, t8 = statistics.median(times["fp32"]), statistics.median(times["int8"])
-        c32, c8 = statistics.median(convs["fp32"]), statistics.median(convs["int8"])
-        print(f"  whole network, one thread, CPU time, {w}x{h}: fp32 {t32:.2f} s, int8 {t8:.2f} s: {t32 / t8:.2f}x"
-              f" (medians of 3, alternating)")
-        print(f"  of which convolutions: fp32 {c32:.2f} s, int8 {c8:.2f} s (quantize included): {c32 / c8:.2f}x;"
-              f" the rest (pads, norms, activations, upsampling in this reference) {t32 - c32:.2f} s"
-              f" and {t8 - c8:.2f} s")
+        med = {k: statistics.median(v) for k, v in times.items()}
+        print(f"  {entry.name} CPU time a picture: " + ", ".join(f"{k} {v:.2f} s" for k, v in med.items())
+              + f"; int8 {med['fp32'] / med['int8']:.2f}x fp32" + (f", {med['bf16'] / med['int8']:.2f}x bf16" if "bf16" in med else ""),
+              flush=True)
 
 
 if __name__ == "__main__":
