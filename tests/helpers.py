@@ -197,3 +197,59 @@ class HTTPThread:
         self.httpd.shutdown()
         self.httpd.server_close()
         self.thread.join(5)
+
+
+def tensors_digest(items) -> bytes | None:
+    """A digest of (name, value) pairs, tensors by their content; None when a
+    value is neither a CPU tensor nor a plain value (nothing to key a cache by)."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=20)
+    for name, v in items:
+        if isinstance(v, torch.Tensor):
+            if v.layout != torch.strided or v.device.type != "cpu":
+                return None
+            h.update(repr((name, v.dtype, tuple(v.shape))).encode())
+            h.update(v.detach().contiguous().reshape(-1).view(torch.uint8).numpy())
+        elif v is None or isinstance(v, (str, int, float, bool, tuple)):
+            h.update(repr((name, v)).encode())
+        else:
+            return None
+    return h.digest()
+
+
+class LayersOnce:
+    """models.layers_for, computed once per state dict content. Its checks
+    (every key and shape, every value finite) are most of what loading a style
+    costs, and hundreds of small torch calls that slow down many times over
+    when another process holds a core; the suite loads hayao in nearly every
+    in-process conversion. Keyed by content, so any other or damaged state
+    dict meets the real checks, and a failure is never kept. Each caller gets
+    Layer objects of its own; their tensors are shared, so a hit first checks
+    that nothing wrote into them."""
+
+    def __init__(self, real):
+        self.real = real
+        self.kept: dict[bytes, tuple[list, bytes]] = {}
+
+    @staticmethod
+    def _digest(layers) -> bytes | None:
+        import dataclasses
+
+        return tensors_digest((f"{i}.{f.name}", getattr(L, f.name)) for i, L in enumerate(layers)
+                              for f in dataclasses.fields(L))
+
+    def __call__(self, network):
+        import dataclasses
+
+        key = tensors_digest(network.items()) if isinstance(network, dict) else None
+        if key is None:
+            return self.real(network)
+        hit = self.kept.get(key)
+        if hit is None or self._digest(hit[0]) != hit[1]:
+            layers = self.real(network)
+            digest = self._digest(layers)
+            if digest is None:
+                return layers
+            hit = self.kept[key] = (layers, digest)
+        return [dataclasses.replace(L) for L in hit[0]]
