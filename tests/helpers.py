@@ -48,12 +48,20 @@ def load_rgb(path) -> np.ndarray:
 
 
 def invoke(*args, input: bytes | None = None):
-    """The CLI in-process (Typer's CliRunner): (exit code, stdout, stderr)."""
+    """The CLI in-process (Typer's CliRunner): (exit code, stdout, stderr).
+    Pillow's bomb limit, which the CLI raises to --max-pixels for its whole
+    process, is put back: the tests after it meet Pillow's own bound, as they
+    would after a CLI in a subprocess."""
+    from PIL import Image
     from typer.testing import CliRunner
 
     from anime_cli.cli.app import app
 
-    r = CliRunner().invoke(app, [str(a) for a in args], input=input, catch_exceptions=False)
+    limit = Image.MAX_IMAGE_PIXELS
+    try:
+        r = CliRunner().invoke(app, [str(a) for a in args], input=input, catch_exceptions=False)
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
     return r.exit_code, r.stdout, r.stderr
 
 
