@@ -215,10 +215,13 @@ def tensors_digest(items) -> bytes | None:
     h = hashlib.blake2b(digest_size=20)
     for name, v in items:
         if isinstance(v, torch.Tensor):
-            if v.layout != torch.strided or v.device.type != "cpu":
+            if v.layout != torch.strided or v.device.type != "cpu" or v.is_quantized:
                 return None
             h.update(repr((name, v.dtype, tuple(v.shape))).encode())
-            h.update(v.detach().contiguous().reshape(-1).view(torch.uint8).numpy())
+            try:
+                h.update(v.detach().contiguous().reshape(-1).view(torch.uint8).numpy())
+            except (RuntimeError, TypeError):  # a dtype with no byte view: no key
+                return None
         elif v is None or isinstance(v, (str, int, float, bool, tuple)):
             h.update(repr((name, v)).encode())
         else:
@@ -242,17 +245,20 @@ class LayersOnce:
 
     @staticmethod
     def _digest(layers) -> bytes | None:
+        """None (never kept) unless every layer is a dataclass that replace() can copy."""
         import dataclasses
 
+        if not all(dataclasses.is_dataclass(L) and all(f.init for f in dataclasses.fields(L)) for L in layers):
+            return None
         return tensors_digest((f"{i}.{f.name}", getattr(L, f.name)) for i, L in enumerate(layers)
                               for f in dataclasses.fields(L))
 
-    def __call__(self, network):
+    def __call__(self, network, *args, **kw):
         import dataclasses
 
-        key = tensors_digest(network.items()) if isinstance(network, dict) else None
-        if key is None:
-            return self.real(network)
+        key = tensors_digest(network.items()) if isinstance(network, dict) and not (args or kw) else None
+        if key is None:  # a module, or options this cache does not know: the real call
+            return self.real(network, *args, **kw)
         hit = self.kept.get(key)
         if hit is None or self._digest(hit[0]) != hit[1]:
             layers = self.real(network)
