@@ -48,12 +48,20 @@ def load_rgb(path) -> np.ndarray:
 
 
 def invoke(*args, input: bytes | None = None):
-    """The CLI in-process (Typer's CliRunner): (exit code, stdout, stderr)."""
+    """The CLI in-process (Typer's CliRunner): (exit code, stdout, stderr).
+    Pillow's bomb limit, which the CLI raises to --max-pixels for its whole
+    process, is put back: the tests after it meet Pillow's own bound, as they
+    would after a CLI in a subprocess."""
+    from PIL import Image
     from typer.testing import CliRunner
 
     from anime_cli.cli.app import app
 
-    r = CliRunner().invoke(app, [str(a) for a in args], input=input, catch_exceptions=False)
+    limit = Image.MAX_IMAGE_PIXELS
+    try:
+        r = CliRunner().invoke(app, [str(a) for a in args], input=input, catch_exceptions=False)
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
     return r.exit_code, r.stdout, r.stderr
 
 
@@ -197,3 +205,65 @@ class HTTPThread:
         self.httpd.shutdown()
         self.httpd.server_close()
         self.thread.join(5)
+
+
+def tensors_digest(items) -> bytes | None:
+    """A digest of (name, value) pairs, tensors by their content; None when a
+    value is neither a CPU tensor nor a plain value (nothing to key a cache by)."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=20)
+    for name, v in items:
+        if isinstance(v, torch.Tensor):
+            if v.layout != torch.strided or v.device.type != "cpu" or v.is_quantized:
+                return None
+            h.update(repr((name, v.dtype, tuple(v.shape))).encode())
+            try:
+                h.update(v.detach().contiguous().reshape(-1).view(torch.uint8).numpy())
+            except (RuntimeError, TypeError):  # a dtype with no byte view: no key
+                return None
+        elif v is None or isinstance(v, (str, int, float, bool, tuple)):
+            h.update(repr((name, v)).encode())
+        else:
+            return None
+    return h.digest()
+
+
+class LayersOnce:
+    """models.layers_for, computed once per state dict content. Its checks
+    (every key and shape, every value finite) are most of what loading a style
+    costs, and hundreds of small torch calls that slow down many times over
+    when another process holds a core; the suite loads hayao in nearly every
+    in-process conversion. Keyed by content, so any other or damaged state
+    dict meets the real checks, and a failure is never kept. Each caller gets
+    Layer objects of its own; their tensors are shared, so a hit first checks
+    that nothing wrote into them."""
+
+    def __init__(self, real):
+        self.real = real
+        self.kept: dict[bytes, tuple[list, bytes]] = {}
+
+    @staticmethod
+    def _digest(layers) -> bytes | None:
+        """None (never kept) unless every layer is a dataclass that replace() can copy."""
+        import dataclasses
+
+        if not all(dataclasses.is_dataclass(L) and all(f.init for f in dataclasses.fields(L)) for L in layers):
+            return None
+        return tensors_digest((f"{i}.{f.name}", getattr(L, f.name)) for i, L in enumerate(layers)
+                              for f in dataclasses.fields(L))
+
+    def __call__(self, network, *args, **kw):
+        import dataclasses
+
+        key = tensors_digest(network.items()) if isinstance(network, dict) and not (args or kw) else None
+        if key is None:  # a module, or options this cache does not know: the real call
+            return self.real(network, *args, **kw)
+        hit = self.kept.get(key)
+        if hit is None or self._digest(hit[0]) != hit[1]:
+            layers = self.real(network)
+            digest = self._digest(layers)
+            if digest is None:
+                return layers
+            hit = self.kept[key] = (layers, digest)
+        return [dataclasses.replace(L) for L in hit[0]]

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import make_photo, read_log, run_cli
+from helpers import invoke, make_photo, read_log, run_cli
 
 from anime_cli.kinds import animation as animated
 from anime_cli.kinds import media
@@ -57,7 +57,7 @@ def test_an_animation_whose_header_cannot_be_read_is_a_corrupt_header(tmp_path, 
     with pytest.raises(InputError) as e:
         media.probe(src, kind)
     assert e.value.reason == "corrupt header" and "\n" not in str(e.value)
-    code, _, err = run_cli("convert", src, "-o", tmp_path / "out", "--dry-run", "--log-file", tmp_path / "r.jsonl")
+    code, _, err = invoke("convert", src, "-o", tmp_path / "out", "--dry-run", "--log-file", tmp_path / "r.jsonl")
     (rec,) = read_log(tmp_path / "r.jsonl")
     assert (code, rec["status"], rec["reason"]) == (1, "error", "corrupt header"), err
     assert "AttributeError" not in err
@@ -213,8 +213,8 @@ def test_a_phone_rotated_video_reports_and_plans_its_upright_size(tmp_path):
     assert media.probe(src, "mp4").size == (48, 64)
     for extra in (("--dry-run",), ()):
         log = tmp_path / f"r{len(extra)}.jsonl"
-        code, _, err = run_cli("convert", src, "-o", tmp_path / f"out{len(extra)}", "--name", "{stem}-{width}x{height}",
-                               "--no-face-enhance", "--log-file", log, *extra)
+        code, _, err = invoke("convert", src, "-o", tmp_path / f"out{len(extra)}", "--name", "{stem}-{width}x{height}",
+                              "--no-face-enhance", "--log-file", log, *extra)
         assert code == 0, err
         (rec,) = read_log(log)
         assert rec["input_size"] == [48, 64] and rec["output"].endswith("rot-48x64.mp4")
@@ -250,7 +250,7 @@ def test_deeply_nested_xmp_is_dropped_before_the_network_runs(tmp_path):
     src = make_photo(tmp_path / "deep.jpg", (64, 48), fmt="JPEG", xmp=deep)
     with Image.open(src) as im:
         assert metadata.read(im) is None  # decided at probe time: nothing left worth carrying
-    code, _, err = run_cli("convert", src, "-o", tmp_path / "out", "--keep-metadata", "--no-face-enhance")
+    code, _, err = invoke("convert", src, "-o", tmp_path / "out", "--keep-metadata", "--no-face-enhance")
     assert code == 0, err
     with Image.open(tmp_path / "out" / "deep.jpg") as im:
         assert "xmp" not in im.info
@@ -313,6 +313,7 @@ def test_an_animated_webp_canvas_over_pillows_bound_is_too_many_pixels(tmp_path)
 def test_a_gif_canvas_within_max_pixels_but_over_the_memory_limit_is_refused(tmp_path):
     src = growing_gif(tmp_path / "g.gif", (11999, 11999))
     t = time.perf_counter()
+    # A process of its own: the peak it logs is the CLI's, not this test session's.
     code, _, err = run_cli("convert", src, "-o", tmp_path / "out", "--no-face-enhance", "--log-file",
                            tmp_path / "r.jsonl")
     (rec,) = read_log(tmp_path / "r.jsonl")

@@ -10,9 +10,10 @@ from helpers import ROOT, files_in, invoke, load_rgb, make_photo, read_log, run_
 FAST = ("--no-face-enhance",)
 
 
-def test_default_output_folder_is_anime_out(tmp_path):
+def test_default_output_folder_is_anime_out(tmp_path, monkeypatch):
     make_photo(tmp_path / "photo.jpg", quality=90)
-    code, _, err = run_cli("convert", "photo.jpg", *FAST, cwd=tmp_path)
+    monkeypatch.chdir(tmp_path)
+    code, _, err = invoke("convert", "photo.jpg", *FAST)
     assert code == 0, err
     with Image.open(tmp_path / "anime-out" / "photo.jpg") as im:
         assert im.format == "JPEG" and im.size == (96, 64)
@@ -86,6 +87,7 @@ def test_quality_changes_the_jpeg(tmp_path):
 
 
 def test_stdin_to_stdout(tmp_path):
+    # A real process: the picture goes through the OS's pipes, both ways.
     data = make_photo(tmp_path / "p.png").read_bytes()
     code, out, err = run_cli("convert", "-", "-o", "-", *FAST, input=data)
     assert code == 0, err
@@ -101,7 +103,7 @@ def test_stdout_needs_exactly_one_input(tmp_path):
 
 
 def test_missing_input_is_a_usage_error(tmp_path):
-    code, out, err = run_cli("convert", tmp_path / "nope.jpg", "-o", tmp_path / "out")
+    code, out, err = invoke("convert", tmp_path / "nope.jpg", "-o", tmp_path / "out")
     assert code == 2
     assert err.strip() == f"anime-cli: {tmp_path / 'nope.jpg'}: no such file or folder"
     assert not (tmp_path / "out").exists()
@@ -110,7 +112,7 @@ def test_missing_input_is_a_usage_error(tmp_path):
 def test_one_bad_file_fails_the_batch_but_not_the_others(tmp_path):
     make_photo(tmp_path / "in" / "good.png")
     (tmp_path / "in" / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg at all")
-    code, _, err = run_cli("convert", tmp_path / "in", "-o", tmp_path / "out", *FAST)
+    code, _, err = invoke("convert", tmp_path / "in", "-o", tmp_path / "out", *FAST)
     assert code == 1
     assert (tmp_path / "out" / "good.png").is_file()
     assert not (tmp_path / "out" / "bad.jpg").exists()
@@ -136,6 +138,7 @@ def test_output_never_overwrites_an_input(tmp_path):
 
 
 def test_quiet_prints_nothing_on_success(tmp_path):
+    # A real process: its whole stderr, C libraries' and warnings included, must stay empty.
     src = make_photo(tmp_path / "p.png")
     code, out, err = run_cli("convert", src, "-o", tmp_path / "out", "--quiet", *FAST)
     assert code == 0 and err == "" and out == b""
@@ -143,7 +146,7 @@ def test_quiet_prints_nothing_on_success(tmp_path):
 
 def test_no_progress_bar_when_stderr_is_not_a_terminal(tmp_path):
     src = make_photo(tmp_path / "p.png")
-    code, _, err = run_cli("convert", src, "-o", tmp_path / "out", *FAST)
+    code, _, err = invoke("convert", src, "-o", tmp_path / "out", *FAST)
     assert code == 0
     lines = err.splitlines()
     assert len(lines) == 2 and lines[0].startswith("ok") and lines[1].startswith("done: 1 ok")

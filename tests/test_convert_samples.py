@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import SAMPLES, load_rgb, psnr, read_log, run_cli
+from helpers import SAMPLES, invoke, load_rgb, psnr, read_log, run_cli
 
 KEYS = {"input", "output", "status", "input_bytes", "input_size", "decode_size", "output_size",
         "faces", "timings", "seconds", "peak_rss_mb", "plan"}
@@ -65,8 +65,8 @@ def test_log_records_carry_every_key_with_sane_values(converted, photos):
 
 def test_runs_are_deterministic(converted, photos, tmp_path):
     _, _, out, _ = converted
-    code, _, err = run_cli("convert", photos / "rocket.jpg", photos / "chelsea.png", "-o", tmp_path,
-                           "--no-face-enhance", "--quiet")
+    code, _, err = invoke("convert", photos / "rocket.jpg", photos / "chelsea.png", "-o", tmp_path,
+                          "--no-face-enhance", "--quiet")
     assert code == 0, err
     for name in ("rocket.jpg", "chelsea.png"):
         assert np.array_equal(load_rgb(tmp_path / name), load_rgb(out / name))

@@ -18,7 +18,6 @@ from anime_cli.faces.enhance import (
     DEFAULT_MIN_FACE,
     CropSource,
     Face,
-    FaceDetector,
     crop_box,
     enhance_faces,
     feather_mask,
@@ -40,18 +39,6 @@ def iou(a, b) -> float:
     ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
     inter = iw * ih
     return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
-
-
-@pytest.fixture(scope="module")
-def detector():
-    return FaceDetector.load()
-
-
-@pytest.fixture(scope="module")
-def stylizer():
-    from anime_cli.stylize.session import Stylizer
-
-    return Stylizer.from_style("hayao")
 
 
 # -----------------------------------------------------------------------------

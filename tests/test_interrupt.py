@@ -1,8 +1,9 @@
 """Interruption and a full disk: no half file, no temporary file, no output
 without its record, a summary, and the documented exit code.
 
-The CLI runs as a real subprocess. The full disk is a small tmpfs mounted by the test,
-which needs root (CAP_SYS_ADMIN); elsewhere that test is skipped and says why.
+Signals go to the CLI in a real subprocess; a full disk needs no process of its own
+and is met in-process. The full disk is a small tmpfs mounted by the test, which
+needs root (CAP_SYS_ADMIN); elsewhere that test is skipped and says why.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from helpers import CLI, files_in, base, encoded, read_log
+from helpers import CLI, files_in, base, encoded, invoke, read_log
 
 
 def make_batch(folder: Path, n: int, size=(64, 48)) -> list[Path]:
@@ -138,11 +139,9 @@ def test_disk_full_is_an_error_record_and_stops_the_batch(tmp_path, small_disk, 
     src, out, log = tmp_path / "in", mnt / "out", tmp_path / "run.jsonl"
     make_batch(src, 12)
     set_free(40 * 1024)  # room for a few small outputs, not for twelve
-    args = [*CLI, "convert", str(src), "-o", str(out), "--log-file", str(log), "--no-face-enhance",
-            "--format", "png"] + (["--sequential"] if mode == "sequential" else [])
-    p = subprocess.run(args, capture_output=True, timeout=300)
-    err = p.stderr.decode("utf-8", "replace")
-    assert p.returncode == 1, err
+    code, _, err = invoke("convert", src, "-o", out, "--log-file", log, "--no-face-enhance", "--format", "png",
+                          *(["--sequential"] if mode == "sequential" else []))
+    assert code == 1, err
     assert "Traceback" not in err, err
     records = read_log(log)
     assert 0 < len(records) < 12, [r["status"] for r in records]
@@ -161,9 +160,7 @@ def test_disk_full_with_the_log_on_it_too(tmp_path, small_disk):
     src, out, log = tmp_path / "in", mnt / "out", mnt / "run.jsonl"
     make_batch(src, 12)
     set_free(24 * 1024)
-    p = subprocess.run([*CLI, "convert", str(src), "-o", str(out), "--log-file", str(log), "--no-face-enhance",
-                        "--format", "png"], capture_output=True, timeout=300)
-    err = p.stderr.decode("utf-8", "replace")
-    assert p.returncode == 1, err
+    code, _, err = invoke("convert", src, "-o", out, "--log-file", log, "--no-face-enhance", "--format", "png")
+    assert code == 1, err
     assert "Traceback" not in err and "No space left on device" in err, err
     assert leftovers(out) == []

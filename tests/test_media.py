@@ -38,12 +38,10 @@ def test_probe_then_convert_an_animation(tmp_path):
     assert e.value.reason == "too many frames"
 
 
-def test_frame_stylizer_enhances_faces_and_times_its_stages(tmp_path, stylizer):
-    from anime_cli.faces.enhance import FaceDetector
-
+def test_frame_stylizer_enhances_faces_and_times_its_stages(tmp_path, stylizer, detector):
     # the astronaut at 240 px high: her face ~40 px, a crop well under 256 px
     src = make_clip(tmp_path / "in.mp4", n=2, size=(320, 240), tile=True, audio=False)
-    fs = FrameStylizer(stylizer, FaceDetector.load())
+    fs = FrameStylizer(stylizer, detector)
     assert fs.face_size == VIDEO_FACE_SIZE == 256
     clip = media.probe(src, "mp4")
     res = media.convert(clip, src, tmp_path / "out.mp4", fs)

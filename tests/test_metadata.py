@@ -241,11 +241,11 @@ def test_xmp_elements_and_other_prefixes_are_edited():
 
 @pytest.mark.parametrize("fmt", ["jpg", "png", "webp"])
 def test_cli_keep_metadata(tmp_path, fmt):
-    from helpers import run_cli
+    from helpers import invoke
 
     src = camera_file(tmp_path / "cam.jpg", "JPEG")  # 96x64 stored, orientation 6
     for opts, out in (((), "plain"), (("--keep-metadata",), "kept"), (("--keep-metadata", "--keep-gps"), "gps")):
-        code, _, err = run_cli("convert", src, "-o", tmp_path / out, "--format", fmt, "--no-face-enhance", *opts)
+        code, _, err = invoke("convert", src, "-o", tmp_path / out, "--format", fmt, "--no-face-enhance", *opts)
         assert code == 0, err
     suffix = {"jpg": ".jpg", "png": ".png", "webp": ".webp"}[fmt]
     with Image.open(tmp_path / "plain" / f"cam{suffix}") as im:

@@ -120,15 +120,15 @@ def test_cli_refuses_a_bad_pattern_before_any_work(tmp_path, pattern):
 
 
 def test_cli_names_outputs_by_the_pattern_and_reruns_skip_them(tmp_path):
-    from helpers import files_in, make_photo, read_log, run_cli
+    from helpers import files_in, invoke, make_photo, read_log
 
     make_photo(tmp_path / "in" / "p.jpg", (96, 64), fmt="JPEG")
     make_photo(tmp_path / "in" / "q.png", (64, 64))
     args = ("convert", tmp_path / "in", "-o", tmp_path / "out", "--no-face-enhance",
             "--name", "{stem}_{style}_{width}x{height}_{input_ext}", "--log-file", tmp_path / "run.jsonl")
-    code, _, err = run_cli(*args)
+    code, _, err = invoke(*args)
     assert code == 0, err
     assert files_in(tmp_path / "out") == ["p_hayao_96x64_jpg.jpg", "q_hayao_64x64_png.png"]
-    code, _, err = run_cli(*args)
+    code, _, err = invoke(*args)
     assert code == 0, err
     assert [r["status"] for r in read_log(tmp_path / "run.jsonl")[2:]] == ["skipped", "skipped"]

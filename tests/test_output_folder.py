@@ -10,7 +10,7 @@ import time
 
 from PIL import Image
 
-from helpers import CLI, files_in, make_photo, read_log, run_cli
+from helpers import CLI, files_in, invoke, make_photo, read_log, run_cli
 
 FAST = ("--no-face-enhance", "--max-side", "96")
 
@@ -67,7 +67,7 @@ def test_a_rerun_removes_stale_temporaries_of_killed_runs(tmp_path):
     make_photo(src / "p.png", size=(64, 48))
     out.mkdir()
     stale = _stale(out, ".p.png.k2j4h5g6.tmp")
-    code, _, err = run_cli("convert", src, "-o", out, *FAST)
+    code, _, err = invoke("convert", src, "-o", out, *FAST)
     assert code == 0, err
     assert not stale.exists()
     assert files_in(out) == ["p.png"]
@@ -80,7 +80,7 @@ def test_a_temporary_a_live_process_holds_is_left_alone(tmp_path):
     live = _stale(out, ".q.png.abcdefgh.tmp")
     with open(live, "rb") as f:
         fcntl.flock(f, fcntl.LOCK_EX)  # as a writer in another process holds it
-        code, _, err = run_cli("convert", src, "-o", out, *FAST)
+        code, _, err = run_cli("convert", src, "-o", out, *FAST)  # its own process: the lock is another's
         assert code == 0, err
         assert live.exists()
 
@@ -97,8 +97,8 @@ def test_only_our_pattern_is_removed(tmp_path):
 
 def test_an_impossible_memory_limit_is_refused_before_any_work(tmp_path):
     src = make_photo(tmp_path / "p.png")
-    code, _, err = run_cli("convert", src, "-o", tmp_path / "out", "--memory-limit", "50MB",
-                           "--log-file", tmp_path / "run.jsonl")
+    code, _, err = invoke("convert", src, "-o", tmp_path / "out", "--memory-limit", "50MB",
+                          "--log-file", tmp_path / "run.jsonl")
     assert code == 2
     line = err.strip()
     assert line.startswith("anime-cli: --memory-limit 50MB is below what the models need: at least ") and "\n" not in line

@@ -29,7 +29,7 @@ from anime_cli.folder import files
 from anime_cli.inputs import probe, read
 from anime_cli.inputs.decode import decode
 from anime_cli.errors import InputError, UnsupportedFormat
-from helpers import CLI, PHOTOS, encoded, exif_orientation, invoke, read_log, run_cli
+from helpers import CLI, PHOTOS, encoded, exif_orientation, invoke, read_log
 
 # ----------------------------------------------------------------------------- makers
 
@@ -487,8 +487,8 @@ def test_cli_device_and_truncated_png_are_error_records(tmp_path):
     half = tmp_path / "half.png"
     half.write_bytes(_rebuilt_png(encoded(pattern((64, 48)), "PNG"), 24))
     log = tmp_path / "log.jsonl"
-    code, _, err = run_cli("convert", "/dev/zero", half, "-o", tmp_path / "o", "--log-file", log,
-                           "--no-face-enhance", "--quiet")
+    code, _, err = invoke("convert", "/dev/zero", half, "-o", tmp_path / "o", "--log-file", log,
+                          "--no-face-enhance", "--quiet")
     assert code == 1 and "Traceback" not in err, err
     assert [(r["status"], r["reason"]) for r in read_log(log)] == [("error", "not a file"),
                                                                    ("error", "truncated data")]

@@ -77,15 +77,14 @@ def hostile_folder(root: Path) -> Path:
     return src
 
 
-def test_ray_gives_the_pictures_and_records_of_the_pipeline(tmp_path, local_ray, stylizer):
+def test_ray_gives_the_pictures_and_records_of_the_pipeline(tmp_path, local_ray, stylizer, detector):
     from anime_cli.inputs.discover import discover
-    from anime_cli.faces.enhance import FaceDetector
     from anime_cli.run.converter import Converter, Options
     from anime_cli.run.on_ray import convert_dataset
 
     src = hostile_folder(tmp_path)
     plain_out, ray_out = tmp_path / "plain", tmp_path / "ray"
-    plain = list(Converter(stylizer, Options(output_dir=plain_out, max_side=128), FaceDetector.load())
+    plain = list(Converter(stylizer, Options(output_dir=plain_out, max_side=128), detector)
                  .run(discover([str(src)], False)))
     got = list(convert_dataset([str(src)], str(ray_out), Options(max_side=128), threads=1))
     assert [r.input for r in got] == [r.input for r in plain]  # input order, one record each

@@ -17,7 +17,7 @@ import time
 import pytest
 from PIL import Image
 
-from helpers import ROOT, read_log, run_cli
+from helpers import ROOT, invoke, read_log
 from servers import TOKEN, Server, photo_bytes, png_bomb
 
 pytest.importorskip("starlette")
@@ -111,7 +111,7 @@ def test_a_png_bomb_is_422_from_its_header(server):
 def test_a_bad_option_is_422_with_the_cli_message(server, tmp_path, query, args):
     status, _, body = server.convert(photo_bytes(), query)
     assert status == 422
-    code, _, err = run_cli("convert", tmp_path / "x.jpg", "-o", tmp_path / "out", *args)
+    code, _, err = invoke("convert", tmp_path / "x.jpg", "-o", tmp_path / "out", *args)
     assert code == 2
     assert _error(body)["error"] == err.strip().removeprefix("anime-cli: ")
 
@@ -121,7 +121,7 @@ def test_an_unknown_style_is_422_with_the_cli_message(server, tmp_path):
     assert status == 422
     src = tmp_path / "x.jpg"
     src.write_bytes(photo_bytes())
-    code, _, err = run_cli("convert", src, "-o", tmp_path / "out", "--style", "nope")
+    code, _, err = invoke("convert", src, "-o", tmp_path / "out", "--style", "nope")
     assert code == 2 and _error(body)["error"] == err.strip().removeprefix("anime-cli: ")
 
 

@@ -195,13 +195,13 @@ def test_json_keys_old_kept_new_added_video_only_when_set():
 
 def test_cli_escapes_control_characters_in_names(tmp_path):
     """Issue 10: a name that would clear the screen and set the window title."""
-    from helpers import make_photo, read_log, run_cli
+    from helpers import invoke, make_photo, read_log
 
     name = "evil\x1b[2J\x1b]0;pwned\x07\u202egpj.jpg"
     make_photo(tmp_path / "in" / name, fmt="JPEG")
     (tmp_path / "in" / "bad\x9b31m.jpg").write_bytes(b"not a jpeg")
-    code, _, err = run_cli("convert", tmp_path / "in", "-o", tmp_path / "out", "--no-face-enhance",
-                           "--log-file", tmp_path / "run.jsonl")
+    code, _, err = invoke("convert", tmp_path / "in", "-o", tmp_path / "out", "--no-face-enhance",
+                          "--log-file", tmp_path / "run.jsonl")
     assert code == 1, err  # the bad one fails, the batch goes on
     assert not any(c in err for c in "\x1b\x07\x9b\u202e"), repr(err)
     assert "evil\\x1b[2J\\x1b]0;pwned\\x07\\u202egpj.jpg" in err and "bad\\x9b31m.jpg" in err
