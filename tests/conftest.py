@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import PHOTOS, LayersOnce
+from helpers import PHOTOS
 
 
 @pytest.fixture(scope="session")
@@ -27,15 +27,3 @@ def detector():
     from anime_cli.faces.enhance import FaceDetector
 
     return FaceDetector.load()
-
-
-@pytest.fixture(scope="session", autouse=True)
-def layers_once():
-    """Each state dict's layer list is built and checked once a session, not
-    once per in-process conversion (see helpers.LayersOnce)."""
-    from anime_cli import models
-
-    real = models.layers_for
-    models.layers_for = LayersOnce(real)
-    yield
-    models.layers_for = real
