@@ -135,14 +135,14 @@ def bf16_missing() -> str:
     return "this CPU has no bfloat16 support torch can use (it needs AVX-512 BW/VL/DQ, AVX512-BF16 or AMX)"
 
 
-NO_INT8_TABLE = "these weights have no int8 calibration (the installed styles have one)"
+NO_INT8_TABLE = "these weights have no int8 calibration"
 
 
 def resolve_precision(precision: str, int8_missing: str | None = NO_INT8_TABLE) -> str:
     """The precision a network runs at. int8_missing: why int8 cannot run
     for this network here (int8.missing), None where it can.
     "auto": bfloat16 where it is native; elsewhere int8 where it can run
-    (faster than float32 on every x86 CPU measured, 44-47 dB from it); else fp32."""
+    (faster than float32 on every x86 CPU measured, 43-48 dB from it); else fp32."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     if precision == "auto":

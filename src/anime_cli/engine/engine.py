@@ -145,7 +145,10 @@ class Engine:
         """The [low, high] every int8 layer's input takes when the network runs
         x ((1, 3, H, W) as run() takes it) in float32, merged into `seen`: an
         int8 calibration table (int8.py)."""
+        if self.precision != "fp32":
+            raise ValueError("calibrate a float32 engine: the table describes the float32 network")
         seen = {} if seen is None else seen
+        lock = threading.Lock()
 
         def observe(i, block):
             name = self.layers[i].name
@@ -154,9 +157,6 @@ class Engine:
                 old = seen.get(name, [lo, hi])
                 seen[name] = [min(old[0], lo), max(old[1], hi)]
 
-        if self.precision != "fp32":
-            raise ValueError("calibrate a float32 engine: the table describes the float32 network")
-        lock = threading.Lock()
         geo = self.geometry(x.shape[2], x.shape[3])
         run = Run(self, geo, TensorSource(x), best_plan(geo, None))
         run.observe = {i: observe for i, L in enumerate(self.layers) if quantized(i, L)}

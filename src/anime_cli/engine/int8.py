@@ -32,8 +32,8 @@ from .layers import Layer
 
 def quantized(i: int, L: Layer) -> bool:
     """Whether layer i runs in int8: a dense convolution of an activation.
-    The first layer (the picture's 3 channels, where the codes would be the
-    pixels' own rounding), depthwise convolutions (oneDNN's int8 depthwise
+    The first layer (the picture's 3 channels: little work, on the picture's
+    own 8 bits), depthwise convolutions (oneDNN's int8 depthwise
     kernels ran at 0.3-0.6x float32 on every CPU measured), the output layer
     (3 channels, rounded to the picture's 8 bits next) and attention logits
     (exp() magnifies any rounding) stay in float32."""

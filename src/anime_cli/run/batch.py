@@ -119,10 +119,10 @@ def check_precision(precision: str, style: str = DEFAULT_STYLE, weights_path: Pa
         except (OSError, catalog.WeightsError):
             return  # the weights themselves are refused in their own words when they load
         if not table:
-            which = f"{weights_path} is not an installed style's weights and has" if weights_path else f"style {style} has"
+            which = str(weights_path) if weights_path else f"style {style}"
             calibrated = ", ".join(e.name for e in catalog.styles() if e.int8)
-            raise UsageError(f"--precision int8: {which} no int8 calibration (styles with one: {calibrated}); "
-                             "use --precision fp32 or auto")
+            raise UsageError(f"--precision int8: {which} has no int8 calibration (the styles with one: {calibrated});"
+                             " use --precision fp32 or auto")
         if int8.missing(table):
             raise UsageError(f"--precision int8: {int8.missing(table)}; use --precision fp32 or auto")
 
