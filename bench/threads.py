@@ -1,6 +1,6 @@
 """How the network scales with threads, and what memory it plans: one
 2000x1500 picture at 1, 2, 4, 8, 16 threads and the machine's own count, in
-one process, bf16 (where it runs) and fp32, each at the default budget. A
+one process, bf16 (where it runs), int8 and fp32, each at the default budget. A
 measurement for the README, not a test.
 
     .venv/bin/python bench/threads.py [--runs 2] [--threads 1,2,4] [--workers N]
@@ -28,6 +28,7 @@ from anime_cli.engine import bf16_works, cpu, default_threads
 from anime_cli.logs.telemetry import rss_bytes
 from anime_cli.options import DEFAULT_MEMORY_LIMIT
 from anime_cli.stylize.session import Stylizer
+from anime_cli.weights import catalog
 
 from bench import PHOTOS
 
@@ -60,7 +61,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--threads", default=None, help="comma-separated thread counts (default 1,2,4,8,16 and the machine's)")
     ap.add_argument("--workers", type=int, default=None, help="band workers a pass (default cpu.MAX_WORKERS)")
-    ap.add_argument("--precision", default=None, help="bf16 or fp32 only")
+    ap.add_argument("--precision", default=None, help="bf16, int8 or fp32 only")
     args = ap.parse_args()
     if args.workers:
         cpu.MAX_WORKERS = args.workers
@@ -78,14 +79,15 @@ def main() -> None:
         rgb = np.asarray(im.convert("RGB").resize((2000, 1500), Image.Resampling.LANCZOS))
     mp = rgb.shape[0] * rgb.shape[1] / 1e6
     layers = Stylizer.from_style("hayao").layers
-    precisions = [args.precision] if args.precision else (["bf16", "fp32"] if bf16_works() else ["fp32"])
+    table = catalog.int8_table("hayao")
+    precisions = [args.precision] if args.precision else (["bf16"] if bf16_works() else []) + ["int8", "fp32"]
     print(f"2000x1500 hayao, the default budget ({DEFAULT_MEMORY_LIMIT >> 20} MiB less what the process holds), "
           f"median of {args.runs}")
     print(f"  {'precision':9s} {'threads':>7s} {'workers':>9s} {'MP/s':>6s} {'x 2 thr':>7s} {'peak MiB':>8s}  plan")
     for precision in precisions:
         base = None
         for t in counts:
-            st = Stylizer(layers, "hayao", threads=t, precision=precision)
+            st = Stylizer(layers, "hayao", threads=t, precision=precision, int8=table)
             st.stylize(rgb[:128, :128])  # warm up: oneDNN primitives, the team of each worker
             room = budget.room(DEFAULT_MEMORY_LIMIT, None, 0)
             times = []
