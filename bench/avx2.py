@@ -42,11 +42,11 @@ FLOP_PER_PIXEL = 0.80e6
 # fp32 and for int8 (the engine's QConv) under the environment this bench runs with.
 PROBE = r"""
 import torch
-from anime_cli.engine.int8 import QConv, pack
+from anime_cli.engine.int8 import QConv
 x = torch.randn(1, 256, 18, 66).contiguous(memory_format=torch.channels_last)
 w = torch.randn(256, 256, 3, 3)
 torch.mkldnn_convolution(x, w, None, [0, 0], [1, 1], [1, 1], 1)
-QConv(pack(w, None, (-4.0, 4.0), 1, 1), (-4.0, 4.0))(x.clone(), torch.empty_like(x, dtype=torch.uint8))
+QConv(w, None, (-4.0, 4.0))(x.clone(), torch.empty_like(x, dtype=torch.uint8))
 print("aten", torch.backends.cpu.get_cpu_capability())
 """
 

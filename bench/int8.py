@@ -60,7 +60,7 @@ def main() -> None:
         return network(args)
 
     from anime_cli.engine import cpu
-    from anime_cli.engine.int8 import QConv, pack
+    from anime_cli.engine.int8 import QConv
     from anime_cli.models import layers_for
     from anime_cli.weights import catalog as weights
     from anime_cli.engine.layers import conv
@@ -85,7 +85,7 @@ def main() -> None:
         wt = L.weight.float().contiguous(memory_format=torch.channels_last)
         bias = None if L.bias is None else L.bias.float()
         span = (-float(x.abs().max()), float(x.abs().max()))
-        qconv = QConv(pack(L.weight, L.bias, span, L.stride, L.groups), span)
+        qconv = QConv(L.weight, L.bias, span, L.stride, L.groups)
         codes = torch.empty_like(x, dtype=torch.uint8)
         spoilt = torch.empty_like(x)  # QConv makes the codes in its input: a copy per call, as the engine's block
 

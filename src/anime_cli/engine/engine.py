@@ -141,10 +141,10 @@ class Engine:
         self.stream(TensorSource(x), sink, budget_bytes, plan)
         return out
 
-    def calibrate(self, x: torch.Tensor, seen: dict[str, list[float]] | None = None) -> dict[str, list[float]]:
+    def calibrate(self, rgb: np.ndarray, seen: dict[str, list[float]] | None = None) -> dict[str, list[float]]:
         """The [low, high] every int8 layer's input takes when the network runs
-        x ((1, 3, H, W) as run() takes it) in float32, merged into `seen`: an
-        int8 calibration table (int8.py)."""
+        an h x w x 3 uint8 picture (padded as render() pads it) in float32,
+        merged into `seen`: an int8 calibration table (int8.py)."""
         if self.precision != "fp32":
             raise ValueError("calibrate a float32 engine: the table describes the float32 network")
         seen = {} if seen is None else seen
@@ -157,8 +157,9 @@ class Engine:
                 old = seen.get(name, [lo, hi])
                 seen[name] = [min(old[0], lo), max(old[1], hi)]
 
-        geo = self.geometry(x.shape[2], x.shape[3])
-        run = Run(self, geo, TensorSource(x), best_plan(geo, None))
+        src = PictureSource(rgb, self.padded(rgb.shape[0], rgb.shape[1]))
+        geo = self.geometry(src.h, src.w)
+        run = Run(self, geo, src, best_plan(geo, None))
         run.observe = {i: observe for i, L in enumerate(self.layers) if quantized(i, L)}
         run.execute(lambda r0, r1, y: None)
         return seen

@@ -21,7 +21,6 @@ other step of the network stays in float32.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
@@ -44,10 +43,9 @@ def quantized(i: int, L: Layer) -> bool:
 def works() -> bool:
     """Whether this torch has oneDNN's int8 convolutions and they run here."""
     try:
-        w = torch.ones((1, 4, 1, 1))
-        p = pack(w, None, (0.0, 1.0), 1, 1)
         x = torch.zeros((1, 4, 1, 1)).contiguous(memory_format=torch.channels_last)
-        y = QConv(p, (0.0, 1.0))(x, torch.empty((1, 4, 1, 1), dtype=torch.uint8, memory_format=torch.channels_last))
+        conv = QConv(torch.ones((1, 4, 1, 1)), None, (0.0, 1.0))
+        y = conv(x, torch.empty((1, 4, 1, 1), dtype=torch.uint8, memory_format=torch.channels_last))
         return y.shape == (1, 1, 1, 1)
     except (AttributeError, RuntimeError, NotImplementedError):
         return False
@@ -69,58 +67,39 @@ def params(lo: float, hi: float) -> tuple[float, int]:
     return scale, int(round(-lo / scale))
 
 
-@dataclass(eq=False)
-class Packed:
-    """One layer's int8 weights, prepacked for oneDNN at its input's scale."""
-
-    weight: torch.Tensor  # oneDNN's opaque prepacked tensor
-    w_scales: torch.Tensor  # float32, per output channel
-    w_zps: torch.Tensor  # zeros (symmetric weights)
-    bias: torch.Tensor | None  # float32
-    stride: int
-
-
-def pack(weight: torch.Tensor, bias: torch.Tensor | None, span: tuple[float, float], stride: int,
-         groups: int) -> Packed:
-    """Symmetric per-output-channel int8 weights (max |w| maps to 127)."""
-    scale, zp = params(*span)
-    scales = (weight.float().abs().amax(dim=(1, 2, 3)) / 127).clamp_min(1e-12)
-    qw = torch.round(weight.float() / scales[:, None, None, None]).clamp_(-127, 127).to(torch.int8)
-    packed = torch.ops.onednn.qconv_prepack(qw, scales, scale, zp, [stride, stride], [0, 0], [1, 1], groups, None)
-    zps = torch.zeros(weight.shape[0], dtype=torch.long)
-    return Packed(packed, scales, zps, None if bias is None else bias.float(), stride)
-
-
 class QConv:
-    """A layer's int8 convolution of one padded float32 block."""
+    """A layer's int8 convolution of one padded float32 block: symmetric int8
+    weights per output channel (max |w| maps to 127), prepacked for oneDNN at
+    the scale of the input's range `span`."""
 
-    def __init__(self, packed: Packed, span: tuple[float, float]):
-        self.p = packed
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, span: tuple[float, float], stride: int = 1,
+                 groups: int = 1):
         self.scale, self.zp = params(*span)
         # The code is round(x / scale) + zp, saturated: made as x / scale + zp + 0.5 held to
         # [0.5, 255.5] and truncated by the uint8 copy, three passes over the block instead of five.
         self.half_up = torch.tensor(self.zp + 0.5)
+        self.w_scales = (weight.float().abs().amax(dim=(1, 2, 3)) / 127).clamp_min(1e-12)
+        qw = torch.round(weight.float() / self.w_scales[:, None, None, None]).clamp_(-127, 127).to(torch.int8)
+        self.weight = torch.ops.onednn.qconv_prepack(qw, self.w_scales, self.scale, self.zp, [stride, stride], [0, 0],
+                                                     [1, 1], groups, None)
+        self.w_zps = torch.zeros(weight.shape[0], dtype=torch.long)  # symmetric weights
+        self.bias = None if bias is None else bias.float()
+        self.stride, self.groups = stride, groups
 
     def __call__(self, x: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """x: the padded input block (float32 NHWC, spoilt: the codes are made
         in it); codes: uint8 NHWC of x's shape. Returns float32 NHWC."""
         torch.add(self.half_up, x, alpha=1.0 / self.scale, out=x).clamp_(0.5, 255.5)
         codes.copy_(x)
-        p = self.p
         return torch.ops.onednn.qconv2d_pointwise(
-            codes, self.scale, self.zp, p.weight, p.w_scales, p.w_zps, p.bias, [p.stride, p.stride], [0, 0], [1, 1],
-            1, 1.0, 0, torch.float32, "none", [], "")
+            codes, self.scale, self.zp, self.weight, self.w_scales, self.w_zps, self.bias, [self.stride, self.stride],
+            [0, 0], [1, 1], self.groups, 1.0, 0, torch.float32, "none", [], "")
 
 
 def convs(layers: list[Layer], table: dict[str, list[float]]) -> dict[int, QConv]:
     """Each int8 layer's convolution from a style's calibration table (layer
     name -> the [low, high] its input took on the calibration photos)."""
-    missing = [L.name for i, L in enumerate(layers) if quantized(i, L) and L.name not in table]
-    if missing:
-        raise ValueError(f"the int8 table has no range for layers {', '.join(missing[:4])}")
-    out = {}
-    for i, L in enumerate(layers):
-        if quantized(i, L):
-            span = tuple(table[L.name])
-            out[i] = QConv(pack(L.weight, L.bias, span, L.stride, L.groups), span)
-    return out
+    absent = [L.name for i, L in enumerate(layers) if quantized(i, L) and L.name not in table]
+    if absent:
+        raise ValueError(f"the int8 table has no range for layers {', '.join(absent[:4])}")
+    return {i: QConv(L.weight, L.bias, tuple(table[L.name]), L.stride) for i, L in enumerate(layers) if quantized(i, L)}

@@ -123,8 +123,9 @@ def check_precision(precision: str, style: str = DEFAULT_STYLE, weights_path: Pa
             calibrated = ", ".join(e.name for e in catalog.styles() if e.int8)
             raise UsageError(f"--precision int8: {which} has no int8 calibration (the styles with one: {calibrated});"
                              " use --precision fp32 or auto")
-        if int8.missing(table):
-            raise UsageError(f"--precision int8: {int8.missing(table)}; use --precision fp32 or auto")
+        why = int8.missing(table)
+        if why:
+            raise UsageError(f"--precision int8: {why}; use --precision fp32 or auto")
 
 
 def _shard(text: str, inputs: list[str]):

@@ -47,14 +47,8 @@ def calibrate(layers: list, pictures: list[np.ndarray]) -> dict[str, list[float]
     engine = Engine(layers, threads=torch.get_num_threads(), precision="fp32")
     table: dict[str, list[float]] = {}
     for rgb in pictures:
-        h, w = engine.padded(*rgb.shape[:2])
-        x = torch.from_numpy(np.ascontiguousarray(_pad(rgb, h, w))).permute(2, 0, 1)[None].float() / 127.5 - 1
-        engine.calibrate(x, table)
+        engine.calibrate(rgb, table)
     return {name: [float(f"{lo:.6g}"), float(f"{hi:.6g}")] for name, (lo, hi) in table.items()}
-
-
-def _pad(rgb: np.ndarray, h: int, w: int) -> np.ndarray:
-    return np.pad(rgb, ((0, h - rgb.shape[0]), (0, w - rgb.shape[1]), (0, 0)), mode="reflect")
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
